@@ -1,0 +1,23 @@
+# One image for the server, the ingest job and (later) the trainer.
+# CPU by default; build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 for CUDA.
+FROM python:3.11-slim
+
+ARG TORCH_SPEC="torch==2.13.0"
+ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+    PQRAG_DATA_DIR=/data
+
+WORKDIR /app
+RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" "$TORCH_SPEC"
+COPY pyproject.toml README.md ./
+COPY pqrag ./pqrag
+COPY retrieval ./retrieval
+COPY llm ./llm
+COPY kernels ./kernels
+COPY service ./service
+RUN pip install --no-cache-dir .
+
+VOLUME ["/data"]
+EXPOSE 50051 9464
+ENTRYPOINT ["pqrag"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "50051", "--data-dir", "/data", "--metrics-port", "9464"]

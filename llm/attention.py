@@ -1,0 +1,203 @@
+"""Grouped-query self-attention with rotary embeddings, and the metadata of a paged (engine) forward.
+
+Two entry points share the projections:
+- `Attention.forward(x (B, T, H))`: full causal sequences (training, scoring) through `kernels.flash_attention`;
+- `Attention.forward_paged(x (N, H), meta, k_cache, v_cache)`: a flattened batch of several sequences, the new
+  tokens' K/V written into a paged cache with `kernels.write_kv`, then prefill chunks attend with
+  `kernels.flash_attention_varlen` (no cached prefix) or `kernels.paged_prefill_attention` (a cached prefix:
+  prefix-cache hits, chunked prefill), and decode tokens with `kernels.paged_attention`.
+
+The kernels dispatch picks Triton or the torch reference by device; no device branches here.
+
+Flattened batch layout (vLLM v1 style): the prefill sequences come first, then the decode sequences (one new
+token each). Sequence i owns tokens query_start_loc[i]:query_start_loc[i+1] and its K/V live in the blocks
+block_tables[i]; seq_lens[i] counts its cached tokens after this step (prefix + new tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import kernels
+from llm.config import ModelConfig
+
+
+@dataclass
+class AttentionMetadata:
+    """Everything a paged forward needs besides the token ids; built once per step, shared by all layers."""
+
+    positions: torch.Tensor  # (N,) int64, position of each token in its sequence (RoPE)
+    slot_mapping: torch.Tensor  # (N,) int64, cache slot = block_id * block_size + offset of each token (-1 = skip)
+    query_start_loc: torch.Tensor  # (B + 1,) int32, cu_seqlens of the new tokens per sequence
+    seq_lens: torch.Tensor  # (B,) int32, tokens in the cache per sequence after this step (context + new)
+    block_tables: torch.Tensor  # (B, max_blocks) int32, block ids per sequence, padded with 0
+    num_prefills: int  # sequences 0..num_prefills-1 are prefill chunks, the rest decode one token each
+    num_prefill_tokens: int  # = query_start_loc[num_prefills]
+    max_query_len: int  # longest prefill chunk (1 if decode only)
+    max_seq_len: int  # longest seq_lens entry
+    prefill_has_context: bool  # some prefill chunk has cached tokens before it (needs the paged prefill kernel)
+
+    @property
+    def num_seqs(self) -> int:
+        return self.seq_lens.shape[0]
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return self.positions.shape[0] - self.num_prefill_tokens
+
+    def last_token_indices(self) -> torch.Tensor:
+        """(B,) int64 index of each sequence's last new token in the flattened batch: where to sample."""
+        return self.query_start_loc[1:].long() - 1
+
+    def to(self, device: torch.device | str) -> "AttentionMetadata":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return AttentionMetadata(
+            positions=move(self.positions), slot_mapping=move(self.slot_mapping),
+            query_start_loc=move(self.query_start_loc), seq_lens=move(self.seq_lens),
+            block_tables=move(self.block_tables), num_prefills=self.num_prefills,
+            num_prefill_tokens=self.num_prefill_tokens, max_query_len=self.max_query_len,
+            max_seq_len=self.max_seq_len, prefill_has_context=self.prefill_has_context,
+        )
+
+
+def build_attention_metadata(
+    context_lens: Sequence[int],
+    query_lens: Sequence[int],
+    block_tables: Sequence[Sequence[int]],
+    block_size: int,
+    num_prefills: int | None = None,
+    device: torch.device | str = "cpu",
+) -> AttentionMetadata:
+    """Metadata for a flattened batch, from per-sequence Python lists (what the scheduler has).
+
+    context_lens[i]: tokens of sequence i already in the cache; query_lens[i]: new tokens this step; block_tables[i]:
+    its block ids, covering context_lens[i] + query_lens[i] tokens. Prefills (query_len > 1, or any sequence before
+    index num_prefills when given) must come before decodes; a decode is one new token after a cached context.
+    """
+    B = len(query_lens)
+    if not (len(context_lens) == len(block_tables) == B):
+        raise ValueError("context_lens, query_lens and block_tables need one entry per sequence")
+    if num_prefills is None:
+        num_prefills = sum(1 for q in query_lens if q > 1)
+    for i, (c, q, bt) in enumerate(zip(context_lens, query_lens, block_tables)):
+        if q < 1:
+            raise ValueError(f"sequence {i} has query_len {q}; every scheduled sequence needs >= 1 new token")
+        if i >= num_prefills and q != 1:
+            raise ValueError(f"sequence {i} (query_len {q}) comes after the decodes; put prefill chunks first")
+        if len(bt) * block_size < c + q:
+            raise ValueError(f"sequence {i}: {len(bt)} blocks of {block_size} cannot hold {c + q} tokens")
+    positions: list[int] = []
+    slots: list[int] = []
+    for c, q, bt in zip(context_lens, query_lens, block_tables):
+        for p in range(c, c + q):
+            positions.append(p)
+            slots.append(bt[p // block_size] * block_size + p % block_size)
+    starts = [0]
+    for q in query_lens:
+        starts.append(starts[-1] + q)
+    seq_lens = [c + q for c, q in zip(context_lens, query_lens)]
+    width = max((len(bt) for bt in block_tables), default=0)
+    table = torch.zeros((B, max(width, 1)), dtype=torch.int32)
+    for i, bt in enumerate(block_tables):
+        table[i, : len(bt)] = torch.tensor(bt, dtype=torch.int32)
+    return AttentionMetadata(
+        positions=torch.tensor(positions, dtype=torch.int64, device=device),
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_tables=table.to(device),
+        num_prefills=num_prefills,
+        num_prefill_tokens=starts[num_prefills],
+        max_query_len=max(query_lens, default=0),
+        max_seq_len=max(seq_lens, default=0),
+        prefill_has_context=any(c > 0 for c in context_lens[:num_prefills]),
+    )
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE in the Llama/Mixtral (rotate-half, non-interleaved) layout that Hugging Face checkpoints use."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (...) int -> cos, sin (..., head_dim) in dtype. Computed on the fly: D/2 pows, no buffers
+        to re-create after a meta-device load, exact for any position."""
+        inv_freq = 1.0 / (
+            self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim)
+        ).to(positions.device)
+        freqs = positions.float()[..., None] * inv_freq  # (..., D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (..., heads, D); cos/sin (..., D) broadcast over heads."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.scale = config.head_dim**-0.5
+        h = config.hidden_size
+        self.q_proj = nn.Linear(h, config.num_heads * config.head_dim, bias=False)
+        self.k_proj = nn.Linear(h, config.num_kv_heads * config.head_dim, bias=False)
+        self.v_proj = nn.Linear(h, config.num_kv_heads * config.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_heads * config.head_dim, h, bias=False)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (..., hidden), positions (...) -> q (..., H, D), k/v (..., Hkv, D), RoPE applied to q and k."""
+        lead = x.shape[:-1]
+        q = self.q_proj(x).view(*lead, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
+        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (B, T, hidden), positions (T,) or (B, T) -> (B, T, hidden); causal over the T tokens."""
+        B, T, _ = x.shape
+        q, k, v = self._qkv(x, positions)
+        o = kernels.flash_attention(q, k, v, causal=True, softmax_scale=self.scale)  # (B, T, H, D)
+        return self.o_proj(o.reshape(B, T, -1))
+
+    def forward_paged(
+        self, x: torch.Tensor, meta: AttentionMetadata, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> torch.Tensor:
+        """x (N, hidden) flattened new tokens; k_cache/v_cache (num_blocks, block_size, Hkv, D) of this layer,
+        updated in place -> (N, hidden)."""
+        q, k, v = self._qkv(x, meta.positions)  # (N, H, D), (N, Hkv, D)
+        kernels.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        P, p = meta.num_prefill_tokens, meta.num_prefills
+        parts = []
+        if p > 0:
+            cu = meta.query_start_loc[: p + 1]
+            if meta.prefill_has_context:
+                parts.append(kernels.paged_prefill_attention(
+                    q[:P], k_cache, v_cache, meta.block_tables[:p], meta.seq_lens[:p], cu,
+                    max_seqlen_q=meta.max_query_len, causal=True, softmax_scale=self.scale,
+                ))
+            else:  # fresh prompts: their keys are exactly the new tokens, no cache read needed
+                parts.append(kernels.flash_attention_varlen(
+                    q[:P], k[:P], v[:P], cu, cu, meta.max_query_len, meta.max_query_len,
+                    causal=True, softmax_scale=self.scale,
+                ))
+        if P < q.shape[0]:
+            parts.append(kernels.paged_attention(
+                q[P:], k_cache, v_cache, meta.block_tables[p:], meta.seq_lens[p:], softmax_scale=self.scale,
+            ))
+        o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (N, H, D)
+        return self.o_proj(o.reshape(o.shape[0], -1))

@@ -1,0 +1,429 @@
+"""The document store: one SQLite file, the source of truth for every collection.
+
+Tables: collections (name, config JSON), documents (text, metadata JSON, source), chunks (character
+span, text, the embedding as a float16 blob) and tombstones (chunks deleted since the last index
+snapshot). The vector index is derived data: it can always be rebuilt from the chunk rows without
+re-embedding anything.
+
+Sequence numbers. One counter (table meta, key "seq") numbers every change: a new chunk takes the
+next value as its id (which is also its id in the vector index) and a deleted chunk leaves a
+tombstone with the next value. Ids are never reused, so an index snapshot taken at `last_seq` is
+brought up to date by adding the chunks with id > last_seq and removing the tombstoned chunks with
+seq > last_seq.
+
+Durability: WAL with synchronous=FULL, so a committed transaction survives a kill or power loss;
+a document is written in one transaction (old chunks tombstoned and deleted, new rows in), so after
+a crash it is either complete or absent.
+
+Concurrency: one write connection behind a lock (SQLite allows one writer anyway) and one read
+connection per thread (WAL readers do not block the writer nor each other).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from retrieval.errors import InvalidArgumentError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS collections (
+    cid INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: names the index directory
+    name TEXT NOT NULL UNIQUE,
+    config TEXT NOT NULL,                   -- CollectionConfig as JSON
+    dimension INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents (
+    cid INTEGER NOT NULL,
+    doc_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,                 -- JSON object; filters use json_extract on it
+    source TEXT NOT NULL,
+    chunk_count INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (cid, doc_id)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,                 -- sequence number = id in the vector index
+    cid INTEGER NOT NULL,
+    doc_id TEXT NOT NULL,
+    ord INTEGER NOT NULL,                   -- position in the document
+    start_char INTEGER NOT NULL,
+    end_char INTEGER NOT NULL,
+    text TEXT NOT NULL,                     -- == document text[start_char:end_char]
+    vector BLOB NOT NULL                    -- float16, dimension values
+);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (cid, doc_id, ord);
+CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks (cid, id);
+CREATE TABLE IF NOT EXISTS tombstones (
+    seq INTEGER PRIMARY KEY,
+    cid INTEGER NOT NULL,
+    chunk_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (cid, seq);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('schema_version', 1);
+"""
+
+@dataclass
+class Document:
+    """A document to ingest. id None: a UUID is assigned; a known id replaces that document.
+
+    metadata: a JSON object; its scalar fields (str, number, bool) can be used in search filters.
+    source: where it came from (a path or URL), returned with hits.
+    """
+
+    id: str | None
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+# --- metadata filters ----------------------------------------------------------------------------
+
+FIELD_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+MAX_IN_VALUES = 1024
+FILTER_HELP = (
+    'supported filters: {"field": value} (equality), {"field": {"$eq": value}}, '
+    '{"field": {"$in": [v1, v2, ...]}} (membership); several fields are ANDed; values are strings, '
+    "numbers or booleans; field names match [A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+)
+
+
+def _scalar_condition(path: str, value: Any, field: str) -> tuple[str, list[Any]]:
+    """SQL that is true when metadata[field] equals value, keeping JSON types apart (1 != "1" != true).
+
+    path: the JSON path of the field, bound as a parameter (never spliced into the SQL).
+    """
+    if isinstance(value, bool):
+        return "json_type(d.metadata, ?) = ?", [path, "true" if value else "false"]
+    if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidArgumentError(f"filter on {field!r}: {value!r} is not a finite number; {FILTER_HELP}")
+        return ("(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) = ?)",
+                [path, path, value])
+    if isinstance(value, str):
+        return "(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) = ?)", [path, path, value]
+    raise InvalidArgumentError(
+        f"filter on {field!r}: value {value!r} of type {type(value).__name__} is not supported; {FILTER_HELP}"
+    )
+
+
+def compile_filter(filter: dict[str, Any] | None) -> tuple[str, list[Any]]:
+    """A metadata filter -> (SQL condition on documents `d`, parameters). ("1", []) for no filter.
+
+    {"lang": "en"}, {"lang": {"$eq": "en"}}, {"tag": {"$in": ["a", "b"]}}; several keys = AND.
+    """
+    if filter is None:
+        return "1", []
+    if not isinstance(filter, dict):
+        raise InvalidArgumentError(f"filter must be an object, got {type(filter).__name__}; {FILTER_HELP}")
+    conds: list[str] = []
+    params: list[Any] = []
+    for field, spec in filter.items():
+        if not isinstance(field, str) or not FIELD_RE.match(field):
+            raise InvalidArgumentError(f"bad filter field name {field!r}; {FILTER_HELP}")
+        path = '$."' + field + '"'  # quoted member name: dots and dashes are part of the key
+        if isinstance(spec, dict):
+            if len(spec) != 1:
+                raise InvalidArgumentError(
+                    f"filter on {field!r} must have exactly one operator, got {sorted(spec)}; {FILTER_HELP}"
+                )
+            (op, value), = spec.items()
+            if op == "$eq":
+                c, p = _scalar_condition(path, value, field)
+            elif op == "$in":
+                if not isinstance(value, (list, tuple)) or not value:
+                    raise InvalidArgumentError(f"filter on {field!r}: $in needs a non-empty list; {FILTER_HELP}")
+                if len(value) > MAX_IN_VALUES:
+                    raise InvalidArgumentError(
+                        f"filter on {field!r}: $in takes at most {MAX_IN_VALUES} values, got {len(value)}; {FILTER_HELP}"
+                    )
+                parts = [_scalar_condition(path, v, field) for v in value]
+                c = "(" + " OR ".join(pc for pc, _ in parts) + ")"
+                p = [x for _, pp in parts for x in pp]
+            else:
+                raise InvalidArgumentError(f"unknown filter operator {op!r} on {field!r}; {FILTER_HELP}")
+        else:
+            c, p = _scalar_condition(path, spec, field)
+        conds.append(c)
+        params.extend(p)
+    return (" AND ".join(conds) if conds else "1"), params
+
+
+# --- vectors -------------------------------------------------------------------------------------
+
+def vectors_to_blobs(x: np.ndarray) -> list[bytes]:
+    """(n, d) float -> n float16 blobs."""
+    x16 = np.ascontiguousarray(x, dtype=np.float16)
+    return [row.tobytes() for row in x16]
+
+
+def blobs_to_vectors(blobs: list[bytes], d: int) -> np.ndarray:
+    """n float16 blobs -> (n, d) float32."""
+    if not blobs:
+        return np.zeros((0, d), dtype=np.float32)
+    x = np.frombuffer(b"".join(blobs), dtype=np.float16).reshape(len(blobs), d)
+    return x.astype(np.float32)
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+class Store:
+    """SQLite store at `path`. Methods taking `conn` run inside a `write()` transaction."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect()
+        self._writer.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; write() issues BEGIN IMMEDIATE itself.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # a COMMIT that returned is on disk
+        conn.execute("PRAGMA busy_timeout=60000")
+        return conn
+
+    def close(self) -> None:
+        with self._write_lock, self._readers_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for c in self._readers:
+                c.close()
+            self._readers.clear()
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self._writer.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            with self._readers_lock:
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed (durably) on exit, rolled back on an exception."""
+        with self._write_lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several queries (a read transaction on this thread's connection)."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    # --- sequence numbers --------------------------------------------------------------------------
+
+    @staticmethod
+    def allocate_seq(conn: sqlite3.Connection, n: int) -> int:
+        """Reserve n sequence numbers in this transaction; returns the first (they are first..first+n-1)."""
+        (last,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (last + n,))
+        return last + 1
+
+    def last_seq(self) -> int:
+        (v,) = self._reader().execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        return int(v)
+
+    # --- collections -------------------------------------------------------------------------------
+
+    def insert_collection(self, conn: sqlite3.Connection, name: str, config: dict, dimension: int,
+                          created_at: float) -> int:
+        cur = conn.execute(
+            "INSERT INTO collections (name, config, dimension, created_at) VALUES (?, ?, ?, ?)",
+            (name, json.dumps(config, sort_keys=True), dimension, created_at),
+        )
+        return int(cur.lastrowid)
+
+    def collection_rows(self) -> list[dict[str, Any]]:
+        rows = self._reader().execute(
+            "SELECT cid, name, config, dimension, created_at FROM collections ORDER BY name"
+        ).fetchall()
+        return [
+            {"cid": r[0], "name": r[1], "config": json.loads(r[2]), "dimension": r[3], "created_at": r[4]}
+            for r in rows
+        ]
+
+    def collection_exists(self, conn: sqlite3.Connection, name: str) -> bool:
+        return conn.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone() is not None
+
+    @staticmethod
+    def delete_collection(conn: sqlite3.Connection, cid: int) -> None:
+        for table in ("chunks", "documents", "tombstones", "collections"):
+            conn.execute(f"DELETE FROM {table} WHERE cid = ?", (cid,))
+
+    # --- documents ---------------------------------------------------------------------------------
+
+    def put_document(self, conn: sqlite3.Connection, cid: int, doc_id: str, text: str, metadata: str,
+                     source: str, spans: list[tuple[int, int]], chunk_texts: list[str], blobs: list[bytes],
+                     now: float) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Insert or replace one document and its chunks. Returns (new chunk ids, old chunk ids, replaced).
+
+        metadata: JSON text. spans: (start, end) per chunk. blobs: float16 vectors per chunk.
+        """
+        assert len(spans) == len(chunk_texts) == len(blobs)
+        old_ids = self.delete_document(conn, cid, doc_id)
+        replaced = old_ids is not None
+        if old_ids is None:
+            old_ids = np.zeros(0, dtype=np.int64)
+        conn.execute(
+            "INSERT INTO documents (cid, doc_id, text, metadata, source, chunk_count, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (cid, doc_id, text, metadata, source, len(spans), now, now),
+        )
+        first = self.allocate_seq(conn, len(spans)) if spans else 0
+        new_ids = np.arange(first, first + len(spans), dtype=np.int64)
+        conn.executemany(
+            "INSERT INTO chunks (id, cid, doc_id, ord, start_char, end_char, text, vector) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (int(new_ids[o]), cid, doc_id, o, s, e, t, b)
+                for o, ((s, e), t, b) in enumerate(zip(spans, chunk_texts, blobs))
+            ],
+        )
+        return new_ids, old_ids, replaced
+
+    def delete_document(self, conn: sqlite3.Connection, cid: int, doc_id: str) -> np.ndarray | None:
+        """Delete a document and tombstone its chunks; returns their ids, or None if it did not exist."""
+        if conn.execute("SELECT 1 FROM documents WHERE cid = ? AND doc_id = ?", (cid, doc_id)).fetchone() is None:
+            return None
+        ids = np.array(
+            [r[0] for r in conn.execute("SELECT id FROM chunks WHERE cid = ? AND doc_id = ?", (cid, doc_id))],
+            dtype=np.int64,
+        )
+        if len(ids):
+            first = self.allocate_seq(conn, len(ids))
+            conn.executemany(
+                "INSERT INTO tombstones (seq, cid, chunk_id) VALUES (?, ?, ?)",
+                [(first + i, cid, int(c)) for i, c in enumerate(ids)],
+            )
+            conn.execute("DELETE FROM chunks WHERE cid = ? AND doc_id = ?", (cid, doc_id))
+        conn.execute("DELETE FROM documents WHERE cid = ? AND doc_id = ?", (cid, doc_id))
+        return ids
+
+    def get_document(self, cid: int, doc_id: str, include_chunks: bool = False) -> dict[str, Any] | None:
+        with self.read() as conn:
+            row = conn.execute(
+                "SELECT text, metadata, source, chunk_count, created_at, updated_at FROM documents "
+                "WHERE cid = ? AND doc_id = ?",
+                (cid, doc_id),
+            ).fetchone()
+            if row is None:
+                return None
+            doc = {"id": doc_id, "text": row[0], "metadata": json.loads(row[1]), "source": row[2],
+                   "chunk_count": row[3], "created_at": row[4], "updated_at": row[5], "chunks": None}
+            if include_chunks:
+                doc["chunks"] = [
+                    {"chunk_id": r[0], "start": r[1], "end": r[2], "text": r[3]}
+                    for r in conn.execute(
+                        "SELECT id, start_char, end_char, text FROM chunks WHERE cid = ? AND doc_id = ? ORDER BY ord",
+                        (cid, doc_id),
+                    )
+                ]
+        return doc
+
+    def counts(self, cid: int) -> tuple[int, int]:
+        """(documents, chunks) of a collection."""
+        with self.read() as conn:
+            (nd,) = conn.execute("SELECT COUNT(*) FROM documents WHERE cid = ?", (cid,)).fetchone()
+            (nc,) = conn.execute("SELECT COUNT(*) FROM chunks WHERE cid = ?", (cid,)).fetchone()
+        return int(nd), int(nc)
+
+    # --- search support ----------------------------------------------------------------------------
+
+    def allowed_ids(self, cid: int, where: str, params: list[Any]) -> np.ndarray:
+        """Chunk ids of the documents of collection cid whose metadata satisfies `where` (compile_filter)."""
+        cur = self._reader().execute(
+            f"SELECT c.id FROM documents d JOIN chunks c ON c.cid = d.cid AND c.doc_id = d.doc_id "
+            f"WHERE d.cid = ? AND {where}",
+            [cid, *params],
+        )
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    def chunk_rows(self, cid: int, ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Chunk id -> hit fields (doc id, text, span, document metadata and source)."""
+        out: dict[int, dict[str, Any]] = {}
+        conn = self._reader()
+        for i in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            part = ids[i : i + 500]
+            q = ",".join("?" * len(part))
+            for r in conn.execute(
+                f"SELECT c.id, c.doc_id, c.text, c.start_char, c.end_char, d.metadata, d.source "
+                f"FROM chunks c JOIN documents d ON d.cid = c.cid AND d.doc_id = c.doc_id "
+                f"WHERE c.cid = ? AND c.id IN ({q})",
+                [cid, *part],
+            ):
+                out[int(r[0])] = {"doc_id": r[1], "text": r[2], "start": r[3], "end": r[4],
+                                  "metadata": json.loads(r[5]), "source": r[6]}
+        return out
+
+    # --- index rebuild and replay ------------------------------------------------------------------
+
+    def iter_vectors(self, cid: int, d: int, after_seq: int = 0,
+                     batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids (n,), vectors (n, d) float32) of the chunks with id > after_seq, in id order, in batches."""
+        conn = self._reader()
+        last = after_seq
+        while True:
+            rows = conn.execute(
+                "SELECT id, vector FROM chunks WHERE cid = ? AND id > ? ORDER BY id LIMIT ?", (cid, last, batch)
+            ).fetchall()
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            yield ids, blobs_to_vectors([r[1] for r in rows], d)
+            last = int(ids[-1])
+
+    def tombstoned_ids(self, cid: int, after_seq: int) -> np.ndarray:
+        """Chunks that existed at `after_seq` (id <= after_seq) and were deleted since (seq > after_seq)."""
+        rows = self._reader().execute(
+            "SELECT chunk_id FROM tombstones WHERE cid = ? AND seq > ? AND chunk_id <= ?", (cid, after_seq, after_seq)
+        )
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def prune_tombstones(self, cid: int, upto_seq: int) -> None:
+        """Forget tombstones an index snapshot at `upto_seq` already reflects."""
+        with self.write() as conn:
+            conn.execute("DELETE FROM tombstones WHERE cid = ? AND seq <= ?", (cid, upto_seq))

@@ -1,0 +1,297 @@
+"""`pqrag` command line: the server and a client for every RPC.
+
+    pqrag serve --data-dir data --port 50051
+    pqrag collections create docs
+    pqrag ingest ./notes ./README.md --collection docs
+    pqrag search "how do I open a file?" --collection docs -k 5 --json
+
+Client commands take --server HOST:PORT (default localhost:50051, or $PQRAG_SERVER) and --json
+(machine-readable output on stdout). Errors go to stderr with the gRPC status code; exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable
+
+DEFAULT_DATA_DIR = os.environ.get("PQRAG_DATA_DIR", "data")
+DEFAULT_SERVER = os.environ.get("PQRAG_SERVER", "localhost:50051")
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _client(args):
+    from service.client import Client
+
+    return Client(args.server, timeout=args.timeout)
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    import asyncio
+
+    from service.server import ServerConfig, serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        data_dir=args.data_dir, host=args.host, port=args.port, workers=args.workers,
+        metrics_port=args.metrics_port, max_message_bytes=args.max_message_mb * 1024 * 1024,
+    )
+
+    def ready(port: int) -> None:
+        # One parseable line on stdout so scripts (and `make demo`) can find a port chosen with --port 0.
+        print(f"pqrag listening on {config.host}:{port}", flush=True)
+
+    asyncio.run(serve(config, ready=ready))
+    return 0
+
+
+# --- collections ---------------------------------------------------------------------------------
+
+def cmd_collections(args) -> int:
+    from service.client import collection_to_dict
+
+    with _client(args) as c:
+        if args.action == "create":
+            spec = {"kind": args.kind, "m": args.m, "nbits": args.nbits, "nlist": args.nlist,
+                    "nprobe": args.nprobe, "metric": args.metric, "backend": args.backend}
+            if args.no_rerank:
+                spec["rerank"] = False
+            out = collection_to_dict(c.create_collection(args.name, embedder=args.embedder or "", **spec))
+            _print_json(out) if args.json else print(f"created collection {out['name']} (dimension {out['dimension']})")
+        elif args.action == "get":
+            out = collection_to_dict(c.get_collection(args.name))
+            if args.json:
+                _print_json(out)
+            else:
+                for k, v in out.items():
+                    print(f"{k:12} {v}")
+        elif args.action == "list":
+            colls = [collection_to_dict(x) for x in c.list_collections()]
+            if args.json:
+                _print_json(colls)
+            else:
+                print(f"{'NAME':24} {'DOCS':>8} {'CHUNKS':>8} {'DIM':>5}  INDEX")
+                for x in colls:
+                    print(f"{x['name']:24} {x['documents']:>8} {x['chunks']:>8} {x['dimension']:>5}  {x['index_state']}")
+        elif args.action == "delete":
+            c.delete_collection(args.name)
+            _print_json({"deleted": args.name}) if args.json else print(f"deleted collection {args.name}")
+    return 0
+
+
+# --- ingest --------------------------------------------------------------------------------------
+
+def cmd_ingest(args) -> int:
+    import grpc
+    from tqdm import tqdm
+
+    from retrieval.loaders import iter_files, load_file
+
+    skipped: list[str] = []
+    files = list(iter_files(args.paths))
+    # The bar counts files, but acks come per document: remember which file each document came from and move
+    # the bar when that file's last document is acknowledged (a .jsonl file holds many documents).
+    file_of: dict[str, int] = {}
+
+    def documents():
+        for i, (path, root) in enumerate(files, start=1):
+            for doc in load_file(path, root, skipped.append):
+                file_of[doc.id] = i
+                yield doc
+
+    with _client(args) as c:
+        if args.create:
+            try:
+                c.create_collection(args.collection)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+        bar = tqdm(total=len(files), unit="file", disable=args.json or args.quiet, dynamic_ncols=True,
+                   file=sys.stderr)
+        chunks, ids, replaced, start = 0, [], 0, time.perf_counter()
+        try:
+            for ack in c.ingest(args.collection, documents()):
+                chunks += ack.chunk_count
+                replaced += int(ack.replaced)
+                ids.append(ack.document_id)
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                done = file_of.pop(ack.document_id, bar.n + 1) - 1  # files before this one are complete
+                bar.set_postfix(docs=len(ids), chunks=chunks, chunks_per_s=f"{chunks / elapsed:.1f}", refresh=False)
+                bar.update(max(done - bar.n, 0))
+            bar.update(len(files) - bar.n)
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - start
+    summary = {"collection": args.collection, "documents": len(ids), "chunks": chunks, "replaced": replaced,
+               "seconds": round(elapsed, 3), "chunks_per_s": round(chunks / max(elapsed, 1e-9), 2),
+               "skipped": skipped}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"ingested {len(ids)} documents ({chunks} chunks, {replaced} replaced) into {args.collection} "
+              f"in {elapsed:.1f}s ({summary['chunks_per_s']} chunks/s)")
+        for path in skipped:
+            # The loader reports unsupported files as their bare path and other skips as "path (reason)".
+            reason = "" if path.endswith(")") else " (unsupported file type)"
+            print(f"skipped {path}{reason}", file=sys.stderr)
+    return 0
+
+
+# --- search and documents ------------------------------------------------------------------------
+
+def cmd_search(args) -> int:
+    filt = None
+    if args.filter:
+        try:
+            filt = json.loads(args.filter)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"error: --filter is not valid JSON: {exc}")
+    with _client(args) as c:
+        resp = c.search_raw(args.collection, args.query, k=args.k, filter=filt, nprobe=args.nprobe,
+                            rerank=False if args.no_rerank else None)
+    from service.client import hit_to_dict
+
+    hits = [hit_to_dict(h) for h in resp.hits]
+    if args.json:
+        _print_json(hits)
+        return 0
+    for i, h in enumerate(hits, 1):
+        snippet = " ".join(h["text"].split())
+        if len(snippet) > 240:
+            snippet = snippet[:237] + "..."
+        print(f"[{i}] {h['score']:.4f}  {h['doc_id']}  (chunk {h['chunk_id']}, chars {h['start']}-{h['end']})")
+        print(f"    {snippet}")
+    print(f"({len(hits)} hits; embed {resp.embed_ms:.1f} ms, search {resp.search_ms:.1f} ms)")
+    return 0
+
+
+def cmd_documents(args) -> int:
+    from service.structs import struct_to_dict
+
+    with _client(args) as c:
+        if args.action == "get":
+            d = c.get_document(args.collection, args.document_id, include_chunks=args.chunks)
+            out = {"id": d.id, "source": d.source, "metadata": struct_to_dict(d.metadata), "chunk_count": d.chunk_count,
+                   "text": d.text, "chunks": [{"id": ch.id, "start": ch.start, "end": ch.end, "text": ch.text}
+                                              for ch in d.chunks]}
+            if args.json:
+                _print_json(out)
+            else:
+                print(f"{d.id} ({d.chunk_count} chunks) {d.source}\n{d.text}")
+        else:
+            c.delete_document(args.collection, args.document_id)
+            _print_json({"deleted": args.document_id}) if args.json else print(f"deleted {args.document_id}")
+    return 0
+
+
+def cmd_health(args) -> int:
+    with _client(args) as c:
+        status = c.health()
+    _print_json({"status": status}) if args.json else print(status)
+    return 0 if status == "SERVING" else 1
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pqrag", description="pqrag: product-quantized retrieval over gRPC")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def client_cmd(name: str, help: str, fn: Callable) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT of the server (default %(default)s)")
+        p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        p.add_argument("--timeout", type=float, default=600.0, help="seconds per RPC")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = sub.add_parser("serve", help="run the gRPC server")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="SQLite store and indexes (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all interfaces")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    p.add_argument("--workers", type=int, default=4, help="threads for embedding, search and storage")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--max-message-mb", type=int, default=16, help="largest request accepted")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(fn=cmd_serve)
+
+    p = client_cmd("collections", "create, get, list or delete collections", cmd_collections)
+    csub = p.add_subparsers(dest="action", required=True)
+    c = csub.add_parser("create")
+    c.add_argument("name")
+    c.add_argument("--embedder", help="local sentence-transformers model directory (default all-MiniLM-L6-v2)")
+    c.add_argument("--kind", choices=["ivfpq", "pq", "flat"])
+    c.add_argument("--m", type=int, help="sub-quantizers per vector (must divide the dimension)")
+    c.add_argument("--nbits", type=int, help="bits per code (1..8)")
+    c.add_argument("--nlist", type=int, help="IVF lists (default: from the collection size)")
+    c.add_argument("--nprobe", type=int, help="lists probed per query")
+    c.add_argument("--metric", choices=["ip", "l2"])
+    c.add_argument("--backend", choices=["torch", "faiss"])
+    c.add_argument("--no-rerank", action="store_true", help="skip exact re-ranking of PQ candidates")
+    for action in ("get", "delete"):
+        csub.add_parser(action).add_argument("name")
+    csub.add_parser("list")
+    # Let the shared client flags also follow the action (`pqrag collections list --json`).
+    for sp in csub.choices.values():
+        sp.add_argument("--server", default=argparse.SUPPRESS)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+    p = client_cmd("ingest", "ingest files and folders (.txt .md .html .json .jsonl)", cmd_ingest)
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("--create", action="store_true", help="create the collection if it does not exist")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    p = client_cmd("search", "search a collection", cmd_search)
+    p.add_argument("query")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("-k", type=int, default=10, help="number of hits (1..1000)")
+    p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"lang": "en", "tag": {"$in": ["a", "b"]}}\'')
+    p.add_argument("--nprobe", type=int, default=0)
+    p.add_argument("--no-rerank", action="store_true")
+
+    p = client_cmd("documents", "get or delete one document", cmd_documents)
+    dsub = p.add_subparsers(dest="action", required=True)
+    for action in ("get", "delete"):
+        d = dsub.add_parser(action)
+        d.add_argument("document_id")
+        d.add_argument("--collection", "-c", required=True)
+        d.add_argument("--server", default=argparse.SUPPRESS)
+        d.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        if action == "get":
+            d.add_argument("--chunks", action="store_true", help="include chunks with their character spans")
+
+    client_cmd("health", "check the server's grpc.health.v1 status", cmd_health)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            code = exc.code().name if exc.code() else "UNKNOWN"
+            print(f"error: {code}: {exc.details()}", file=sys.stderr)
+            if code == "UNAVAILABLE":
+                print(f"(is the server running at {args.server}? start one with `pqrag serve`)", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

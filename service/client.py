@@ -1,0 +1,157 @@
+"""A small synchronous client for the pqrag API, used by the CLI, the demo and the tests.
+
+    with Client("localhost:50051") as c:
+        c.create_collection("docs")
+        for ack in c.ingest("docs", [{"id": "a", "text": "..."}]):
+            ...
+        hits = c.search("docs", "what is a list comprehension?", k=5)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pqrag.v1 import (
+    collections_pb2,
+    collections_pb2_grpc,
+    documents_pb2,
+    documents_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+)
+from service.structs import dict_to_struct, struct_to_dict
+
+DEFAULT_SERVER = "localhost:50051"
+
+
+def document_message(doc: Any) -> documents_pb2.Document:
+    """A Document from a dict (id/text/metadata/source) or any object with those attributes."""
+    get = doc.get if isinstance(doc, dict) else (lambda k, default=None: getattr(doc, k, default))
+    return documents_pb2.Document(
+        id=get("id") or "", text=get("text") or "", metadata=dict_to_struct(get("metadata") or {}),
+        source=get("source") or "",
+    )
+
+
+def hit_to_dict(h: search_pb2.Hit) -> dict[str, Any]:
+    return {
+        "doc_id": h.document_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text,
+        "metadata": struct_to_dict(h.metadata), "source": h.source, "start": h.start, "end": h.end,
+    }
+
+
+def collection_to_dict(c: collections_pb2.Collection) -> dict[str, Any]:
+    return {
+        "name": c.name, "embedder": c.embedder or "default", "dimension": c.dimension,
+        "documents": c.document_count, "chunks": c.chunk_count, "index_state": c.index_state,
+        "index": {"kind": c.index.kind, "m": c.index.m, "nbits": c.index.nbits, "nlist": c.index.nlist,
+                  "nprobe": c.index.nprobe, "metric": c.index.metric, "rerank": c.index.rerank},
+    }
+
+
+class Client:
+    def __init__(self, target: str = DEFAULT_SERVER, timeout: float | None = 60.0,
+                 max_message_bytes: int = 64 * 1024 * 1024):
+        self.target = target
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[("grpc.max_send_message_length", max_message_bytes),
+                     ("grpc.max_receive_message_length", max_message_bytes)],
+        )
+        self.collections = collections_pb2_grpc.CollectionsStub(self.channel)
+        self.documents = documents_pb2_grpc.DocumentsStub(self.channel)
+        self.searcher = search_pb2_grpc.SearchStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def health(self, service: str = "") -> str:
+        resp = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    # collections
+    def create_collection(self, name: str, embedder: str = "", **index: Any) -> collections_pb2.Collection:
+        chunking = {k: index.pop(k) for k in ("chunk_tokens", "overlap_tokens") if k in index}
+        coll = collections_pb2.Collection(
+            name=name, embedder=embedder,
+            index=collections_pb2.IndexSpec(**{k: v for k, v in index.items() if v is not None}),
+            chunking=collections_pb2.ChunkingSpec(**chunking),
+        )
+        return self.collections.CreateCollection(
+            collections_pb2.CreateCollectionRequest(collection=coll), timeout=self.timeout
+        )
+
+    def get_collection(self, name: str) -> collections_pb2.Collection:
+        return self.collections.GetCollection(collections_pb2.GetCollectionRequest(name=name), timeout=self.timeout)
+
+    def list_collections(self) -> list[collections_pb2.Collection]:
+        out, token = [], ""
+        while True:
+            resp = self.collections.ListCollections(
+                collections_pb2.ListCollectionsRequest(page_token=token), timeout=self.timeout
+            )
+            out.extend(resp.collections)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    def delete_collection(self, name: str) -> None:
+        self.collections.DeleteCollection(collections_pb2.DeleteCollectionRequest(name=name), timeout=self.timeout)
+
+    # documents
+    def _requests(self, collection: str, docs: Iterable[Any]) -> Iterator[documents_pb2.IngestRequest]:
+        for i, doc in enumerate(docs):
+            yield documents_pb2.IngestRequest(collection=collection if i == 0 else "", document=document_message(doc))
+
+    def ingest(self, collection: str, docs: Iterable[Any]) -> Iterator[documents_pb2.IngestAck]:
+        """Streams documents; yields one acknowledgement per document once it is durable."""
+        return self.documents.IngestStream(self._requests(collection, docs))
+
+    def ingest_summary(self, collection: str, docs: Iterable[Any]) -> documents_pb2.IngestSummary:
+        return self.documents.Ingest(self._requests(collection, docs), timeout=self.timeout)
+
+    def get_document(self, collection: str, document_id: str, include_chunks: bool = False) -> documents_pb2.Document:
+        return self.documents.GetDocument(
+            documents_pb2.GetDocumentRequest(collection=collection, document_id=document_id,
+                                             include_chunks=include_chunks),
+            timeout=self.timeout,
+        )
+
+    def delete_document(self, collection: str, document_id: str) -> None:
+        self.documents.DeleteDocument(
+            documents_pb2.DeleteDocumentRequest(collection=collection, document_id=document_id), timeout=self.timeout
+        )
+
+    # search
+    def search_raw(self, collection: str, text: str | None = None, vector: list[float] | None = None,
+                   k: int | None = 10, filter: dict | None = None, nprobe: int = 0,
+                   rerank: bool | None = None) -> search_pb2.SearchResponse:
+        req = search_pb2.SearchRequest(collection=collection, nprobe=nprobe)
+        if k is not None:
+            req.top_k = k
+        if vector is not None:
+            req.vector.values.extend(vector)
+        elif text is not None:
+            req.text = text
+        if filter is not None:
+            req.filter.CopyFrom(dict_to_struct(filter))
+        if rerank is not None:
+            req.rerank = rerank
+        return self.searcher.Search(req, timeout=self.timeout)
+
+    def search(self, collection: str, text: str | None = None, **kw: Any) -> list[dict[str, Any]]:
+        return [hit_to_dict(h) for h in self.search_raw(collection, text, **kw).hits]

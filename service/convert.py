@@ -1,0 +1,154 @@
+"""Pure functions between protobuf messages and retrieval's domain objects, with request validation.
+
+Validation here covers what only the wire format can get wrong (unset fields, a collection named
+differently mid-stream); everything about values is checked once, in the domain, and comes back as a
+`retrieval.errors` exception that the servicer maps to a status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from pqrag.v1 import collections_pb2, documents_pb2, search_pb2
+from retrieval.adaptive import IndexConfig
+from retrieval.chunker import ChunkerConfig
+from retrieval.collection import CollectionConfig, Document
+from retrieval.errors import InvalidArgumentError
+from service.structs import dict_to_struct, struct_to_dict
+
+EMPTY = empty_pb2.Empty()
+DEFAULT_TOP_K = 10
+
+
+def require_name(name: str, what: str = "collection") -> str:
+    if not name:
+        raise InvalidArgumentError(f"{what} name is required")
+    return name
+
+
+def require_document_id(doc_id: str) -> str:
+    if not doc_id:
+        raise InvalidArgumentError("document_id is required")
+    return doc_id
+
+
+# --- collections ---------------------------------------------------------------------------------
+
+def collection_config_from_proto(c: collections_pb2.Collection) -> tuple[str, CollectionConfig]:
+    name = require_name(c.name)
+    index = IndexConfig()
+    spec = c.index
+    overrides = {
+        "kind": spec.kind or None,
+        "m": spec.m or None,
+        "nbits": spec.nbits or None,
+        "nlist": spec.nlist or None,
+        "nprobe": spec.nprobe or None,
+        "metric": spec.metric or None,
+        "backend": spec.backend or None,
+        "rerank": spec.rerank if spec.HasField("rerank") else None,
+    }
+    index = _replace(index, overrides)
+    chunker = _replace(
+        ChunkerConfig(),
+        {"chunk_tokens": c.chunking.chunk_tokens or None, "overlap_tokens": c.chunking.overlap_tokens or None},
+    )
+    config = CollectionConfig(embedder=c.embedder or None, index=index, chunker=chunker)
+    return name, config
+
+
+def _replace(obj, overrides: dict[str, Any]):
+    import dataclasses
+
+    return dataclasses.replace(obj, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def collection_to_proto(coll) -> collections_pb2.Collection:
+    """coll: a retrieval.collection.Collection. Reads its stats (touches SQLite: call off the loop)."""
+    cfg = coll.config
+    stats = coll.stats()
+    created = timestamp_pb2.Timestamp()
+    created.FromSeconds(int(stats.get("created_at", 0)))
+    ix = cfg.index
+    return collections_pb2.Collection(
+        name=coll.name,
+        embedder=cfg.embedder or "",
+        dimension=int(stats["dimension"]),
+        index=collections_pb2.IndexSpec(
+            kind=ix.kind, m=ix.m or 0, nbits=ix.nbits, nlist=ix.nlist or 0, nprobe=ix.nprobe or 0,
+            metric=ix.metric, backend=ix.backend or "", rerank=bool(ix.rerank),
+        ),
+        chunking=collections_pb2.ChunkingSpec(
+            chunk_tokens=cfg.chunker.chunk_tokens, overlap_tokens=cfg.chunker.overlap_tokens
+        ),
+        document_count=int(stats["document_count"]),
+        chunk_count=int(stats["chunk_count"]),
+        index_state=str(stats["index_state"]),
+        create_time=created,
+    )
+
+
+# --- documents -----------------------------------------------------------------------------------
+
+def stream_collection(req: documents_pb2.IngestRequest, current: str, position: int) -> str:
+    """The collection a streamed IngestRequest writes to: set on the first, the same (or empty) after."""
+    if not current:
+        if not req.collection:
+            raise InvalidArgumentError("the first IngestRequest must name the collection")
+        return req.collection
+    if req.collection and req.collection != current:
+        raise InvalidArgumentError(
+            f"document {position} names collection {req.collection!r} but the stream writes to {current!r}; "
+            "use one stream per collection"
+        )
+    return current
+
+
+def document_from_proto(d: documents_pb2.Document, position: int) -> Document:
+    if not d.text.strip():
+        label = f"document {position}" + (f" (id {d.id!r})" if d.id else "")
+        raise InvalidArgumentError(f"{label} has empty text; send the document's text in Document.text")
+    return Document(id=d.id or None, text=d.text, metadata=struct_to_dict(d.metadata), source=d.source)
+
+
+def document_to_proto(doc) -> documents_pb2.Document:
+    chunks = [
+        documents_pb2.Chunk(id=int(c.chunk_id), text=c.text, start=int(c.start), end=int(c.end))
+        for c in (doc.chunks or [])
+    ]
+    return documents_pb2.Document(
+        id=doc.id, text=doc.text, metadata=dict_to_struct(doc.metadata), source=doc.source or "",
+        chunk_count=int(doc.chunk_count), chunks=chunks,
+    )
+
+
+# --- search --------------------------------------------------------------------------------------
+
+def search_query_from_proto(req: search_pb2.SearchRequest) -> dict[str, Any]:
+    """Keyword arguments for Collection.search, plus the collection name under "collection"."""
+    which = req.WhichOneof("query")
+    if which is None:
+        raise InvalidArgumentError("set the query: SearchRequest.text or SearchRequest.vector")
+    k = req.top_k if req.HasField("top_k") else DEFAULT_TOP_K
+    return {
+        "collection": require_name(req.collection),
+        "query": req.text if which == "text" else None,
+        "vector": list(req.vector.values) if which == "vector" else None,
+        "k": k,
+        "filter": struct_to_dict(req.filter) if req.HasField("filter") else None,
+        "nprobe": req.nprobe or None,
+        "rerank": req.rerank if req.HasField("rerank") else None,
+    }
+
+
+def search_result_to_proto(result) -> search_pb2.SearchResponse:
+    hits = [
+        search_pb2.Hit(
+            document_id=h.doc_id, chunk_id=int(h.chunk_id), score=float(h.score), text=h.text,
+            metadata=dict_to_struct(h.metadata), source=h.source or "", start=int(h.start), end=int(h.end),
+        )
+        for h in result.hits
+    ]
+    return search_pb2.SearchResponse(hits=hits, embed_ms=result.embed_ms, search_ms=result.search_ms)

@@ -1,0 +1,95 @@
+"""`make demo`: start the server on embedded defaults, index the Python docs, query them.
+
+Embedded defaults: a data dir with the SQLite store and the PQ index, the offline all-MiniLM-L6-v2
+embedder, and the bundled corpus (the Python reference topics shipped with every Python).
+A second run finds the collection already there and skips straight to the questions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+from retrieval.corpora import python_docs
+from service.client import Client
+from service.launcher import start_server_process
+
+COLLECTION = "python-docs"
+QUESTIONS = [
+    "How do I catch several exceptions in one except clause?",
+    "What does the yield keyword do in a function?",
+    "How are default argument values evaluated?",
+]
+
+
+def ingest(client: Client) -> None:
+    docs = list(python_docs())
+    bar = tqdm(total=len(docs), unit="doc", desc="ingesting Python docs", dynamic_ncols=True)
+    chunks, start = 0, time.perf_counter()
+    for ack in client.ingest(COLLECTION, docs):
+        chunks += ack.chunk_count
+        bar.set_postfix(chunks=chunks, chunks_per_s=f"{chunks / (time.perf_counter() - start):.1f}", refresh=False)
+        bar.update(1)
+    bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="demo-data")
+    parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--keep-serving", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep the server up after the demo (default: when run from a terminal)")
+    args = parser.parse_args(argv)
+
+    print(f"starting pqrag server (data dir {args.data_dir}) ...", flush=True)
+    try:
+        proc, target = start_server_process(args.data_dir, args.port, quiet=False)
+    except RuntimeError as exc:
+        raise SystemExit(f"{exc}\ntry another port: make demo PORT=50052")
+    try:
+        with Client(target, timeout=600) as client:
+            client.wait_ready()
+            names = [c.name for c in client.list_collections()]
+            if COLLECTION not in names:
+                client.create_collection(COLLECTION)
+                ingest(client)
+            info = client.get_collection(COLLECTION)
+            print(f"\ncollection {COLLECTION}: {info.document_count} documents, {info.chunk_count} chunks, "
+                  f"index {info.index_state} (IVF-PQ m={info.index.m}, nbits={info.index.nbits})\n")
+            for q in QUESTIONS:
+                resp = client.search_raw(COLLECTION, q, k=3)
+                print(f"Q: {q}   ({resp.embed_ms + resp.search_ms:.0f} ms)")
+                for i, h in enumerate(resp.hits, 1):
+                    snippet = " ".join(h.text.split())[:160]
+                    print(f"  [{i}] {h.score:.3f} {h.document_id} chars {h.start}-{h.end}: {snippet}...")
+                print()
+        port = target.rsplit(":", 1)[-1]
+        print("Ask your own (while a server runs):")
+        print(f'  .venv/bin/pqrag search "how do I open a file?" --collection {COLLECTION} --server localhost:{port}')
+        print(f"  .venv/bin/pqrag ingest ./my-notes --collection notes --create --server localhost:{port}")
+        keep = sys.stdin.isatty() if args.keep_serving is None else args.keep_serving
+        if keep:
+            print(f"\nserver running on {target}; press Ctrl-C to stop")
+            proc.wait()
+        else:
+            print(f"\n(start a server with `.venv/bin/pqrag serve --data-dir {args.data_dir}`)")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

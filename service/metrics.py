@@ -1,0 +1,59 @@
+"""Prometheus metrics for the server: one histogram and one counter per RPC, plus collection gauges.
+
+Served over HTTP (`pqrag serve --metrics-port 9464`) in the usual text exposition format so that any
+Prometheus scrapes it; `registry` is private to the server so tests can start several in one process.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+
+
+@dataclass
+class ServerMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "pqrag_rpc_requests", "RPCs handled, by method and status code",
+            ["method", "code"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "pqrag_rpc_latency_seconds", "RPC latency by method", ["method"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.ingested_documents = Counter(
+            "pqrag_ingested_documents", "Documents stored", ["collection"], registry=self.registry,
+        )
+        self.ingested_chunks = Counter(
+            "pqrag_ingested_chunks", "Chunks stored", ["collection"], registry=self.registry,
+        )
+        self.embed_seconds = Histogram(
+            "pqrag_search_embed_seconds", "Query embedding time", registry=self.registry,
+        )
+        self.search_seconds = Histogram(
+            "pqrag_search_index_seconds", "Index search time (after embedding)", registry=self.registry,
+        )
+
+    @contextmanager
+    def observe(self, method: str) -> Iterator[dict]:
+        """Times one RPC; the handler sets outcome["code"] when it fails."""
+        outcome = {"code": "OK"}
+        start = time.perf_counter()
+        try:
+            yield outcome
+        finally:
+            self.latency.labels(method).observe(time.perf_counter() - start)
+            self.requests.labels(method, outcome["code"]).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve_http(self, port: int, addr: str = "127.0.0.1"):
+        """Start the /metrics endpoint; returns (server, thread) from prometheus_client."""
+        return start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,128 @@
+"""The plain-torch references against independent formulations: SDPA, dense gathers, brute force."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import reference as R
+from tests.kernels.helpers import cu_seqlens, gen, paged_cache, randn, rel_err
+
+
+def _sdpa(q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
+    """SDPA on (B, T, H, D) tensors with GQA expanded and the bottom-right causal mask built explicitly."""
+    T, S = q.shape[1], k.shape[1]
+    group = q.shape[2] // k.shape[2]
+    k = k.repeat_interleave(group, dim=2)
+    v = v.repeat_interleave(group, dim=2)
+    mask = None
+    if causal:
+        mask = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    return o.transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    "B,T,S,H,Hkv,D,causal",
+    [(2, 17, 17, 4, 4, 32, True), (1, 9, 30, 4, 2, 64, True), (2, 13, 21, 8, 2, 32, False), (1, 1, 40, 2, 1, 128, True)],
+)
+def test_flash_attention_matches_sdpa(B, T, S, H, Hkv, D, causal):
+    g = gen()
+    q, k, v = (randn(B, n, h, D, g=g, dtype=torch.float64, device="cpu") for n, h in ((T, H), (S, Hkv), (S, Hkv)))
+    assert rel_err(R.flash_attention(q, k, v, causal), _sdpa(q, k, v, causal)) < 1e-12
+    assert rel_err(R.flash_attention(q, k, v, causal, 0.3), _sdpa(q, k, v, causal, 0.3)) < 1e-12
+
+
+def test_flash_attention_gradients_match_sdpa():
+    g = gen()
+    q, k, v = (randn(2, n, h, 32, g=g, dtype=torch.float64, device="cpu").requires_grad_() for n, h in ((11, 4), (19, 2), (19, 2)))
+    do = randn(2, 11, 4, 32, g=g, dtype=torch.float64, device="cpu")
+    ours = torch.autograd.grad(R.flash_attention(q, k, v, True), (q, k, v), do)
+    theirs = torch.autograd.grad(_sdpa(q, k, v, True), (q, k, v), do)
+    for a, b in zip(ours, theirs):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_flash_attention_rows_without_keys_are_zero():
+    # Causal with S < T: the first T - S queries see no key at all.
+    g = gen()
+    q = randn(1, 10, 2, 32, g=g, dtype=torch.float64, device="cpu")
+    k, v = (randn(1, 4, 2, 32, g=g, dtype=torch.float64, device="cpu") for _ in range(2))
+    o = R.flash_attention(q, k, v, True)
+    assert torch.equal(o[:, :6], torch.zeros_like(o[:, :6]))
+    assert rel_err(o[:, 6:], _sdpa(q[:, 6:], k, v, True)) < 1e-12
+
+
+def test_varlen_matches_per_sequence_dense():
+    g = gen()
+    lq, lk = [5, 0, 12, 7], [9, 3, 12, 4]
+    q = randn(sum(lq), 4, 32, g=g, dtype=torch.float64, device="cpu")
+    k, v = (randn(sum(lk), 2, 32, g=g, dtype=torch.float64, device="cpu") for _ in range(2))
+    cq, ck = cu_seqlens(lq, "cpu"), cu_seqlens(lk, "cpu")
+    for causal in (True, False):
+        o = R.flash_attention_varlen(q, k, v, cq, ck, max(lq), max(lk), causal)
+        for b in range(len(lq)):
+            qs, ks = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
+            if lq[b]:
+                ref = R.flash_attention(q[None, qs], k[None, ks], v[None, ks], causal)[0]
+                assert rel_err(o[qs], ref) < 1e-12
+
+
+def test_paged_references_match_contiguous_attention():
+    g = gen()
+    lens, bs, H, Hkv, D = [1, 23, 40], 8, 4, 2, 32
+    kc, vc, tables, sl = paged_cache(lens, bs, Hkv, D, g=g, dtype=torch.float64, device="cpu")
+    qlens = [1, 5, 40]
+    q = randn(sum(qlens), H, D, g=g, dtype=torch.float64, device="cpu")
+    cq = cu_seqlens(qlens, "cpu")
+    o = R.paged_prefill_attention(q, kc, vc, tables, sl, cq)
+    dec = R.paged_attention(q[cq[1:] - 1], kc, vc, tables, sl)
+    for i, n in enumerate(lens):
+        rows = torch.cat([torch.arange(tables[i, j].item() * bs, tables[i, j].item() * bs + bs) for j in range(tables.shape[1])])[:n]
+        k = kc.reshape(-1, Hkv, D)[rows][None]
+        v = vc.reshape(-1, Hkv, D)[rows][None]
+        qi = q[cq[i] : cq[i + 1]][None]
+        assert rel_err(o[cq[i] : cq[i + 1]], _sdpa(qi, k, v, True)[0]) < 1e-12
+        assert rel_err(dec[i], _sdpa(qi[:, -1:], k, v, False)[0, 0]) < 1e-12
+
+
+def test_write_kv_reference_places_tokens():
+    g = gen()
+    kc = torch.zeros(4, 3, 2, 8, dtype=torch.float64)
+    vc = torch.zeros_like(kc)
+    k, v = (randn(4, 2, 8, g=g, dtype=torch.float64, device="cpu") for _ in range(2))
+    slots = torch.tensor([7, -1, 0, 11])
+    R.write_kv(k, v, kc, vc, slots)
+    assert torch.equal(kc[2, 1], k[0]) and torch.equal(vc[2, 1], v[0])
+    assert torch.equal(kc[0, 0], k[2]) and torch.equal(kc[3, 2], k[3])
+    assert int((kc.abs().sum((-1, -2)) > 0).sum()) == 3  # the padding token wrote nothing
+
+
+def test_pq_reference_matches_brute_force():
+    g = gen()
+    nq, m, ksub, n, k = 3, 6, 16, 500, 17
+    lut = randn(nq, m, ksub, g=g, dtype=torch.float64, device="cpu")
+    codes = torch.randint(0, ksub, (n, m), generator=g, dtype=torch.uint8)
+    dist = torch.stack([sum(lut[q, j, codes[:, j].long()] for j in range(m)) for q in range(nq)])  # (nq, n)
+    values, indices = R.pq_adc_topk(lut, codes, k, chunk=128)
+    ref_v, _ = dist.sort(dim=1)
+    assert torch.allclose(values, ref_v[:, :k])
+    assert torch.allclose(dist.gather(1, indices), values)
+    v2, i2 = R.pq_adc_topk(lut, codes[:5], 8)
+    assert torch.isinf(v2[:, 5:]).all() and (i2[:, 5:] == -1).all() and (i2[:, :5] >= 0).all()
+
+
+def test_fused_moe_reference_matches_dense_mixture():
+    g = gen()
+    T, d, Fd, E, topk = 9, 16, 24, 4, 2
+    x = randn(T, d, g=g, dtype=torch.float64, device="cpu")
+    wg, wu = (randn(E, Fd, d, g=g, dtype=torch.float64, device="cpu") / math.sqrt(d) for _ in range(2))
+    wd = randn(E, d, Fd, g=g, dtype=torch.float64, device="cpu") / math.sqrt(Fd)
+    ids = torch.stack([torch.randperm(E, generator=g)[:topk] for _ in range(T)])
+    w = torch.rand(T, topk, generator=g, dtype=torch.float64)
+    gate = torch.zeros(T, E, dtype=torch.float64).scatter(1, ids, w)  # dense routing weights
+    every = torch.stack([(F.silu(x @ wg[e].T) * (x @ wu[e].T)) @ wd[e].T for e in range(E)], dim=1)  # (T, E, d)
+    ref = (gate[:, :, None] * every).sum(1)
+    assert rel_err(R.fused_moe(x, wg, wu, wd, w, ids), ref) < 1e-12

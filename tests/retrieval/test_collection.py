@@ -1,0 +1,474 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.adaptive import IndexConfig
+from retrieval.chunker import ChunkerConfig
+from retrieval.collection import (
+    MAX_TEXT_BYTES,
+    CollectionConfig,
+    Collections,
+    Document,
+    SearchResult,
+)
+from retrieval.embedder import get_embedder
+from retrieval.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
+
+REPO = Path(__file__).resolve().parents[2]
+
+TOPICS = {
+    "bread": "Knead the dough for ten minutes, let it rise, then bake the bread in a hot oven until golden.",
+    "rates": "The central bank raised interest rates to slow inflation, and bond yields climbed.",
+    "comet": "The comet's icy nucleus releases gas near the Sun, forming a long glowing tail.",
+    "violin": "She tuned the violin, rosined the bow and played a slow sonata by Bach.",
+    "python": "Python list comprehensions build a new list by applying an expression to each item.",
+}
+WORDS = ("amber basalt cedar delta ember fjord garnet harbor island jasper kelp lagoon meadow nectar orchid "
+         "pumice quartz river saffron tundra umber valley willow xenon yarrow zephyr").split()
+
+
+def unique_text(i: int, n_sentences: int = 1) -> str:
+    """Distinct, deterministic text: a few rare words chosen by i."""
+    rng = np.random.default_rng(i)
+    return " ".join(
+        f"Record {i} mentions {' and '.join(rng.choice(WORDS, 3, replace=False))}." for _ in range(n_sentences)
+    )
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return get_embedder(device="cpu")  # warms the process-wide model cache once
+
+
+@pytest.fixture
+def colls(tmp_path, embedder):
+    c = Collections(tmp_path / "data", device="cpu")
+    yield c
+    c.close()
+
+
+def topic_docs():
+    return [Document(id=k, text=v, metadata={"topic": k, "lang": "en" if k != "violin" else "de",
+                                               "n": i, "even": i % 2 == 0}, source=f"src/{k}.txt")
+            for i, (k, v) in enumerate(TOPICS.items())]
+
+
+# --- manager ---------------------------------------------------------------------------------------
+
+def test_create_get_list_delete(colls, tmp_path):
+    a = colls.create("alpha")
+    assert a.config.dimension == 384 and a.config.metric == "ip" and a.config.embedder is None
+    colls.create("beta_2-x", CollectionConfig(chunker=ChunkerConfig(chunk_tokens=64, overlap_tokens=8)))
+    assert [c.name for c in colls.list()] == ["alpha", "beta_2-x"]
+    assert colls.get("alpha") is a
+    st = a.stats()
+    assert (st["document_count"], st["chunk_count"], st["index_state"], st["dimension"]) == (0, 0, "exact", 384)
+
+    for bad in ["", "a b", "x" * 65, "ü", "a/b", None]:
+        with pytest.raises(InvalidArgumentError, match="letters, digits"):
+            colls.create(bad)
+    with pytest.raises(AlreadyExistsError):
+        colls.create("alpha")
+    with pytest.raises(NotFoundError):
+        colls.get("gamma")
+    with pytest.raises(InvalidArgumentError, match="exceeds"):
+        colls.create("big", CollectionConfig(chunker=ChunkerConfig(chunk_tokens=300, overlap_tokens=10)))
+    with pytest.raises(InvalidArgumentError, match="dimension"):
+        colls.create("dim", CollectionConfig(dimension=128))
+    with pytest.raises(InvalidArgumentError, match="index"):
+        colls.create("idx", CollectionConfig(index=IndexConfig(m=7)))  # 7 does not divide 384
+    with pytest.raises(InvalidArgumentError, match="not a directory"):
+        colls.create("emb", CollectionConfig(embedder=str(tmp_path / "no-model")))
+    assert colls.names() == ["alpha", "beta_2-x"]  # failed creates left nothing behind
+
+    a.ingest([Document(id="d", text="some text")])
+    index_dir = a.index_dir
+    colls.delete("alpha")
+    assert not index_dir.exists()
+    with pytest.raises(NotFoundError):
+        colls.get("alpha")
+    with pytest.raises(NotFoundError):
+        colls.delete("alpha")
+    with pytest.raises(NotFoundError):
+        a.search("text")  # a handle kept across the delete is dead
+    again = colls.create("alpha")
+    assert again.stats()["document_count"] == 0
+
+
+def test_one_process_per_data_dir(colls, tmp_path):
+    with pytest.raises(RuntimeError, match="in use"):
+        Collections(tmp_path / "data")
+
+
+# --- ingest, get, delete, search -------------------------------------------------------------------
+
+def test_ingest_and_search(colls):
+    coll = colls.create("docs")
+    results = coll.ingest(topic_docs() + [Document(id=None, text="A document without an id.")])
+    assert [r.doc_id for r in results[:5]] == list(TOPICS)
+    assert all(r.created and not r.replaced and r.chunk_count == 1 for r in results)
+    generated = results[-1].doc_id
+    assert len(generated) == 36 and coll.get_document(generated).text == "A document without an id."
+
+    res = coll.search("how do I make bread at home?", k=3)
+    assert isinstance(res, SearchResult) and res.hits is res and res.embed_ms > 0 and res.search_ms > 0
+    assert len(res) == 3 and res[0].doc_id == "bread"
+    assert [h.score for h in res] == sorted((h.score for h in res), reverse=True)
+    top = res[0]
+    assert top.text == TOPICS["bread"][top.start : top.end]
+    assert top.metadata["topic"] == "bread" and top.source == "src/bread.txt"
+    assert coll.search("interest rates and inflation", k=1)[0].doc_id == "rates"
+    assert len(coll.search("anything", k=1000)) == 6  # k above the collection size
+
+    doc = coll.get_document("comet", include_chunks=True)
+    assert doc.chunk_count == len(doc.chunks) == 1 and doc.metadata["lang"] == "en"
+    assert doc.chunks[0].text == doc.text[doc.chunks[0].start : doc.chunks[0].end]
+    assert coll.get_document("comet").chunks is None
+
+
+def test_long_documents_are_chunked_with_exact_spans(colls):
+    coll = colls.create("long", CollectionConfig(chunker=ChunkerConfig(chunk_tokens=40, overlap_tokens=8)))
+    text = "\n\n".join(unique_text(i, n_sentences=4) for i in range(12))
+    [r] = coll.ingest([Document(id="long", text=text)])
+    doc = coll.get_document("long", include_chunks=True)
+    assert r.chunk_count == doc.chunk_count == len(doc.chunks) > 5
+    for c in doc.chunks:
+        assert c.text == text[c.start : c.end]
+    # Any chunk's exact text finds that chunk first, with the right span.
+    target = doc.chunks[len(doc.chunks) // 2]
+    hit = coll.search(target.text, k=1)[0]
+    assert (hit.chunk_id, hit.start, hit.end) == (target.chunk_id, target.start, target.end)
+    assert hit.score > 0.99
+
+
+def test_upsert_replaces_chunks(colls):
+    coll = colls.create("up", CollectionConfig(chunker=ChunkerConfig(chunk_tokens=24, overlap_tokens=4)))
+    old_text = " ".join(unique_text(i, 2) for i in range(5))
+    [r1] = coll.ingest([Document(id="x", text=old_text, metadata={"v": 1})])
+    old_ids = {c.chunk_id for c in coll.get_document("x", include_chunks=True).chunks}
+    [r2] = coll.ingest([Document(id="x", text=TOPICS["comet"], metadata={"v": 2})])
+    assert r1.chunk_count > 1 and r2.replaced and r2.chunk_count == 1
+    doc = coll.get_document("x", include_chunks=True)
+    assert doc.text == TOPICS["comet"] and doc.metadata == {"v": 2} and doc.chunk_count == 1
+    assert not old_ids & {c.chunk_id for c in doc.chunks}
+    st = coll.stats()
+    assert (st["document_count"], st["chunk_count"], st["indexed_vectors"]) == (1, 1, 1)
+    hits = coll.search(old_text, k=10)
+    assert [h.chunk_id for h in hits] == [doc.chunks[0].chunk_id]  # the old chunks are gone from the index
+
+    # The same id twice in one call: the last version wins, and nothing of the first stays indexed.
+    res = coll.ingest([Document(id="y", text=TOPICS["bread"]), Document(id="y", text=TOPICS["rates"])])
+    assert [r.replaced for r in res] == [False, True]
+    assert coll.get_document("y").text == TOPICS["rates"]
+    assert coll.stats()["indexed_vectors"] == coll.stats()["chunk_count"] == 2
+
+
+def test_delete_document(colls):
+    coll = colls.create("del")
+    coll.ingest(topic_docs())
+    assert coll.delete_document("bread") == 1
+    with pytest.raises(NotFoundError):
+        coll.get_document("bread")
+    with pytest.raises(NotFoundError):
+        coll.delete_document("bread")
+    assert "bread" not in [h.doc_id for h in coll.search(TOPICS["bread"], k=10)]
+    st = coll.stats()
+    assert (st["document_count"], st["chunk_count"], st["indexed_vectors"]) == (4, 4, 4)
+
+
+def test_search_by_vector(colls, embedder):
+    coll = colls.create("vec")
+    coll.ingest(topic_docs())
+    q = embedder.embed([TOPICS["violin"]])[0]
+    for v in (q, q.tolist(), q[None, :]):
+        hit = coll.search(vector=v, k=1)[0]
+        assert hit.doc_id == "violin" and hit.score == pytest.approx(1.0, abs=1e-2)
+
+
+def test_filters(colls):
+    coll = colls.create("flt")
+    coll.ingest(topic_docs())
+    # The nearest chunks are not allowed; the filter still yields k hits from the allowed ones.
+    hits = coll.search(TOPICS["bread"], k=2, filter={"topic": {"$in": ["comet", "violin", "python"]}})
+    assert len(hits) == 2 and {h.doc_id for h in hits} <= {"comet", "violin", "python"}
+    assert [h.doc_id for h in coll.search(TOPICS["bread"], k=5, filter={"lang": "de"})] == ["violin"]
+    assert [h.doc_id for h in coll.search("music", k=5, filter={"lang": {"$eq": "de"}})] == ["violin"]
+    both = coll.search("x", k=5, filter={"lang": "en", "topic": {"$in": ["rates", "violin", "bread"]}})
+    assert sorted(h.doc_id for h in both) == ["bread", "rates"]
+    assert sorted(h.doc_id for h in coll.search("x", k=5, filter={"even": True})) == ["bread", "comet", "python"]
+    assert [h.doc_id for h in coll.search("x", k=5, filter={"n": 1})] == ["rates"]
+    assert coll.search("x", k=5, filter={"topic": "none"}) == []
+    assert len(coll.search("x", k=5, filter={})) == 5
+    with pytest.raises(InvalidArgumentError, match=r"unknown filter operator '\$gt'.*\$in"):
+        coll.search("x", k=5, filter={"n": {"$gt": 1}})
+    with pytest.raises(InvalidArgumentError, match="not supported"):
+        coll.search("x", k=5, filter={"topic": ["a"]})
+
+
+def test_validation_changes_nothing(colls):
+    coll = colls.create("val")
+    coll.ingest(topic_docs()[:2])
+    before = coll.stats()
+    bad_batches = [
+        ([Document(id="ok", text="fine"), Document(id="e", text="   ")], InvalidArgumentError, "empty text"),
+        ([Document(id="ok", text="fine"), Document(id="big", text="a" * (MAX_TEXT_BYTES + 1))],
+         ResourceExhaustedError, "byte limit"),
+        ([Document(id="ok", text="fine"), Document(id="m", text="t", metadata={"x": float("nan")})],
+         InvalidArgumentError, "metadata"),
+        ([Document(id="ok", text="fine"), Document(id="m", text="t", metadata={"x": {1, 2}})],
+         InvalidArgumentError, "metadata"),
+        ([Document(id="ok", text="fine"), Document(id="s", text="bad \ud800 surrogate")],
+         InvalidArgumentError, "Unicode"),
+        ([Document(id="ok", text="fine"), Document(id=5, text="t")], InvalidArgumentError, "id must be a string"),
+        ([Document(id="ok", text="fine"), {"id": "d", "body": "t"}], InvalidArgumentError, "unknown fields"),
+        ([Document(id="ok", text="fine"), Document(id="c", text="\x00\x01")], InvalidArgumentError, "tokenizer"),
+    ]
+    for batch, exc, msg in bad_batches:
+        with pytest.raises(exc, match=msg):
+            coll.ingest(batch)
+    after = coll.stats()
+    assert (after["document_count"], after["chunk_count"], after["indexed_vectors"]) == \
+        (before["document_count"], before["chunk_count"], before["indexed_vectors"]) == (2, 2, 2)
+    with pytest.raises(NotFoundError):
+        coll.get_document("ok")
+
+    for kwargs, msg in [
+        ({"query": "q", "k": 0}, "1..1000"), ({"query": "q", "k": 1001}, "1..1000"),
+        ({"query": "q", "k": True}, "1..1000"), ({"query": "q", "k": 2.5}, "1..1000"),
+        ({"query": "  "}, "empty"), ({}, "exactly one"),
+        ({"query": "q", "vector": [0.0] * 384}, "exactly one"),
+        ({"vector": [0.1] * 383}, "384 values"), ({"vector": [[0.1] * 384] * 2}, "384 values"),
+        ({"vector": [float("nan")] * 384}, "NaN"), ({"vector": ["a"] * 384}, "list of numbers"),
+        ({"query": "q", "nprobe": 0}, "nprobe"), ({"query": "q", "rerank": "yes"}, "rerank"),
+        ({"query": "q", "filter": "lang=en"}, "must be an object"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=msg):
+            coll.search(**kwargs)
+    assert coll.ingest([]) == []
+
+
+def test_l2_metric_scores_are_negative_distances(colls):
+    coll = colls.create("l2", CollectionConfig(index=IndexConfig(kind="flat", metric="l2")))
+    coll.ingest(topic_docs())
+    hits = coll.search(TOPICS["python"], k=5)
+    assert hits[0].doc_id == "python" and hits[0].score == pytest.approx(0.0, abs=1e-2)
+    assert all(h.score <= 1e-3 for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_concurrent_ingest_and_search(colls):
+    coll = colls.create("conc")
+    coll.ingest(topic_docs())
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for b in range(4):
+                coll.ingest([Document(id=f"t{t}-{b}-{j}", text=unique_text(100 * t + 10 * b + j)) for j in range(3)])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            for _ in range(10):
+                assert coll.search("bread", k=3)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)] + \
+        [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    st = coll.stats()
+    assert st["document_count"] == st["chunk_count"] == st["indexed_vectors"] == 5 + 3 * 4 * 3
+
+
+# --- persistence -----------------------------------------------------------------------------------
+
+def search_by_vectors(coll, qv, **kw):
+    return [[(h.chunk_id, round(h.score, 4)) for h in coll.search(vector=v, k=4, **kw)] for v in qv]
+
+
+def test_restart_restores_without_reembedding(tmp_path, embedder):
+    data = tmp_path / "data"
+    queries = ["baking bread", "astronomy and comets", "record mentions quartz"]
+    qv = embedder.embed(queries)
+    colls = Collections(data, device="cpu", snapshot_every=10**6)
+    coll = colls.create("p", CollectionConfig(chunker=ChunkerConfig(chunk_tokens=32, overlap_tokens=6)))
+    coll.ingest(topic_docs() + [Document(id=f"r{i}", text=unique_text(i, 3)) for i in range(20)])
+    expected = search_by_vectors(coll, qv)
+    colls.close()  # snapshots
+
+    # 1. A clean restart loads the snapshot and embeds nothing.
+    colls = Collections(data, device="cpu", snapshot_every=10**6)
+    coll = colls.get("p")
+    assert coll.restored_from == "snapshot" and not coll.embedder_loaded
+    assert search_by_vectors(coll, qv) == expected
+    assert not coll.embedder_loaded
+    assert coll.config.chunker.chunk_tokens == 32  # the config came back from SQLite
+
+    # 2. Changes after the snapshot, then a "crash" (no snapshot on close): replayed from SQLite.
+    coll.ingest([Document(id=f"late{i}", text=unique_text(1000 + i, 2)) for i in range(4)])
+    coll.ingest([Document(id="bread", text=TOPICS["comet"] + " Replaced.")])
+    coll.delete_document("rates")
+    coll.delete_document("r3")
+    expected = search_by_vectors(coll, qv)
+    n_chunks = coll.stats()["chunk_count"]
+    colls.close(snapshot=False)
+
+    colls = Collections(data, device="cpu", snapshot_every=10**6)
+    coll = colls.get("p")
+    assert coll.restored_from == "snapshot" and not coll.embedder_loaded
+    st = coll.stats()
+    assert st["chunk_count"] == st["indexed_vectors"] == n_chunks
+    assert search_by_vectors(coll, qv) == expected
+    assert "rates" not in {h.doc_id for h in coll.search(vector=embedder.embed([TOPICS["rates"]])[0], k=10)}
+
+    # A text query embeds exactly that query, with the collection's (lazily loaded) embedder.
+    assert coll.search("record mentions quartz", k=1)
+    assert coll.embedder_loaded and coll.embedder.texts_embedded == 1
+    colls.close()
+
+    # 3. Without a usable snapshot the index is rebuilt from the stored vectors, still without embedding.
+    for damage in ("delete", "corrupt"):
+        snap = next((data / "indexes").glob("*/index.npz"))
+        if damage == "delete":
+            snap.unlink()
+        else:
+            snap.write_bytes(b"not an npz file")
+        colls = Collections(data, device="cpu", snapshot_every=10**6)
+        coll = colls.get("p")
+        assert coll.restored_from == "store" and not coll.embedder_loaded
+        assert search_by_vectors(coll, qv) == expected
+        colls.close()
+
+
+def test_adaptive_transition_to_trained_index(tmp_path, embedder):
+    data = tmp_path / "data"
+    # nbits=4: 16 centroids per sub-space, so training needs 10 * 16 = 160 vectors, not 39 * 256.
+    config = CollectionConfig(index=IndexConfig(kind="ivfpq", nbits=4, nlist=2, min_points_per_centroid=10))
+    colls = Collections(data, device="cpu")
+    coll = colls.create("ad", config)
+    docs = [Document(id=f"r{i}", text=unique_text(i), metadata={"odd": i % 2 == 1}) for i in range(170)]
+    coll.ingest(docs[:120])
+    assert coll.stats()["index_state"] == "exact"
+    coll.ingest(docs[120:])
+    st = coll.stats()
+    assert st["index_state"] == "trained" and st["indexed_vectors"] == st["chunk_count"] == 170
+    for i in (3, 77, 150):
+        assert coll.search(docs[i].text, k=1)[0].doc_id == f"r{i}"  # re-ranked with the exact vectors
+    hits = coll.search(docs[4].text, k=10, filter={"odd": True}, nprobe=1)
+    assert len(hits) == 10 and all(h.metadata["odd"] for h in hits)
+    assert len(coll.search(docs[4].text, k=5, rerank=False, nprobe=2)) == 5
+    coll.retrain()
+    assert coll.search(docs[77].text, k=1)[0].doc_id == "r77"
+    colls.close(snapshot=False)  # training snapshotted by itself
+
+    colls = Collections(data, device="cpu")
+    coll = colls.get("ad")
+    assert coll.restored_from == "snapshot" and coll.stats()["index_state"] == "trained"
+    assert coll.search(docs[150].text, k=1)[0].doc_id == "r150"
+    colls.close()
+
+
+CHILD = r"""
+import json, sys
+import numpy as np
+from retrieval.collection import Collections, Document
+
+colls = Collections(sys.argv[1], device="cpu", snapshot_every=7)
+coll = colls.get("crash")
+rng = np.random.default_rng(0)
+words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
+
+def text(i, v):
+    n = 1 + i % 4  # several sentences: some documents have more than one chunk
+    return " ".join(f"Doc {i} version {v} says " + " ".join(rng.choice(words, 12)) + "." for _ in range(n))
+
+def say(*args):
+    print(json.dumps(args), flush=True)
+
+i = 0
+while True:
+    batch = [Document(id=f"doc-{i + j}", text=text(i + j, 1), metadata={"n": i + j}) for j in range(3)]
+    say("next", [d.id for d in batch])
+    for r in coll.ingest(batch):
+        say("ingest", r.doc_id, r.chunk_count)
+    if i >= 6:
+        say("next", [f"doc-{i - 6}"])
+        [r] = coll.ingest([Document(id=f"doc-{i - 6}", text=text(i - 6, 2))])
+        say("ingest", r.doc_id, r.chunk_count)
+        say("next", [f"doc-{i - 5}"])
+        coll.delete_document(f"doc-{i - 5}")
+        say("delete", f"doc-{i - 5}")
+    i += 3
+"""
+
+
+def test_acknowledged_documents_survive_sigkill(tmp_path, embedder):
+    data = tmp_path / "data"
+    with Collections(data, device="cpu") as colls:
+        colls.create("crash", CollectionConfig(chunker=ChunkerConfig(chunk_tokens=24, overlap_tokens=4)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=env)
+    acked: dict[str, int | None] = {}  # doc id -> acknowledged chunk count (None: deleted)
+    in_flight: list[str] = []  # documents of the last operation announced (maybe cut off by the kill)
+    n_acks = 0
+    try:
+        # Lines the child printed before it died are still in the pipe: read them all.
+        for line in proc.stdout:
+            try:
+                event, *args = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut in half by the kill: its operation is the one in flight
+            if event == "next":
+                in_flight = args[0]
+            elif event == "ingest":
+                acked[args[0]] = args[1]
+                n_acks += 1
+            elif event == "delete":
+                acked[args[0]] = None
+            if n_acks >= 40 and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)  # mid-ingestion: the child never waits for us
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the child stopped before it was killed"
+    assert n_acks >= 40
+
+    with Collections(data, device="cpu") as colls:
+        coll = colls.get("crash")
+        assert not coll.embedder_loaded
+        # Acknowledged state, except the documents of the operation that was cut off (either state).
+        for doc_id, n in acked.items():
+            if doc_id in in_flight:
+                continue
+            if n is None:
+                with pytest.raises(NotFoundError):
+                    coll.get_document(doc_id)
+                continue
+            doc = coll.get_document(doc_id, include_chunks=True)
+            assert doc.chunk_count == n == len(doc.chunks)
+            vec = coll._index.get([doc.chunks[0].chunk_id])  # the stored vector, searchable in the index
+            assert coll.search(vector=vec[0], k=1)[0].doc_id == doc_id
+        # No document is half there: every one has all its chunks, and the index has exactly them.
+        store = coll._store
+        total = 0
+        for (doc_id,) in store._reader().execute("SELECT doc_id FROM documents WHERE cid = ?", (coll.cid,)):
+            doc = coll.get_document(doc_id, include_chunks=True)
+            assert doc.chunk_count == len(doc.chunks) > 0
+            assert all(c.text == doc.text[c.start : c.end] for c in doc.chunks)
+            total += doc.chunk_count
+        st = coll.stats()
+        assert st["chunk_count"] == total == st["indexed_vectors"]
