@@ -35,7 +35,8 @@ Public signatures (shapes in brackets; all kernels accept fp16 / bf16 on GPU, fp
         values [nq, k] float32 ascending, indices [nq, k] int64; +inf / -1 padding when n < k.
     fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids) -> out
         x [T, d], w_gate/w_up [E, F, d], w_down [E, d, F] (nn.Linear layout), topk_weights [T, topk] float,
-        topk_ids [T, topk] int -> [T, d] = sum_k w[t, k] * w_down[e] @ (silu(w_gate[e] @ x_t) * (w_up[e] @ x_t)).
+        topk_ids [T, topk] int -> [T, d] = sum_k w[t, k] * w_down[e] @ (silu(w_gate[e] @ x_t) * (w_up[e] @ x_t)),
+        e = topk_ids[t, k]; ids outside [0, E) contribute nothing. Inference only (no autograd).
 """
 from __future__ import annotations
 
