@@ -1,4 +1,4 @@
-# One image for the server, the ingest job and (later) the trainer.
+# One image for the server, the ingest job and the trainer (docker-compose.yml).
 # CPU by default; build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 for CUDA.
 FROM python:3.11-slim
 
@@ -15,7 +15,9 @@ COPY retrieval ./retrieval
 COPY llm ./llm
 COPY kernels ./kernels
 COPY service ./service
-RUN pip install --no-cache-dir .
+COPY models ./models
+# Editable, so the bundled models/ next to the packages is found (service/cli.py BUNDLED_MODEL).
+RUN pip install --no-cache-dir -e .
 
 VOLUME ["/data"]
 EXPOSE 50051 9464

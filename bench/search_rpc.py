@@ -67,7 +67,7 @@ def main() -> None:
     docs, queries = load_corpus(args.docs)
     queries = (queries * (1 + args.queries // max(len(queries), 1)))[: args.queries]
     data_dir = tempfile.mkdtemp(prefix="pqrag-bench-")
-    proc, target = start_server_process(data_dir)
+    proc, target = start_server_process(data_dir, extra_args=("--no-generator",))
     try:
         with Client(target, timeout=3600) as c:
             c.wait_ready()

@@ -4,3 +4,25 @@ the tokenizer with its chat template, and the paged KV-cache memory manager (kv_
 Import the submodules directly (`from llm.model import CausalLM`); this package file stays empty of imports so
 `llm.tokenizer` does not pull in torch.
 """
+
+# `from llm import LLM, SamplingParams` (and the other engine names) resolve lazily, on first access, so that
+# importing llm.tokenizer alone still does not pull in torch.
+_LAZY = {
+    "LLM": "llm.engine",
+    "LLMEngine": "llm.engine",
+    "EngineConfig": "llm.engine",
+    "AsyncLLM": "llm.async_engine",
+    "SamplingParams": "llm.sampler",
+    "RequestOutput": "llm.outputs",
+    "CompletionOutput": "llm.outputs",
+    "StreamDelta": "llm.outputs",
+    "QueueFullError": "llm.scheduler",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'llm' has no attribute {name!r}")

@@ -21,6 +21,14 @@ from typing import Any, Callable
 
 DEFAULT_DATA_DIR = os.environ.get("PQRAG_DATA_DIR", "data")
 DEFAULT_SERVER = os.environ.get("PQRAG_SERVER", "localhost:50051")
+# The generator `pqrag serve` loads unless told otherwise: $PQRAG_MODEL, else the default model committed in the
+# repository (trained by `make default-model` with the project's own trainer on the Python documentation).
+BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "pqrag-small")
+
+
+def default_model() -> str | None:
+    path = os.environ.get("PQRAG_MODEL") or BUNDLED_MODEL
+    return path if os.path.exists(os.path.join(path, "config.json")) else None
 
 
 def _print_json(obj: Any) -> None:
@@ -42,9 +50,15 @@ def cmd_serve(args) -> int:
     from service.server import ServerConfig, serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = None if args.no_generator else (args.model or default_model())
+    if not args.no_generator and model is None:
+        logging.getLogger("pqrag").warning(
+            "no generator: pass --model DIR (or set PQRAG_MODEL); serving retrieval only")
     config = ServerConfig(
         data_dir=args.data_dir, host=args.host, port=args.port, workers=args.workers,
         metrics_port=args.metrics_port, max_message_bytes=args.max_message_mb * 1024 * 1024,
+        model=model, device=args.device, max_num_seqs=args.max_num_seqs,
+        kv_cache_memory=args.kv_cache_mb * 1024 * 1024 if args.kv_cache_mb else None,
     )
 
     def ready(port: int) -> None:
@@ -194,6 +208,95 @@ def cmd_documents(args) -> int:
     return 0
 
 
+# --- ask and chat --------------------------------------------------------------------------------
+
+def _gen_params(args) -> dict[str, Any]:
+    return {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
+            "seed": args.seed, "sampling_top_k": args.top_k_sampling}
+
+
+def _filter(args) -> dict | None:
+    return json.loads(args.filter) if args.filter else None
+
+
+def _stream_answer(events, out=None) -> dict[str, Any]:
+    """Print an Ask/Chat stream as it arrives (text, then the cited sources); returns the collected answer."""
+    out = out or sys.stdout  # looked up per call: sys.stdout may be replaced (pytest, redirection)
+    from service.client import citation_to_dict, final_to_dict
+
+    result: dict[str, Any] = {"answer": "", "citations": [], "final": None}
+    for ev in events:
+        kind = ev.WhichOneof("event")
+        if kind == "context":
+            result["citations"] = [citation_to_dict(c) for c in ev.context.citations]
+        elif kind == "delta":
+            result["answer"] += ev.delta.text
+            out.write(ev.delta.text)
+            out.flush()
+        elif kind == "final":
+            result["final"] = final_to_dict(ev.final)
+    out.write("\n")
+    if result["citations"]:
+        out.write("\nsources:\n")
+        for c in result["citations"]:
+            out.write(f"  [{c['number']}] {c['source'] or c['doc_id']} (chars {c['start']}-{c['end']}, "
+                      f"score {c['score']:.3f})\n")
+    f = result["final"]
+    if f:
+        out.write(f"({f['completion_tokens']} tokens, {f['finish_reason']}; retrieval {f['retrieval_ms']:.0f} ms, "
+                  f"first token {f['time_to_first_token_ms']:.0f} ms, total {f['total_ms']:.0f} ms)\n")
+    return result
+
+
+def cmd_ask(args) -> int:
+    from service.client import collect_answer
+
+    with _client(args) as c:
+        events = c.ask_stream(args.collection, args.question, top_k=args.k, filter=_filter(args), **_gen_params(args))
+        if args.json:
+            _print_json(collect_answer(events))
+        else:
+            _stream_answer(events)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    """An interactive conversation; the history goes with every question. /reset forgets it, /quit ends."""
+    messages: list[dict[str, str]] = []
+    print("pqrag chat: ask about the documents; /reset clears the history, /quit (or Ctrl-D) ends.", file=sys.stderr)
+    with _client(args) as c:
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                return 0
+            if line == "/reset":
+                messages.clear()
+                continue
+            messages.append({"role": "user", "content": line})
+            events = c.chat_stream(args.collection, messages, top_k=args.k, filter=_filter(args), **_gen_params(args))
+            if args.json:
+                from service.client import collect_answer
+
+                result = collect_answer(events)
+                _print_json(result)
+            else:
+                sys.stdout.write("pqrag> ")
+                result = _stream_answer(events)
+            messages.append({"role": "assistant", "content": result["answer"]})
+
+
+def cmd_train(args) -> int:
+    from llm.train import main as train_main
+
+    return train_main(args.train_args)
+
+
 def cmd_health(args) -> int:
     with _client(args) as c:
         status = c.health()
@@ -223,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--max-message-mb", type=int, default=16, help="largest request accepted")
     p.add_argument("--log-level", default="info")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", help="generator checkpoint directory (config.json, *.safetensors, tokenizer.json); "
+                                   "default $PQRAG_MODEL or the bundled models/pqrag-small")
+    g.add_argument("--no-generator", action="store_true", help="serve retrieval only (ingestion/search nodes)")
+    p.add_argument("--device", help="generator device (default: cuda when available, else cpu)")
+    p.add_argument("--kv-cache-mb", type=int, default=None, help="KV-cache memory for the generator")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences the generator decodes together")
     p.set_defaults(fn=cmd_serve)
 
     p = client_cmd("collections", "create, get, list or delete collections", cmd_collections)
@@ -271,7 +381,28 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "get":
             d.add_argument("--chunks", action="store_true", help="include chunks with their character spans")
 
+    for name, help, fn in (("ask", "answer a question from a collection, streaming", cmd_ask),
+                           ("chat", "an interactive conversation over a collection", cmd_chat)):
+        p = client_cmd(name, help, fn)
+        if name == "ask":
+            p.add_argument("question")
+        p.add_argument("--collection", "-c", required=True)
+        p.add_argument("-k", type=int, default=None, help="passages retrieved (1..50, default 5)")
+        p.add_argument("--filter", help="metadata filter as JSON, as for search")
+        p.add_argument("--max-tokens", type=int, default=None, help="answer length limit (default 256)")
+        p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
+        p.add_argument("--top-p", type=float, default=None)
+        p.add_argument("--top-k-sampling", type=int, default=None, help="sample from the k most likely tokens")
+        p.add_argument("--seed", type=int, default=None)
+
     client_cmd("health", "check the server's grpc.health.v1 status", cmd_health)
+
+    # Everything after `train` goes to llm.train (`pqrag train --help` shows its options): prefix_chars without "-"
+    # keeps this subparser from claiming the trainer's flags.
+    p = sub.add_parser("train", help="train the MoE generator (same options as python -m llm.train)",
+                       add_help=False, prefix_chars="\0")
+    p.add_argument("train_args", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_train)
     return parser
 
 

@@ -5,6 +5,9 @@
         for ack in c.ingest("docs", [{"id": "a", "text": "..."}]):
             ...
         hits = c.search("docs", "what is a list comprehension?", k=5)
+        for event in c.ask_stream("docs", "what is a list comprehension?", max_tokens=64):
+            ...                                     # context, then deltas, then final
+        result = c.ask("docs", "what is a list comprehension?")   # {"answer", "citations", "final"}
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pqrag.v1 import (
     collections_pb2_grpc,
     documents_pb2,
     documents_pb2_grpc,
+    rag_pb2,
+    rag_pb2_grpc,
     search_pb2,
     search_pb2_grpc,
 )
@@ -43,6 +48,40 @@ def hit_to_dict(h: search_pb2.Hit) -> dict[str, Any]:
     }
 
 
+def citation_to_dict(c: rag_pb2.Citation) -> dict[str, Any]:
+    return {"number": c.number, "doc_id": c.document_id, "chunk_id": c.chunk_id, "score": c.score,
+            "source": c.source, "start": c.start, "end": c.end, "snippet": c.snippet}
+
+
+def final_to_dict(f: rag_pb2.AnswerEnd) -> dict[str, Any]:
+    return {"finish_reason": f.finish_reason, "prompt_tokens": f.prompt_tokens,
+            "completion_tokens": f.completion_tokens, "retrieval_ms": f.retrieval_ms,
+            "time_to_first_token_ms": f.time_to_first_token_ms, "total_ms": f.total_ms}
+
+
+def generation_params(**params: Any) -> rag_pb2.GenerationParams:
+    """GenerationParams from keyword arguments (max_tokens=64, temperature=0.7, stop=["\\n\\n"], ...); None = unset.
+    sampling_top_k is GenerationParams.top_k (top_k of ask/chat is the number of passages retrieved)."""
+    stop = params.pop("stop", None) or []
+    if "sampling_top_k" in params:
+        params["top_k"] = params.pop("sampling_top_k")
+    return rag_pb2.GenerationParams(stop=list(stop), **{k: v for k, v in params.items() if v is not None})
+
+
+def collect_answer(events: Iterable[rag_pb2.AskResponse]) -> dict[str, Any]:
+    """A whole Ask/Chat stream -> {"answer": str, "citations": [...], "final": {...}}."""
+    out: dict[str, Any] = {"answer": "", "citations": [], "final": None}
+    for ev in events:
+        kind = ev.WhichOneof("event")
+        if kind == "context":
+            out["citations"] = [citation_to_dict(c) for c in ev.context.citations]
+        elif kind == "delta":
+            out["answer"] += ev.delta.text
+        elif kind == "final":
+            out["final"] = final_to_dict(ev.final)
+    return out
+
+
 def collection_to_dict(c: collections_pb2.Collection) -> dict[str, Any]:
     return {
         "name": c.name, "embedder": c.embedder or "default", "dimension": c.dimension,
@@ -65,6 +104,7 @@ class Client:
         self.collections = collections_pb2_grpc.CollectionsStub(self.channel)
         self.documents = documents_pb2_grpc.DocumentsStub(self.channel)
         self.searcher = search_pb2_grpc.SearchStub(self.channel)
+        self.rag = rag_pb2_grpc.RagStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
@@ -155,3 +195,33 @@ class Client:
 
     def search(self, collection: str, text: str | None = None, **kw: Any) -> list[dict[str, Any]]:
         return [hit_to_dict(h) for h in self.search_raw(collection, text, **kw).hits]
+
+    # rag
+    @staticmethod
+    def _rag_fields(req, top_k: int | None, filter: dict | None, params: dict[str, Any]) -> None:
+        if top_k is not None:
+            req.top_k = top_k
+        if filter is not None:
+            req.filter.CopyFrom(dict_to_struct(filter))
+        req.params.CopyFrom(generation_params(**params))
+
+    def ask_stream(self, collection: str, question: str, top_k: int | None = None, filter: dict | None = None,
+                   **params: Any):
+        """The raw AskResponse stream (a grpc call: iterate it, or .cancel() it). params: GenerationParams fields."""
+        req = rag_pb2.AskRequest(collection=collection, question=question)
+        self._rag_fields(req, top_k, filter, params)
+        return self.rag.Ask(req, timeout=self.timeout)
+
+    def chat_stream(self, collection: str, messages: list[dict[str, str]], top_k: int | None = None,
+                    filter: dict | None = None, **params: Any):
+        req = rag_pb2.ChatRequest(collection=collection, messages=[
+            rag_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages
+        ])
+        self._rag_fields(req, top_k, filter, params)
+        return self.rag.Chat(req, timeout=self.timeout)
+
+    def ask(self, collection: str, question: str, **kw: Any) -> dict[str, Any]:
+        return collect_answer(self.ask_stream(collection, question, **kw))
+
+    def chat(self, collection: str, messages: list[dict[str, str]], **kw: Any) -> dict[str, Any]:
+        return collect_answer(self.chat_stream(collection, messages, **kw))

@@ -1,7 +1,8 @@
-"""`make demo`: start the server on embedded defaults, index the Python docs, query them.
+"""`make demo`: start the server on embedded defaults, index the Python docs, ask a question over them.
 
 Embedded defaults: a data dir with the SQLite store and the PQ index, the offline all-MiniLM-L6-v2
-embedder, and the bundled corpus (the Python reference topics shipped with every Python).
+embedder, the bundled corpus (the Python reference topics shipped with every Python) and the bundled
+generator (models/pqrag-small, trained by pqrag's own trainer on the Python documentation).
 A second run finds the collection already there and skips straight to the questions.
 """
 
@@ -16,6 +17,7 @@ import time
 from tqdm import tqdm
 
 from retrieval.corpora import python_docs
+from service.cli import _stream_answer, default_model
 from service.client import Client
 from service.launcher import start_server_process
 
@@ -44,11 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--keep-serving", action=argparse.BooleanOptionalAction, default=None,
                         help="keep the server up after the demo (default: when run from a terminal)")
+    parser.add_argument("--model", default=None, help="generator checkpoint (default: the bundled model)")
+    parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args(argv)
 
-    print(f"starting pqrag server (data dir {args.data_dir}) ...", flush=True)
+    model = args.model or default_model()
+    print(f"starting pqrag server (data dir {args.data_dir}, generator {model or 'none'}) ...", flush=True)
+    extra = ("--model", model) if model else ("--no-generator",)
     try:
-        proc, target = start_server_process(args.data_dir, args.port, quiet=False)
+        proc, target = start_server_process(args.data_dir, args.port, quiet=False, extra_args=extra)
     except RuntimeError as exc:
         raise SystemExit(f"{exc}\ntry another port: make demo PORT=50052")
     try:
@@ -61,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             info = client.get_collection(COLLECTION)
             print(f"\ncollection {COLLECTION}: {info.document_count} documents, {info.chunk_count} chunks, "
                   f"index {info.index_state} (IVF-PQ m={info.index.m}, nbits={info.index.nbits})\n")
-            for q in QUESTIONS:
+            for q in QUESTIONS[: 1 if model else len(QUESTIONS)]:
+                if model:
+                    print(f"Q: {q}\nA: ", end="", flush=True)
+                    _stream_answer(client.ask_stream(COLLECTION, q, top_k=3, max_tokens=args.max_tokens))
+                    print()
+                    continue
                 resp = client.search_raw(COLLECTION, q, k=3)
                 print(f"Q: {q}   ({resp.embed_ms + resp.search_ms:.0f} ms)")
                 for i, h in enumerate(resp.hits, 1):
@@ -70,8 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                 print()
         port = target.rsplit(":", 1)[-1]
         print("Ask your own (while a server runs):")
-        print(f'  .venv/bin/pqrag search "how do I open a file?" --collection {COLLECTION} --server localhost:{port}')
-        print(f"  .venv/bin/pqrag ingest ./my-notes --collection notes --create --server localhost:{port}")
+        s = f"--server localhost:{port}"
+        if model:
+            print(f'  .venv/bin/pqrag ask "how do I open a file?" --collection {COLLECTION} {s}')
+            print(f"  .venv/bin/pqrag chat --collection {COLLECTION} {s}")
+        print(f'  .venv/bin/pqrag search "how do I open a file?" --collection {COLLECTION} {s}')
+        print(f"  .venv/bin/pqrag ingest ./my-notes --collection notes --create {s}")
         keep = sys.stdin.isatty() if args.keep_serving is None else args.keep_serving
         if keep:
             print(f"\nserver running on {target}; press Ctrl-C to stop")

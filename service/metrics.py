@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 
 @dataclass
@@ -39,6 +39,35 @@ class ServerMetrics:
         self.search_seconds = Histogram(
             "pqrag_search_index_seconds", "Index search time (after embedding)", registry=self.registry,
         )
+
+        self.rag_retrieval_seconds = Histogram(
+            "pqrag_rag_retrieval_seconds", "Rag: embedding + search before generation", registry=self.registry,
+        )
+        self.rag_ttft_seconds = Histogram(
+            "pqrag_rag_time_to_first_token_seconds", "Rag: request start to the first answer text",
+            registry=self.registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.rag_total_seconds = Histogram(
+            "pqrag_rag_total_seconds", "Rag: whole answer", registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.generated_tokens = Counter("pqrag_generated_tokens", "Answer tokens generated", registry=self.registry)
+        self.engine_gauges: dict[str, Gauge] = {}
+
+    def observe_generation(self, retrieval_s: float, ttft_s: float, total_s: float, tokens: int) -> None:
+        self.rag_retrieval_seconds.observe(retrieval_s)
+        self.rag_ttft_seconds.observe(ttft_s)
+        self.rag_total_seconds.observe(total_s)
+        self.generated_tokens.inc(tokens)
+
+    def watch_engine(self, stats) -> None:
+        """Export the engine's numeric stats (running, waiting, kv_usage, prefix-cache hit rate, preemptions, ...)
+        as gauges read at scrape time; stats() -> dict."""
+        for key, value in stats().items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in self.engine_gauges:
+                g = Gauge(f"pqrag_engine_{key}", f"generator engine: {key}", registry=self.registry)
+                g.set_function(lambda key=key: float(stats().get(key, 0) or 0))
+                self.engine_gauges[key] = g
 
     @contextmanager
     def observe(self, method: str) -> Iterator[dict]:

@@ -28,6 +28,8 @@ from pqrag.v1 import (
     collections_pb2_grpc,
     documents_pb2,
     documents_pb2_grpc,
+    rag_pb2,
+    rag_pb2_grpc,
     search_pb2,
     search_pb2_grpc,
 )
@@ -41,6 +43,7 @@ from retrieval.errors import (
 )
 from service import convert
 from service.metrics import ServerMetrics
+from service.rag import GeneratorUnavailableError, answer, ask_query_from_proto, chat_query_from_proto
 
 log = logging.getLogger("pqrag.server")
 
@@ -48,6 +51,7 @@ SERVICE_NAMES = (
     collections_pb2.DESCRIPTOR.services_by_name["Collections"].full_name,
     documents_pb2.DESCRIPTOR.services_by_name["Documents"].full_name,
     search_pb2.DESCRIPTOR.services_by_name["Search"].full_name,
+    rag_pb2.DESCRIPTOR.services_by_name["Rag"].full_name,
 )
 
 # Documents handed to one Collection.ingest call: large enough to batch the embedder, small enough
@@ -64,6 +68,12 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     workers: int = 4  # threads for embedding, search and SQLite
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None disables
+    # The colocated generator: a checkpoint directory (config.json + safetensors + tokenizer.json), or None to
+    # serve retrieval alone (Rag answers FAILED_PRECONDITION).
+    model: str | None = None
+    device: str | None = None  # generator device; None: CUDA when available
+    kv_cache_memory: int | None = None  # bytes of KV cache; None: sized by the engine
+    max_num_seqs: int = 64  # sequences decoded together
 
 
 _STATUS = (
@@ -71,6 +81,7 @@ _STATUS = (
     (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (GeneratorUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
@@ -273,6 +284,40 @@ class SearchServicer(_Base, search_pb2_grpc.SearchServicer):
         return convert.search_result_to_proto(result)
 
 
+class RagServicer(_Base, rag_pb2_grpc.RagServicer):
+    def __init__(self, *args, llm=None):
+        super().__init__(*args)
+        self.llm = llm
+
+    @_rpc("Ask")
+    async def Ask(self, request, context):
+        async for message in answer(self, self.llm, ask_query_from_proto(request)):
+            yield message
+
+    @_rpc("Chat")
+    async def Chat(self, request, context):
+        async for message in answer(self, self.llm, chat_query_from_proto(request)):
+            yield message
+
+
+def load_generator(config: ServerConfig):
+    """The AsyncLLM for config.model (started), or None without one."""
+    if not config.model:
+        return None
+    from llm.async_engine import AsyncLLM
+
+    kw = {"max_num_seqs": config.max_num_seqs}
+    if config.kv_cache_memory:
+        kw["kv_cache_memory"] = config.kv_cache_memory
+    llm = AsyncLLM.from_dir(config.model, device=config.device, **kw)
+    if llm.tokenizer is None:
+        raise ValueError(f"{config.model} has no tokenizer.json: the generator needs one to build prompts")
+    llm.start()
+    log.info("generator %s loaded (%d layers, %d experts)", config.model, llm.config.num_layers,
+             llm.config.num_experts)
+    return llm
+
+
 async def create_server(config: ServerConfig) -> tuple[grpc.aio.Server, int, Collections]:
     """Build (not start) the server; returns (server, bound port, the collections it serves)."""
     options = [
@@ -287,6 +332,10 @@ async def create_server(config: ServerConfig) -> tuple[grpc.aio.Server, int, Col
     collections_pb2_grpc.add_CollectionsServicer_to_server(CollectionsServicer(*args), server)
     documents_pb2_grpc.add_DocumentsServicer_to_server(DocumentsServicer(*args), server)
     search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(*args), server)
+    llm = load_generator(config)
+    rag_pb2_grpc.add_RagServicer_to_server(RagServicer(*args, llm=llm), server)
+    if llm is not None:
+        metrics.watch_engine(llm.metrics)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -303,7 +352,15 @@ async def create_server(config: ServerConfig) -> tuple[grpc.aio.Server, int, Col
         metrics.serve_http(config.metrics_port, addr=config.host)
     server.pqrag_executor = executor  # type: ignore[attr-defined]  # shut down with the server
     server.pqrag_metrics = metrics  # type: ignore[attr-defined]
+    server.pqrag_llm = llm  # type: ignore[attr-defined]  # its engine thread stops with the server
     return server, port, collections
+
+
+def shutdown(server: grpc.aio.Server) -> None:
+    """After server.stop(): the generator's thread and the worker pool (the caller closes the collections)."""
+    if server.pqrag_llm is not None:
+        server.pqrag_llm.shutdown()
+    server.pqrag_executor.shutdown(wait=True)
 
 
 async def serve(config: ServerConfig, ready: Callable[[int], None] | None = None) -> None:
@@ -320,5 +377,5 @@ async def serve(config: ServerConfig, ready: Callable[[int], None] | None = None
     await stop.wait()
     log.info("shutting down")
     await server.stop(grace=5)
-    server.pqrag_executor.shutdown(wait=True)
+    shutdown(server)
     collections.close()

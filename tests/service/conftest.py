@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.client import Client
-from service.server import ServerConfig, create_server
+from service.server import ServerConfig, create_server, shutdown
 
 
 class ServerThread:
@@ -35,7 +35,7 @@ class ServerThread:
         self._ready.set()
         await self._stop.wait()
         await self.server.stop(grace=1)
-        self.server.pqrag_executor.shutdown(wait=True)
+        shutdown(self.server)
         self.collections.close()
 
     def start(self) -> "ServerThread":
@@ -72,3 +72,28 @@ def client(server):
 
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def make_tiny_model(directory: Path, seed: int = 0, max_position_embeddings: int = 512) -> Path:
+    """A random-weight tiny generator with a BPE tokenizer trained on the fixture documents, saved like the
+    trainer's export (config.json, model.safetensors, tokenizer.json). Random weights: the answers are noise, but
+    every path (prompt, paged cache, streaming, cancellation) is the real one."""
+    import torch
+
+    from llm.checkpoint import save_model
+    from llm.config import get_config
+    from llm.model import CausalLM
+    from llm.tokenizer import train_bpe_tokenizer
+
+    texts = [p.read_text() for p in sorted((FIXTURES / "docs").iterdir()) if p.suffix != ".pdf"]
+    tok = train_bpe_tokenizer(texts * 3, vocab_size=400)
+    torch.manual_seed(seed)
+    model = CausalLM(get_config("tiny", vocab_size=tok.vocab_size, max_position_embeddings=max_position_embeddings))
+    save_model(model, directory)
+    tok.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))

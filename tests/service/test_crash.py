@@ -23,7 +23,7 @@ def make_docs():
 
 def test_acknowledged_documents_survive_sigkill(tmp_path):
     data = tmp_path / "data"
-    proc, target = start_server_process(data)
+    proc, target = start_server_process(data, extra_args=("--no-generator",))
     acked: dict[str, int] = {}
     try:
         with Client(target, timeout=120) as c:

@@ -1,0 +1,176 @@
+"""Engine benchmark: offline greedy throughput of `llm.LLM.generate` (continuous batching, paged KV cache) against
+Hugging Face transformers' `MixtralForCausalLM.generate` on the same random weights, in the same run.
+
+    python bench/engine.py                  # "small" preset (~5M params), 16 prompts x 64 new tokens
+    python bench/engine.py --preset tiny --num-prompts 8 --new-tokens 32    # a smoke run
+    python bench/engine.py --device cuda --dtype bfloat16
+
+Both generate greedily the same number of new tokens for the same prompts (eos ignored; transformers gets
+min_new_tokens = max_new_tokens). Prompts are random token ids of one length, so transformers needs no padding.
+The weights are random (N(0, 1/fan_in), O(1) logits): throughput does not depend on what they say. Each side
+runs once untimed (warm-up), then both `--repeats` times interleaved; the best time counts.
+Prints a table and writes bench/results_engine.md (date, machine, numbers, ratio, token agreement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from llm.checkpoint import save_model  # noqa: E402
+from llm.config import get_config  # noqa: E402
+from llm.engine import LLM  # noqa: E402
+from llm.model import CausalLM  # noqa: E402
+from llm.sampler import SamplingParams  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOAD = ""
+
+
+def machine() -> str:
+    try:
+        uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        uname = platform.platform()
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{uname}; nproc={os.cpu_count()}; cpu={cpu}; torch {torch.__version__}"
+
+
+def random_model(preset: str, seed: int) -> CausalLM:
+    torch.manual_seed(seed)
+    model = CausalLM(get_config(preset, eos_token_id=0, bos_token_id=1, pad_token_id=2))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, p.shape[-1] ** -0.5)
+    return model.eval()
+
+
+def best_times(fns: dict[str, object], repeats: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Warm each up once, then time them interleaved (a, b, a, b, ...) so a load change on a shared machine hits
+    both alike; the best time of each counts."""
+    outs = {name: fn() for name, fn in fns.items()}  # warm-up: first-call allocations, kernel selection
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best, outs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--prompt-len", type=int, default=48)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both (default: torch's)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results_engine.md"))
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    from transformers import MixtralForCausalLM
+
+    global LOAD
+    LOAD = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    model = random_model(args.preset, seed=0)
+    cfg = model.config
+    g = torch.Generator().manual_seed(1)
+    prompts = torch.randint(3, cfg.vocab_size, (args.num_prompts, args.prompt_len), generator=g)
+    total_new = args.num_prompts * args.new_tokens
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(model, tmp)
+        hf = MixtralForCausalLM.from_pretrained(tmp, dtype=dtype).to(device).eval()
+        llm = LLM(tmp, device=device, dtype=dtype, block_size=16, max_num_seqs=max(args.num_prompts, 1),
+                  max_num_batched_tokens=max(2048, args.prompt_len * args.num_prompts))
+
+    params = SamplingParams(temperature=0, max_tokens=args.new_tokens, ignore_eos=True)
+    ids = prompts.tolist()
+
+    def run_ours():
+        return llm.generate(ids, params)
+
+    @torch.inference_mode()
+    def run_hf():
+        return hf.generate(
+            prompts.to(device), attention_mask=torch.ones_like(prompts, device=device), do_sample=False,
+            max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=2,
+        )
+
+    times, res = best_times({"ours": run_ours, "hf": run_hf}, args.repeats)
+    t_ours, outs, t_hf, hf_out = times["ours"], res["ours"], times["hf"], res["hf"]
+    ours_ids = torch.tensor([o.token_ids for o in outs])  # type: ignore[union-attr]
+    hf_ids = hf_out[:, args.prompt_len :].cpu()  # type: ignore[index]
+    agree = (ours_ids == hf_ids).float().mean().item()
+    first_div = [next((i for i in range(args.new_tokens) if a[i] != b[i]), args.new_tokens)
+                 for a, b in zip(ours_ids.tolist(), hf_ids.tolist())]
+    stats = llm.engine.stats()
+
+    rows = [
+        ("pqrag LLM.generate", t_ours, total_new / t_ours),
+        ("transformers MixtralForCausalLM.generate", t_hf, total_new / t_hf),
+    ]
+    ratio = t_hf / t_ours
+    params_m = model.num_params() / 1e6
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = "| engine | best time s | new tokens/s |\n|---|---:|---:|\n"
+    table = header + "".join(f"| {n} | {t:.3f} | {tps:.1f} |\n" for n, t, tps in rows)
+    md = f"""# Engine benchmark
+
+`python bench/engine.py {' '.join(sys.argv[1:])}`. Run: {now}.
+Machine: {machine()}.
+
+Model: preset "{args.preset}" ({params_m:.2f}M params, {cfg.num_layers} layers, {cfg.num_experts} experts top-{cfg.num_experts_per_tok}),
+random weights, {args.dtype} on {device}. Workload: {args.num_prompts} prompts x {args.prompt_len} random tokens,
+greedy, {args.new_tokens} new tokens each ({total_new} in all), eos ignored. Best of {args.repeats} interleaved timed runs after a warm-up;
+torch threads: {torch.get_num_threads()}; load average before the run: {LOAD}.
+
+{table}
+Speed-up of pqrag over transformers: **{ratio:.2f}x**.
+Greedy tokens identical to transformers': {agree * 100:.1f}% (first divergence per prompt, median: position
+{sorted(first_div)[len(first_div) // 2]} of {args.new_tokens}; fp32 reduction-order differences can flip near-ties of a
+random model, after which sequences differ).
+Engine stats after the runs: steps={stats['num_steps']}, preemptions={stats['num_preemptions']},
+prefix-cache hit rate={stats['prefix_cache_hit_rate']:.2f} (repeated runs reuse the prompts' blocks).
+"""
+    if device.type == "cpu":
+        md += """
+Where the time goes on CPU (cProfile of the engine, small preset, 16 sequences, 1 thread): about half of each
+decode step is `kernels.reference.paged_attention`, the torch fallback that loops over sequences and gathers
+each one's blocks (16 sequences x 4 layers = 64 small attention calls per step, vs one batched SDPA over a
+contiguous cache in transformers); the fused-MoE reference is next. Scheduling, metadata, sampling and
+detokenization are a few percent. The engine's advantages (no padding, continuous batching, prefix caching,
+Triton kernels) show on a GPU and on mixed-length traffic, not in this equal-length CPU batch.
+"""
+    print(table)
+    print(f"speed-up {ratio:.2f}x; token agreement {agree * 100:.1f}%")
+    with open(args.out, "w") as f:
+        f.write(md)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""AsyncLLM: the engine behind an asyncio server. One background thread owns the LLMEngine and steps it; asyncio
+callers talk to it through a thread-safe inbox (new requests, aborts) and get their tokens back through per-request
+asyncio.Queues fed with `loop.call_soon_threadsafe`.
+
+    llm = AsyncLLM.from_dir("checkpoints/small")
+    async for delta in llm.generate(prompt_ids, SamplingParams(max_tokens=64), request_id="r1"):
+        send(delta.text_delta)           # delta.finished / finish_reason / ttft_s on the last one
+
+Cancelling the consuming task (the client went away) aborts the request; the engine thread frees its KV blocks
+at the start of its next iteration (within one step). The model forward releases the GIL, so the event loop keeps
+serving while the engine computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+
+from llm.config import ModelConfig
+from llm.engine import LLMEngine
+from llm.outputs import StreamDelta
+from llm.sampler import SamplingParams
+from llm.scheduler import QueueFullError
+from llm.tokenizer import Tokenizer
+
+_IDLE_WAIT_S = 0.5  # how long the idle engine thread blocks on its inbox before re-checking for shutdown
+
+
+class _Stream:
+    """The asyncio side of one request: its loop and queue (items: StreamDelta or an Exception)."""
+
+    __slots__ = ("loop", "queue", "num_open")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int):
+        self.loop = loop
+        self.queue: asyncio.Queue[StreamDelta | BaseException] = asyncio.Queue()
+        self.num_open = n  # sequences not yet finished
+
+    def put(self, item: StreamDelta | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+            pass
+
+
+class AsyncLLM:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._streams: dict[str, _Stream] = {}  # request id -> stream; engine thread and callers, under _lock
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._stats: dict[str, Any] = engine.stats()
+        self._errors = 0
+
+    @classmethod
+    def from_dir(cls, model_dir: str | os.PathLike, **engine_kwargs: Any) -> "AsyncLLM":
+        """engine_kwargs: device, dtype and EngineConfig fields (kv_cache_memory, max_num_seqs, ...)."""
+        return cls(LLMEngine.from_dir(model_dir, **engine_kwargs))
+
+    # ---- properties the server reads ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        return self.engine.tokenizer
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.engine.model_config
+
+    def metrics(self) -> dict[str, Any]:
+        """Engine stats as of the last step (running, waiting, kv_usage, prefix_cache_hit_rate, preemptions, ...)."""
+        with self._lock:
+            out = dict(self._stats)
+            out["num_streams"] = len(self._streams)
+        out["num_inbox"] = self._inbox.qsize()
+        out["engine_errors"] = self._errors
+        return out
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the engine thread; unfinished requests are aborted and their streams end with "abort"."""
+        self._stop.set()
+        self._inbox.put(("wake", None))
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # ---- requests -------------------------------------------------------------------------------------------------
+    async def generate(
+        self, prompt_token_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[StreamDelta]:
+        """Stream the deltas of one request. Raises ValueError (invalid / too long for the context) or
+        QueueFullError before anything is yielded. For n > 1 the deltas of the samples interleave (see .index);
+        the iterator ends when all of them finished."""
+        params = params or SamplingParams()
+        self.engine.validate(prompt_token_ids, params)  # pure, thread-safe: errors surface in the caller
+        stream = _Stream(asyncio.get_running_loop(), params.n)
+        with self._lock:
+            if request_id in self._streams:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            # Admission is checked here so the caller gets the error now; the engine re-checks (a race between
+            # callers on several threads can only overshoot by a few, and then the stream gets the error).
+            queued = self.engine.scheduler.num_waiting + self._inbox.qsize()
+            if queued >= self.engine.config.max_waiting:
+                raise QueueFullError(
+                    f"the waiting queue is full ({self.engine.config.max_waiting} requests); retry later"
+                )
+            self._streams[request_id] = stream
+        self.start()
+        self._inbox.put(("add", (request_id, list(prompt_token_ids), params, time.monotonic())))
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                if item.finished:
+                    stream.num_open -= 1
+                    # an abort ends the whole request (for n > 1 possibly before the samples were even forked)
+                    finished = stream.num_open == 0 or item.finish_reason == "abort"
+                yield item
+                if finished:
+                    return
+        finally:
+            # Cancelled (client gone), closed early, or an error: abort so the blocks are freed at once.
+            with self._lock:
+                self._streams.pop(request_id, None)
+            if not finished:
+                self._inbox.put(("abort", request_id))
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request from any thread; its stream ends with finish_reason "abort"."""
+        self._inbox.put(("abort", request_id))
+
+    # ---- the engine thread ----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():  # grad mode is thread-local: set it in the thread that runs the model
+            while not self._stop.is_set():
+                self._drain(block=not self.engine.has_unfinished_requests())
+                if self._stop.is_set():
+                    break
+                if not self.engine.has_unfinished_requests():
+                    continue
+                try:
+                    out = self.engine.step()
+                except Exception as e:  # a failed step fails its requests, not the server
+                    self._errors += 1
+                    self._fail_all(e)
+                    continue
+                self._publish(out.deltas)
+                with self._lock:
+                    self._stats = self.engine.stats()
+            self._abort_all()
+
+    def _drain(self, block: bool) -> None:
+        """Apply every queued add/abort; when idle, wait for the first one."""
+        try:
+            item = self._inbox.get(timeout=_IDLE_WAIT_S) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, arg = item
+            if kind == "add":
+                self._add(*arg)
+            elif kind == "abort":
+                self._publish(self.engine.abort_stream(arg))
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+        with self._lock:
+            self._stats = self.engine.stats()
+
+    def _add(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival: float) -> None:
+        with self._lock:
+            stream = self._streams.get(request_id)
+        if stream is None:  # cancelled before the engine saw it
+            return
+        try:
+            self.engine.add_request(request_id, prompt_token_ids, params, arrival_time=arrival)
+        except (ValueError, QueueFullError) as e:
+            stream.put(e)
+
+    def _publish(self, deltas: list[StreamDelta]) -> None:
+        if not deltas:
+            return
+        with self._lock:
+            streams = {d.request_id: self._streams.get(d.request_id) for d in deltas}
+        for d in deltas:
+            s = streams[d.request_id]
+            if s is not None:
+                s.put(d)
+
+    def _fail_all(self, error: Exception) -> None:
+        """After a failed step the engine's state of the batch is unknown: abort every request it holds."""
+        for rid in list(self.engine.scheduler.groups):
+            self.engine.abort_request(rid)
+            with self._lock:
+                s = self._streams.get(rid)
+            if s is not None:
+                s.put(RuntimeError(f"engine step failed: {error!r}"))
+        # Blocks of the failed step were registered in the prefix cache before being written: forget them all.
+        self.engine.kv.reset_prefix_cache()
+
+    def _abort_all(self) -> None:
+        for rid in list(self.engine.scheduler.groups):
+            self._publish(self.engine.abort_stream(rid))

@@ -1,0 +1,152 @@
+"""Training configuration: one dataclass with laptop-CPU defaults, read from TOML and overridden by the CLI.
+
+    # train.toml: top-level keys are TrainConfig fields; [model] overrides fields of the ModelConfig preset
+    preset = "small"
+    seq_len = 256
+    max_steps = 2000
+    lr = 1e-3
+    [model]
+    num_layers = 6
+
+Unknown keys are errors that name the key (and the closest valid one): a typo like `warmup_step = 100` must not
+silently train with the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm.config import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    # ---- data ----
+    data: list[str] = field(default_factory=list)  # files/folders of .txt/.md/.jsonl ("text" field)/.json/.html
+    from_collection: str | None = None  # or: the documents of a pqrag collection ...
+    data_dir: str = "data"  # ... in this pqrag data directory (read-only)
+    pydoc: bool = False  # or/and: Python's own docs (pydoc_data topics + stdlib docstrings)
+    out: str = "out/train"  # checkpoint.pt, metrics.jsonl, loss.png, data/ shards and the exported model
+    tokenizer: str | None = None  # tokenizer.json (or its directory) to reuse; None trains a byte-level BPE
+    vocab_size: int | None = None  # BPE vocabulary to train; None = the preset's vocab_size
+    val_fraction: float = 0.05  # share of documents held out for validation
+    # ---- model ----
+    preset: str = "small"  # llm.config preset: tiny (tests), small (the demo generator, ~20 MB fp32)
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides ([model] table, --model k=v)
+    # ---- batch: tokens per optimizer step = batch_size * grad_accum * seq_len ----
+    seq_len: int = 256  # tokens per training sequence (<= model max_position_embeddings)
+    batch_size: int = 8  # sequences per micro-step, all DDP ranks together (divisible by the world size)
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 1000  # optimizer steps to train to (a resumed run continues up to this)
+    # ---- optimizer and schedule ----
+    lr: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50  # linear warm-up from 0
+    lr_decay_steps: int | None = None  # end of the cosine; None = max_steps (set it to resume past max_steps)
+    weight_decay: float = 0.1  # AdamW decay of matrices; norms, biases and embeddings get none
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    aux_loss_coef: float = 0.02  # load-balancing loss weight (Mixtral: 0.02); unused for dense models
+    z_loss_coef: float = 0.0  # router z-loss weight (ST-MoE: 1e-3); 0 disables
+    # ---- evaluation, logging, checkpoints ----
+    eval_interval: int = 100  # steps between val-loss evaluations (and at the last step)
+    eval_batches: int = 8  # val batches (of batch_size sequences) per evaluation; the same ones every time
+    sample_tokens: int = 32  # greedy sample length shown at each evaluation; 0 disables
+    sample_prompt: str = "The"
+    checkpoint_interval: int = 100  # steps between checkpoints (and at the last step)
+    # ---- system ----
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
+    compile: bool = False  # torch.compile the model (CUDA: faster after a warm-up; CPU: rarely worth it)
+    threads: int = 0  # torch.set_num_threads; 0 keeps torch's default
+    seed: int = 1337  # model init and data order
+    resume: bool = False  # continue from out/checkpoint.pt
+    quiet: bool = False  # no progress bar
+
+    def validate(self) -> None:
+        positive = ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
+                    "checkpoint_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, "
+                             f"min_lr_ratio={self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.aux_loss_coef < 0 or self.z_loss_coef < 0:
+            raise ValueError("warmup_steps, grad_clip, aux_loss_coef and z_loss_coef must be >= 0")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        for key in self.model:
+            if key not in model_fields:
+                raise ValueError(f"unknown model field {key!r}{_suggest(key, model_fields)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _suggest(key: str, valid: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    """TOML types against the dataclass default's (None defaults accept anything; ints are accepted as floats)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"{key} must be of type {type(default).__name__}, got {value!r}")
+    return value
+
+
+def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
+    """A TrainConfig from a dict (a parsed TOML file); unknown keys raise ValueError naming them."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig()
+    kwargs = {}
+    for key, value in d.items():
+        if key not in fields:
+            raise ValueError(f"{where}: unknown key {key!r}{_suggest(key, set(fields))}")
+        kwargs[key] = _check_type(f"{where}: {key}", value, getattr(defaults, key))
+    cfg = TrainConfig(**kwargs)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return cfg
+
+
+def load_toml(path: str | os.PathLike) -> TrainConfig:
+    try:
+        import tomllib  # Python >= 3.11
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    with open(path, "rb") as f:
+        try:
+            d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(d, where=path)

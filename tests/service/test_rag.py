@@ -1,0 +1,201 @@
+"""Rag over a real gRPC channel with a real (tiny, random-weight) generator: stream order and citations,
+cancellation freeing KV blocks, concurrency with ingestion, bad input, a retrieval-only server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import grpc
+import pytest
+
+from tests.service.conftest import ServerThread
+
+DOCS = [
+    {"id": "volcano", "text": "Volcanoes erupt when magma rises through the crust; lava flows and ash clouds follow.",
+     "source": "geo.txt", "metadata": {"topic": "geology"}},
+    {"id": "bread", "text": "Sourdough bread rises thanks to wild yeast in the starter; bake it in a hot Dutch oven.",
+     "source": "bread.md", "metadata": {"topic": "cooking"}},
+    {"id": "chess", "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp chess positions.",
+     "source": "chess.html", "metadata": {"topic": "games"}},
+    {"id": "saturn", "text": "Saturn's rings are made of ice and rock; the planet has more than eighty moons.",
+     "source": "planets.json", "metadata": {"topic": "space"}},
+]
+
+
+@pytest.fixture(scope="module")
+def rag_server(tmp_path_factory, tiny_model_dir):
+    srv = ServerThread(tmp_path_factory.mktemp("rag") / "data", model=str(tiny_model_dir)).start()
+    with srv.client(timeout=120) as c:
+        c.create_collection("kb")
+        list(c.ingest("kb", DOCS))
+    yield srv
+    srv.stop()
+
+
+def engine_stats(srv):
+    return srv.server.pqrag_llm.engine.stats()
+
+
+def wait_for(pred, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_ask_streams_citations_then_deltas_then_final(rag_server):
+    with rag_server.client(timeout=120) as c:
+        events = list(c.ask_stream("kb", "What makes sourdough bread rise?", top_k=2, max_tokens=12,
+                                   ignore_eos=True))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "context" and kinds[-1] == "final" and set(kinds[1:-1]) == {"delta"}
+    cites = events[0].context.citations
+    assert cites[0].document_id == "bread" and cites[0].number == 1 and [x.number for x in cites] == [1, 2]
+    assert cites[0].source == "bread.md" and "wild yeast" in cites[0].snippet
+    assert (cites[0].start, cites[0].end) == (0, len(DOCS[1]["text"]))
+    final = events[-1].final
+    assert final.finish_reason == "length" and final.completion_tokens == 12
+    assert final.prompt_tokens > 0 and 0 < final.retrieval_ms <= final.time_to_first_token_ms <= final.total_ms
+    assert "".join(e.delta.text for e in events[1:-1])  # some text came through
+
+
+def test_ask_is_deterministic_for_greedy_and_chat_uses_the_conversation(rag_server):
+    with rag_server.client(timeout=120) as c:
+        a = c.ask("kb", "How many moons does Saturn have?", max_tokens=10, ignore_eos=True)
+        b = c.ask("kb", "How many moons does Saturn have?", max_tokens=10, ignore_eos=True)
+        assert a["answer"] == b["answer"] and a["citations"][0]["doc_id"] == "saturn"
+        chat = c.chat("kb", [{"role": "user", "content": "Tell me about the Sicilian Defence."},
+                             {"role": "assistant", "content": "It is a chess opening."},
+                             {"role": "user", "content": "What does it answer 1.e4 with?"}], top_k=1, max_tokens=5)
+    assert [x["doc_id"] for x in chat["citations"]] == ["chess"]
+    assert chat["final"]["completion_tokens"] <= 5
+
+
+def test_cancelling_mid_answer_aborts_the_request_and_frees_its_blocks(rag_server):
+    stats = engine_stats(rag_server)
+    aborted, total = stats["num_aborted_requests"], stats["num_blocks"]
+    with rag_server.client(timeout=120) as c:
+        call = c.ask_stream("kb", "Why do volcanoes erupt?", max_tokens=300, ignore_eos=True)
+        it = iter(call)
+        assert next(it).WhichOneof("event") == "context"
+        assert next(it).WhichOneof("event") == "delta"
+        assert engine_stats(rag_server)["num_free_blocks"] < total  # the answer holds KV blocks now
+        call.cancel()
+        with pytest.raises(grpc.RpcError) as e:
+            list(it)
+        assert e.value.code() == grpc.StatusCode.CANCELLED
+    assert wait_for(lambda: engine_stats(rag_server)["num_aborted_requests"] == aborted + 1)
+    assert wait_for(lambda: engine_stats(rag_server)["num_free_blocks"] == total)
+    assert engine_stats(rag_server)["num_running"] == 0
+
+
+def test_concurrent_asks_and_an_ingest_all_complete(rag_server):
+    results, errors = {}, []
+
+    def ask(i):
+        try:
+            with rag_server.client(timeout=120) as c:
+                results[i] = c.ask("kb", ["volcano lava", "chess opening", "saturn rings", "bread yeast"][i % 4],
+                                   max_tokens=16, ignore_eos=True)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    def ingest():
+        try:
+            with rag_server.client(timeout=120) as c:
+                docs = [{"id": f"extra{i}", "text": f"Extra note {i} about tides and the moon."} for i in range(40)]
+                results["ingest"] = len(list(c.ingest("kb", docs)))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)] + [threading.Thread(target=ingest)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert results["ingest"] == 40
+    for i in range(6):
+        assert results[i]["final"]["completion_tokens"] == 16 and results[i]["citations"]
+
+
+@pytest.mark.parametrize("kwargs, code, message", [
+    ({"question": "   "}, grpc.StatusCode.INVALID_ARGUMENT, "question is empty"),
+    ({"collection": "nope"}, grpc.StatusCode.NOT_FOUND, "nope"),
+    ({"top_k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 50"),
+    ({"top_k": 51}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 50"),
+    ({"max_tokens": 600}, grpc.StatusCode.INVALID_ARGUMENT, "window of 512"),
+    ({"temperature": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+])
+def test_bad_ask_input_gets_a_clear_status_and_the_server_keeps_serving(rag_server, kwargs, code, message):
+    args = {"collection": "kb", "question": "What is lava?", **kwargs}
+    with rag_server.client(timeout=60) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.ask(args.pop("collection"), args.pop("question"), **args)
+        assert e.value.code() == code and message in e.value.details()
+        assert c.ask("kb", "What is lava?", max_tokens=2)["final"] is not None
+
+
+def test_bad_chat_input(rag_server):
+    with rag_server.client(timeout=60) as c:
+        for messages, msg in (([], "messages is empty"),
+                              ([{"role": "robot", "content": "hi"}], "role must be one of"),
+                              ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                               "last message must be the user's")):
+            with pytest.raises(grpc.RpcError) as e:
+                c.chat("kb", messages)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and msg in e.value.details()
+
+
+def test_retrieval_only_server_refuses_ask_but_searches(tmp_path):
+    srv = ServerThread(tmp_path / "data").start()  # no model: --no-generator
+    try:
+        with srv.client(timeout=60) as c:
+            c.create_collection("kb")
+            list(c.ingest("kb", DOCS[:2]))
+            with pytest.raises(grpc.RpcError) as e:
+                c.ask("kb", "What is lava?")
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--no-generator" in e.value.details()
+            assert c.search("kb", "lava", k=1)[0]["doc_id"] == "volcano"
+    finally:
+        srv.stop()
+
+
+def test_cli_ask_json_and_streaming(rag_server, capsys):
+    from service.cli import main
+
+    s = ["--server", rag_server.target]
+    assert main(["ask", "Why do volcanoes erupt?", "--collection", "kb", "-k", "2", "--max-tokens", "6", "--json",
+                 *s]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"answer", "citations", "final"}
+    assert out["citations"][0]["doc_id"] == "volcano" and out["final"]["completion_tokens"] <= 6
+    assert main(["ask", "Why do volcanoes erupt?", "--collection", "kb", "--max-tokens", "6", *s]) == 0
+    text = capsys.readouterr().out
+    assert out["answer"] in text and "sources:" in text and "[1] geo.txt" in text
+
+
+def test_cli_chat_keeps_the_history(rag_server, capsys, monkeypatch):
+    import io
+
+    from service.cli import main
+
+    sent = []
+    from service import client as client_mod
+
+    real = client_mod.Client.chat_stream
+
+    def spy(self, collection, messages, **kw):
+        sent.append([dict(m) for m in messages])
+        return real(self, collection, messages, **kw)
+
+    monkeypatch.setattr(client_mod.Client, "chat_stream", spy)  # records what the CLI sends; the RPC is real
+    monkeypatch.setattr("sys.stdin", io.StringIO("Tell me about chess.\nWhat does it answer 1.e4 with?\n/quit\n"))
+    assert main(["chat", "--collection", "kb", "--max-tokens", "4", "--server", rag_server.target]) == 0
+    assert [len(m) for m in sent] == [1, 3]
+    assert [m["role"] for m in sent[1]] == ["user", "assistant", "user"]
+    assert "sources:" in capsys.readouterr().out
