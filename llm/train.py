@@ -588,7 +588,8 @@ def demo_config(out: str = "out/pydoc", max_steps: int = 1000, **overrides: Any)
     under the 30 MB budget) on Python's docs (pydoc_data topics + stdlib docstrings, ~0.53M train tokens with the
     4096-token BPE). 1000 steps x 2048 tokens is ~3.9 epochs. Same as
         python -m llm.train --pydoc --preset small --out out/pydoc --max-steps 1000
-    On 2 idle CPU cores the small MoE trains at ~2,800 tokens/s (0.75 s/step): ~13 min for 1000 steps."""
+    Measured on the 2-core dev VM: ~1,850 tokens/s with 1 thread on a loaded machine (1.1 s/step, ~19 min per
+    1000 steps) and ~2,800 tokens/s for a bare step on 2 idle cores (~13 min); data prep adds ~30 s once."""
     cfg = TrainConfig(pydoc=True, preset="small", out=out, max_steps=max_steps, sample_prompt="The", **overrides)
     cfg.validate()
     return cfg
