@@ -2,7 +2,11 @@
 
 They are the ground truth for the Triton tests (run in float64 there) and the CPU execution path chosen by the
 dispatch in kernels/ops.py. They favour clarity over speed but avoid Python loops over tokens: the T x S score
-matrix is materialised here, which is fine for the CPU path and small test shapes.
+matrix is materialised here, which is fine for the CPU path and small test shapes. The two that run on every CPU
+decode step are batched so that a step costs a few dozen tensor ops whatever the batch: paged_attention over
+sequences (one padded gather, a loop over KV heads only), fused_moe over tokens (one sort, a loop over experts).
+The prefill references still loop over sequences: each one's T x S work dwarfs the loop, and padding T across
+sequences would cost B x T_max x S_max memory.
 
 Conventions shared with the kernels:
 - causal masks are aligned to the bottom right: with T queries over S keys, query i sees keys j <= i + S - T;
@@ -31,6 +35,15 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _softmax_rows(s: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim of scores where masked keys are already -inf; a row with no visible key -> zeros."""
+    m = s.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m)
+    l = p.sum(dim=-1, keepdim=True)
+    return p / torch.where(l > 0, l, torch.ones_like(l))
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Masked softmax attention for one group of heads.
 
@@ -44,11 +57,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     s = torch.einsum("tkgd,skd->kgts", qf, k.to(acc)) * scale  # (Hkv, group, T, S)
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
-    m = s.amax(dim=-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with no visible key
-    p = torch.exp(s - m)
-    l = p.sum(dim=-1, keepdim=True)
-    p = p / torch.where(l > 0, l, torch.ones_like(l))
+    p = _softmax_rows(s)
     o = torch.einsum("kgts,skd->tkgd", p, v.to(acc))
     return o.reshape(T, H, D)
 
@@ -135,19 +144,46 @@ def paged_attention(
     seq_lens: torch.Tensor,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
-    """Decode: q (N, H, D), one token per sequence, attending to all seq_lens[i] cached keys -> (N, H, D)."""
+    """Decode: q (N, H, D), one token per sequence, attending to all seq_lens[i] cached keys -> (N, H, D).
+
+    Batched over sequences, since this runs once per layer per decode step on the CPU path: the first nblk blocks
+    of every sequence are gathered in one index_select into (N, S, Hkv, D), S = nblk * block_size padded to the
+    longest sequence, and slots j >= seq_lens[i] are masked out. A loop over sequences made that N small attention
+    calls per layer instead. Padding costs at most N x (S_max + block_size) x Hkv x D per K and V.
+    """
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
         raise ValueError(f"expected q (N, H, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(q.shape)}, {tuple(k_cache.shape)}")
     _check_heads(q.shape[1], k_cache.shape[2])
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    out = torch.zeros(q.shape, dtype=_acc_dtype(q.dtype), device=q.device)
-    for i, n in enumerate(seq_lens.tolist()):
-        if n == 0:
-            continue
-        k = _gather_paged(k_cache, block_tables[i], n)
-        v = _gather_paged(v_cache, block_tables[i], n)
-        out[i] = _attend(q[i : i + 1], k, v, None, scale)[0]
-    return out.to(q.dtype)
+    N, H, D = q.shape
+    bs, Hkv = k_cache.shape[1], k_cache.shape[2]
+    group = H // Hkv
+    acc = _acc_dtype(q.dtype)
+    max_len = int(seq_lens.max()) if N else 0  # one host read: the gather width must be a Python int
+    if max_len == 0:
+        return torch.zeros_like(q)
+    nblk = (max_len + bs - 1) // bs
+    S = nblk * bs
+    # Table entries past a sequence's last block are not read by the kernels, so callers may leave anything there
+    # (-1, stale ids); point them at block 0, whose slots the mask below hides.
+    used = torch.arange(nblk, device=q.device)[None, :] * bs < seq_lens[:, None]  # (N, nblk)
+    blocks = torch.where(used, block_tables[:, :nblk].long(), 0).reshape(-1)  # (N * nblk,)
+    # index_select, not cache[table]: the same copy, several times faster than advanced indexing on CPU.
+    k = k_cache.index_select(0, blocks).view(N, S, Hkv, D).to(acc)
+    v = v_cache.index_select(0, blocks).view(N, S, Hkv, D).to(acc)
+    visible = torch.arange(S, device=q.device)[None, :] < seq_lens[:, None]  # (N, S)
+    # Slots past a sequence's end hold anything (a freed sequence's tokens, NaN in an uninitialised pool): their
+    # probability is exactly 0, but 0 * NaN is NaN, so zero those V rows. K needs nothing: its scores are masked.
+    v.view(N * S, Hkv * D).index_fill_(0, (~visible).view(-1).nonzero().squeeze(1), 0)
+    qg = q.to(acc).view(N, Hkv, group, D)  # GQA: query heads h*group .. h*group+group-1 read kv head h
+    out = torch.empty(N, Hkv, group, D, dtype=acc, device=q.device)
+    for h in range(Hkv):
+        # k[:, :, h] is a strided (N, S, D) view that bmm reads in place; an einsum over all heads at once would
+        # first copy K and V into head-major layout, which costs more than the matmuls.
+        s = torch.bmm(qg[:, h], k[:, :, h].transpose(1, 2)) * scale  # (N, group, S)
+        p = _softmax_rows(s.masked_fill(~visible[:, None, :], float("-inf")))
+        out[:, h] = torch.bmm(p, v[:, :, h])  # (N, group, D)
+    return out.view(N, H, D).to(q.dtype)
 
 
 def paged_prefill_attention(
@@ -202,11 +238,15 @@ def write_kv(
     if k.shape[1:] != k_cache.shape[2:]:
         raise ValueError(f"k/v heads and head dim {tuple(k.shape[1:])} do not match the cache {tuple(k_cache.shape[2:])}")
     slots = slot_mapping.long()
-    keep = slots >= 0
-    nb, bs = k_cache.shape[:2]
-    blk, off = slots[keep] // bs, slots[keep] % bs
-    k_cache[blk, off] = k[keep].to(k_cache.dtype)
-    v_cache[blk, off] = v[keep].to(v_cache.dtype)
+    # Filter only when there is padding (one host read): boolean-mask indexing of slots, k and v on every call cost
+    # more than the writes themselves on the CPU decode path, where padding never occurs.
+    if bool((slots < 0).any()):
+        keep = (slots >= 0).nonzero().squeeze(1)
+        slots, k, v = slots[keep], k[keep], v[keep]
+    bs = k_cache.shape[1]
+    blk, off = slots // bs, slots % bs
+    k_cache[blk, off] = k.to(k_cache.dtype)
+    v_cache[blk, off] = v.to(v_cache.dtype)
 
 
 def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,10 +287,11 @@ def fused_moe(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
 ) -> torch.Tensor:
-    """Mixture-of-experts SwiGLU FFN, the obvious per-expert loop.
+    """Mixture-of-experts SwiGLU FFN: assignments grouped by expert, then one loop over experts.
 
     x (T, d); w_gate, w_up (E, F, d) and w_down (E, d, F) in nn.Linear layout (out, in); topk_weights (T, topk) float,
     topk_ids (T, topk) int -> out (T, d) = sum_k w[t, k] * down_e(silu(gate_e(x_t)) * up_e(x_t)), e = topk_ids[t, k].
+    Ids outside [0, E) contribute nothing.
     """
     if x.dim() != 2 or w_gate.dim() != 3 or w_up.shape != w_gate.shape or w_down.dim() != 3:
         raise ValueError(f"expected x (T, d), w_gate/w_up (E, F, d), w_down (E, d, F); got {tuple(x.shape)}, {tuple(w_gate.shape)}, {tuple(w_down.shape)}")
@@ -259,13 +300,23 @@ def fused_moe(
         raise ValueError(f"w_down must be (E, d, F) = {(E, d, Fdim)} and x (T, {d}); got {tuple(w_down.shape)}, {tuple(x.shape)}")
     acc = _acc_dtype(x.dtype)
     out = torch.zeros(x.shape, dtype=acc, device=x.device)
-    ids = topk_ids.long()
+    topk = topk_ids.shape[1]
+    ids = topk_ids.reshape(-1).long()  # (T * topk,) assignment a = t * topk + j
+    ids = torch.where((ids >= 0) & (ids < E), ids, E)  # invalid ids go to a bucket E that is never run
+    # One sort and one host read of the group sizes instead of a nonzero per expert: a decode step calls this once
+    # per layer with a few dozen assignments, where the per-op overhead, not the matmuls, is the cost.
+    order = torch.argsort(ids, stable=True)  # (T * topk,) assignments grouped by expert
+    counts = torch.bincount(ids, minlength=E + 1).tolist()
+    tok = order // topk  # (T * topk,) source token of each sorted assignment
+    xs = x.index_select(0, tok).to(acc)  # (T * topk, d)
+    ws = topk_weights.reshape(-1).index_select(0, order).to(acc)  # (T * topk,)
+    start = 0
     for e in range(E):
-        tok, slot = (ids == e).nonzero(as_tuple=True)
-        if tok.numel() == 0:
+        a, b = start, start + counts[e]
+        start = b
+        if a == b:
             continue
-        xe = x[tok].to(acc)
-        h = F.silu(xe @ w_gate[e].to(acc).T) * (xe @ w_up[e].to(acc).T)
-        y = h @ w_down[e].to(acc).T
-        out.index_add_(0, tok, y * topk_weights[tok, slot].to(acc)[:, None])
+        h = F.silu(F.linear(xs[a:b], w_gate[e].to(acc))) * F.linear(xs[a:b], w_up[e].to(acc))  # (n_e, F)
+        y = F.linear(h, w_down[e].to(acc))  # (n_e, d)
+        out.index_add_(0, tok[a:b], y * ws[a:b, None])
     return out.to(x.dtype)

@@ -17,7 +17,7 @@ block_tables[i]; seq_lens[i] counts its cached tokens after this step (prefix + 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -40,6 +40,8 @@ class AttentionMetadata:
     max_query_len: int  # longest prefill chunk (1 if decode only)
     max_seq_len: int  # longest seq_lens entry
     prefill_has_context: bool  # some prefill chunk has cached tokens before it (needs the paged prefill kernel)
+    # RoPE cos/sin of `positions`, filled by the first layer and reused by the others (same positions every layer)
+    rope_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_seqs(self) -> int:
@@ -100,10 +102,10 @@ def build_attention_metadata(
     for q in query_lens:
         starts.append(starts[-1] + q)
     seq_lens = [c + q for c, q in zip(context_lens, query_lens)]
-    width = max((len(bt) for bt in block_tables), default=0)
-    table = torch.zeros((B, max(width, 1)), dtype=torch.int32)
-    for i, bt in enumerate(block_tables):
-        table[i, : len(bt)] = torch.tensor(bt, dtype=torch.int32)
+    width = max(max((len(bt) for bt in block_tables), default=0), 1)
+    # Padded in Python and converted once: a tensor per row costs two small ops per sequence every step.
+    table = torch.tensor([list(bt) + [0] * (width - len(bt)) for bt in block_tables], dtype=torch.int32)
+    table = table.view(B, width)  # (B, width) also when B == 0
     return AttentionMetadata(
         positions=torch.tensor(positions, dtype=torch.int64, device=device),
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
@@ -158,13 +160,22 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, h, bias=False)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (..., hidden), positions (...) -> q (..., H, D), k/v (..., Hkv, D), RoPE applied to q and k."""
+    def _qkv(
+        self, x: torch.Tensor, positions: torch.Tensor, rope_cache: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (..., hidden), positions (...) -> q (..., H, D), k/v (..., Hkv, D), RoPE applied to q and k.
+        rope_cache (AttentionMetadata.rope_cache): cos/sin shared by every layer of one engine step."""
         lead = x.shape[:-1]
         q = self.q_proj(x).view(*lead, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
-        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        if rope_cache is None:
+            cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        else:
+            key = (self.head_dim, self.rotary.theta, x.dtype)
+            if key not in rope_cache:
+                rope_cache[key] = self.rotary.cos_sin(positions, x.dtype)
+            cos, sin = rope_cache[key]
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -179,7 +190,7 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x (N, hidden) flattened new tokens; k_cache/v_cache (num_blocks, block_size, Hkv, D) of this layer,
         updated in place -> (N, hidden)."""
-        q, k, v = self._qkv(x, meta.positions)  # (N, H, D), (N, Hkv, D)
+        q, k, v = self._qkv(x, meta.positions, meta.rope_cache)  # (N, H, D), (N, Hkv, D)
         kernels.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         P, p = meta.num_prefill_tokens, meta.num_prefills
         parts = []

@@ -1,6 +1,6 @@
 """Training data: corpus readers, tokenizer training, memory-mapped token shards, a resumable batch sampler.
 
-    texts = corpus_texts(sources)                           # a re-iterable stream of document texts
+    texts = corpus_texts(sources)                           # a re-iterable stream of documents (str | ChatRecord)
     tok = train_tokenizer(texts(), vocab_size=4096)          # byte-level BPE (only when no --tokenizer is given)
     shards = build_shards(texts, tok, "out/data", seq_len)   # tokenize once -> out/data/{train,val}.bin + meta.json
     sampler = BatchSampler(shards.train.num_sequences(seq_len), batch_size, seed)
@@ -13,6 +13,10 @@ tokens[i*T : i*T + T + 1] (inputs = the first T, targets = the last T): fixed-le
 The train/val split is per document, by a hash of its text, so it does not depend on the order the files are read
 in, and a document never has tokens on both sides. Corpora too small for that (a single file) fall back to the
 last tokens of the stream.
+
+Chat records (.jsonl/.json records with a "messages" list instead of "text", e.g. from llm.rag_sft) are rendered
+through the tokenizer's chat template, special tokens included, so a model fine-tuned on them learns the format
+the server prompts it with: <|bos|><|system|>\n...<|end|>\n<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>\n<EOS>.
 """
 
 from __future__ import annotations
@@ -28,17 +32,53 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
 import torch
 
 from llm.tokenizer import Tokenizer, train_bpe_tokenizer
 
-TextSource = Callable[[], Iterator[str]]  # called once per pass (tokenizer training, then tokenization)
 
 
 class CorpusError(ValueError):
     """The training corpus is missing, unreadable or empty (raised before any long work starts)."""
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    """One conversation: [{"role": "system"|"user"|"assistant", "content": str}, ...], tokenized with the chat
+    template (not as plain text) by build_shards."""
+
+    messages: tuple[dict[str, str], ...]
+
+    @classmethod
+    def parse(cls, messages: Any, where: str) -> "ChatRecord":
+        """Validated messages of a record; CorpusError naming where (file:line) on a malformed one."""
+        from llm.tokenizer import ROLE_TOKENS
+
+        if not isinstance(messages, list) or not messages:
+            raise CorpusError(f"{where}: \"messages\" must be a non-empty list of {{role, content}} objects")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLE_TOKENS or not isinstance(m.get("content"), str):
+                raise CorpusError(f"{where}: message {i} needs role in {sorted(ROLE_TOKENS)} and a str content")
+        return cls(tuple({"role": m["role"], "content": m["content"]} for m in messages))
+
+    def text(self) -> str:
+        """The contents as plain text: what BPE training sees (the role tokens are specials, added anyway)."""
+        return "\n".join(m["content"] for m in self.messages)
+
+    def key(self) -> str:
+        """Canonical form for the train/val split hash: stable across runs, differs between conversations."""
+        return json.dumps(self.messages, ensure_ascii=False, sort_keys=True)
+
+
+Doc = Union[str, ChatRecord]
+TextSource = Callable[[], Iterator[Doc]]  # called once per pass (tokenizer training, then tokenization)
+
+
+def _has_text(doc: Doc) -> bool:
+    return any(m["content"].strip() for m in doc.messages) if isinstance(doc, ChatRecord) else bool(doc.strip())
 
 
 # ---- corpus readers -----------------------------------------------------------------------------------------------
@@ -46,19 +86,34 @@ class CorpusError(ValueError):
 CORPUS_SUFFIXES = {".txt", ".md", ".markdown", ".jsonl", ".json", ".html", ".htm"}
 
 
-def file_texts(paths: Sequence[str | os.PathLike]) -> Iterator[str]:
-    """Document texts of files and folders (.txt/.md as is, .jsonl/.json records' "text", .html visible text).
+def file_texts(paths: Sequence[str | os.PathLike]) -> Iterator[Doc]:
+    """Documents of files and folders: .txt/.md as is, .jsonl/.json records' "text" (or a ChatRecord for records
+    with "messages"), .html visible text.
 
-    Reuses the ingestion loaders (retrieval.loaders), so `pqrag train` reads what `pqrag ingest` reads."""
-    from retrieval.loaders import load_documents
+    Reuses the ingestion loaders (retrieval.loaders), so `pqrag train` reads what `pqrag ingest` reads; only the
+    chat records are the trainer's own (ingestion skips them: they have no "text")."""
+    from retrieval.loaders import JSON_TYPES, iter_files, json_records, load_file, record_to_document, relative_name
 
     for p in paths:
         if not os.path.exists(p):
             raise CorpusError(f"training data path {os.fspath(p)!r} does not exist")
+    skip = lambda _msg: None  # noqa: E731 - unsupported files and records without text are not training data
     try:
-        for doc in load_documents([os.fspath(p) for p in paths]):
-            if doc.text.strip():
-                yield doc.text
+        for path, root in iter_files([os.fspath(p) for p in paths]):
+            file_type = JSON_TYPES.get(path.suffix.lower())
+            if file_type is None:
+                yield from (doc.text for doc in load_file(path, root, skip) if doc.text.strip())
+                continue
+            rel = relative_name(path, root)
+            for rec, default_id, meta, where in json_records(path, rel, file_type, {}, skip):
+                if isinstance(rec, dict) and "messages" in rec:
+                    chat = ChatRecord.parse(rec["messages"], where)
+                    if _has_text(chat):
+                        yield chat
+                elif isinstance(rec, dict):
+                    doc = record_to_document(rec, default_id, meta, rel)
+                    if doc is not None and doc.text.strip():
+                        yield doc.text
     except (OSError, UnicodeError) as exc:
         raise CorpusError(f"cannot read training data: {exc}") from exc
 
@@ -161,7 +216,7 @@ class CorpusSpec:
                 raise CorpusError(f"--from-collection {self.collection!r}: no pqrag store in "
                                   f"--data-dir {self.data_dir or 'data'!r}")
 
-    def texts(self) -> Iterator[str]:
+    def texts(self) -> Iterator[Doc]:
         if self.paths:
             yield from file_texts(self.paths)
         if self.collection:
@@ -195,15 +250,16 @@ class CorpusSpec:
 
 # ---- tokenizer ----------------------------------------------------------------------------------------------------
 
-def train_tokenizer(texts_iter: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+def train_tokenizer(texts_iter: Iterable[Doc], vocab_size: int = 4096) -> Tokenizer:
     """A byte-level BPE trained on texts (see tokenizer.train_bpe_tokenizer): specials first, 256 byte symbols,
     then merges up to vocab_size. A small corpus may stop short of vocab_size; size the model by
-    `tokenizer.vocab_size`, not by the request."""
+    `tokenizer.vocab_size`, not by the request. Chat records contribute their contents."""
     count = 0
 
     def counted() -> Iterator[str]:
         nonlocal count
-        for t in texts_iter:
+        for doc in texts_iter:
+            t = doc.text() if isinstance(doc, ChatRecord) else doc
             if t.strip():
                 count += 1
                 yield t
@@ -235,12 +291,17 @@ class TokenShard:
         """Packed sequences of seq_len inputs (+1 target token, shared with the next sequence's first input)."""
         return max((len(self.tokens) - 1) // seq_len, 0)
 
-    def batch(self, indices: Sequence[int] | np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequences at indices -> inputs x (B, T) and targets y (B, T) = x shifted left by one, int64."""
+    def batch(self, indices: Sequence[int] | np.ndarray, seq_len: int,
+              ignore_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences at indices -> inputs x (B, T) and targets y (B, T) = x shifted left by one, int64. Targets
+        equal to ignore_id (the PAD that fills alignment gaps) become -100, cross_entropy's ignore_index."""
         rows = np.stack([np.asarray(self.tokens[i * seq_len : i * seq_len + seq_len + 1], dtype=np.int64)
                          for i in indices]) if len(indices) else np.zeros((0, seq_len + 1), dtype=np.int64)
         t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
+        x, y = t[:, :-1], t[:, 1:]
+        if ignore_id is not None:
+            y = y.masked_fill(y == ignore_id, -100)
+        return x, y
 
 
 @dataclass
@@ -250,17 +311,31 @@ class Shards:
     meta: dict
 
 
-def _split_is_val(text: str, val_fraction: float) -> bool:
+def _split_is_val(doc: Doc, val_fraction: float) -> bool:
     # crc32 of the text: stable across runs, processes and Python's hash randomization.
+    text = doc.key() if isinstance(doc, ChatRecord) else doc
     return zlib.crc32(text.encode("utf-8", "replace")) % 10_000 < val_fraction * 10_000
+
+
+def _encode_docs(tokenizer: Tokenizer, docs: Sequence[Doc]) -> list[list[int]]:
+    """Token ids of each document: plain texts in one batch (the Rust side runs in parallel), chat records
+    through the chat template (<|bos|>, role and <|end|> specials; contents as plain text)."""
+    texts = [d for d in docs if not isinstance(d, ChatRecord)]
+    encoded = iter(tokenizer.encode_batch(texts)) if texts else iter(())
+    return [tokenizer.apply_chat_template(d.messages, add_generation_prompt=False, tokenize=True)
+            if isinstance(d, ChatRecord) else next(encoded) for d in docs]
 
 
 def build_shards(
     texts: TextSource, tokenizer: Tokenizer, out_dir: str | os.PathLike, min_val_tokens: int,
-    val_fraction: float = 0.05, fingerprint: str = "", batch_docs: int = 256,
+    val_fraction: float = 0.05, fingerprint: str = "", batch_docs: int = 256, align: int = 0,
 ) -> Shards:
     """Tokenize the corpus once into out_dir/{train,val}.bin + meta.json; reuse them when meta.json matches
-    (same corpus fingerprint, tokenizer, split). min_val_tokens (seq_len + 1) guarantees one val sequence."""
+    (same corpus fingerprint, tokenizer, split). min_val_tokens (seq_len + 1) guarantees one val sequence.
+
+    align (the trainer's seq_len, 0 = off): a chat record that fits one sequence but would straddle two starts at
+    the next sequence boundary instead, the gap filled with the PAD token (the trainer ignores PAD targets).
+    Otherwise a sequence boundary inside a conversation trains its answer without the passages it copies from."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer.eos_id is None:
@@ -268,6 +343,8 @@ def build_shards(
     dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
     key = {"corpus": fingerprint, "tokenizer": tokenizer_hash(tokenizer), "val_fraction": val_fraction,
            "min_val_tokens": min_val_tokens, "dtype": dtype, "format": 1}
+    if align:  # only when asked: the keys (and resumable checkpoints) of runs without chat data stay the same
+        key["align"] = align
     meta_path = out / "meta.json"
     if meta_path.exists() and fingerprint:
         meta = json.loads(meta_path.read_text())
@@ -275,24 +352,31 @@ def build_shards(
             return Shards(TokenShard(out / "train.bin", dtype), TokenShard(out / "val.bin", dtype), meta)
 
     eos = np.array([tokenizer.eos_id], dtype=dtype)
+    fill = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     n_docs = {"train": 0, "val": 0}
     n_tok = {"train": 0, "val": 0}
     tmp = {s: out / f"{s}.bin.tmp" for s in ("train", "val")}
     files = {s: open(p, "wb") for s, p in tmp.items()}
     try:
-        def flush(docs: list[str]) -> None:
-            for text, ids in zip(docs, tokenizer.encode_batch(docs)):  # batched: the Rust side runs in parallel
-                split = "val" if _split_is_val(text, val_fraction) else "train"
+        def flush(docs: list[Doc]) -> None:
+            for doc, ids in zip(docs, _encode_docs(tokenizer, docs)):
+                split = "val" if _split_is_val(doc, val_fraction) else "train"
                 arr = np.asarray(ids, dtype=dtype)
+                # Sequence i is tokens[i*T : i*T + T + 1]: a record of L tokens (EOS included) at offset `off`
+                # in it stays whole when off + L <= T + 1.
+                off = n_tok[split] % align if align else 0
+                if off and isinstance(doc, ChatRecord) and len(arr) + 1 <= align + 1 < off + len(arr) + 1:
+                    files[split].write(np.full(align - off, fill, dtype=dtype).tobytes())
+                    n_tok[split] += align - off
                 files[split].write(arr.tobytes())
                 files[split].write(eos.tobytes())
                 n_docs[split] += 1
                 n_tok[split] += len(arr) + 1
 
-        buf: list[str] = []
-        for text in texts():
-            if text.strip():
-                buf.append(text)
+        buf: list[Doc] = []
+        for doc in texts():
+            if _has_text(doc):
+                buf.append(doc)
             if len(buf) >= batch_docs:
                 flush(buf)
                 buf = []

@@ -3,6 +3,7 @@
     python -m llm.train --data docs/ notes.jsonl --out out/run1                 # laptop CPU defaults (preset small)
     python -m llm.train --pydoc --out out/pydoc --max-steps 1000                 # the demo generator (demo_config)
     python -m llm.train --config train.toml --out out/run1 --resume              # continue after an interruption
+    python -m llm.train --init-from out/pydoc --data sft.jsonl --out out/sft     # fine-tune an exported model
     torchrun --nproc_per_node 4 -m llm.train --data corpus/ --out out/ddp        # DDP, one process per GPU
     pqrag train ...                                                              # the same, from the service CLI
 
@@ -71,6 +72,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=S, help="output directory (default out/train)")
     g = p.add_argument_group("model and schedule")
     g.add_argument("--preset", default=S, help="model preset: tiny, small (default), small-dense")
+    g.add_argument("--init-from", dest="init_from", default=S, metavar="DIR",
+                   help="fine-tune: start from this exported model's weights and tokenizer (fresh optimizer, step 0)")
     g.add_argument("--model", action="append", default=S, metavar="KEY=VALUE",
                    help="ModelConfig override, e.g. --model num_experts=1 (repeatable)")
     g.add_argument("--seq-len", dest="seq_len", type=int, default=S)
@@ -187,13 +190,16 @@ def prepare_tokenizer_and_shards(
 ) -> tuple[Tokenizer, Shards]:
     """Rank 0: load or train the tokenizer (saved to out/tokenizer.json), tokenize once into out/data/. The other
     ranks wait, then open the same files."""
+    # Chat records start on sequence boundaries (see build_shards). Only files can hold them: pydoc and
+    # collection corpora keep their unaligned shard key, so their checkpoints stay resumable.
+    align = cfg.seq_len if spec.paths else 0
     error = None
     if info.is_main:
         try:
             if cfg.resume:
                 tok = Tokenizer.from_file(out)  # the run's own tokenizer: the checkpoint's vocabulary
-            elif cfg.tokenizer:
-                tok = Tokenizer.from_file(cfg.tokenizer)
+            elif cfg.tokenizer or cfg.init_from:
+                tok = Tokenizer.from_file(cfg.tokenizer or cfg.init_from)  # an init model's embedding rows fit it
             else:
                 # The tiny preset's 256-token vocabulary cannot hold 256 bytes + the specials; give it room.
                 vocab = cfg.vocab_size or max(model_cfg.vocab_size, 256 + len(SPECIAL_TOKENS) + 249)
@@ -203,7 +209,7 @@ def prepare_tokenizer_and_shards(
             if not cfg.resume:
                 tok.save(out)
             build_shards(spec.texts, tok, out / "data", min_val_tokens=cfg.seq_len + 1,
-                         val_fraction=cfg.val_fraction, fingerprint=spec.fingerprint())
+                         val_fraction=cfg.val_fraction, fingerprint=spec.fingerprint(), align=align)
         except (ValueError, OSError) as exc:
             if not info.enabled:
                 raise
@@ -211,7 +217,8 @@ def prepare_tokenizer_and_shards(
     _broadcast_error(error, info)
     tok = Tokenizer.from_file(out)
     shards = build_shards(spec.texts, tok, out / "data", min_val_tokens=cfg.seq_len + 1,
-                          val_fraction=cfg.val_fraction, fingerprint=spec.fingerprint())  # reuses rank 0's files
+                          val_fraction=cfg.val_fraction, fingerprint=spec.fingerprint(),
+                          align=align)  # reuses rank 0's files
     return tok, shards
 
 
@@ -263,9 +270,11 @@ def router_losses(
 # ---- eval and sampling --------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, shards: Shards, cfg: TrainConfig, info: DistInfo, autocast) -> float:
-    """Mean next-token CE over the first eval_batches * batch_size val sequences (the same ones every time).
-    model is the unwrapped module: a DDP forward could wait on buffer syncs that ranks without a slice skip."""
+def evaluate(model: torch.nn.Module, shards: Shards, cfg: TrainConfig, info: DistInfo, autocast,
+             ignore_id: int | None = None) -> float:
+    """Mean next-token CE over the first eval_batches * batch_size val sequences (the same ones every time),
+    targets equal to ignore_id (alignment PAD) not scored. model is the unwrapped module: a DDP forward could
+    wait on buffer syncs that ranks without a slice skip."""
     model.eval()
     n = min(shards.val.num_sequences(cfg.seq_len), cfg.eval_batches * cfg.batch_size)
     total = torch.zeros(2, dtype=torch.float64, device=info.device)  # (sum of losses, tokens)
@@ -274,11 +283,12 @@ def evaluate(model: torch.nn.Module, shards: Shards, cfg: TrainConfig, info: Dis
         local = np.array_split(idx, info.world_size)[info.rank]  # ranks split the batch; some may get none
         if len(local) == 0:
             continue
-        x, y = (t.to(info.device) for t in shards.val.batch(local, cfg.seq_len))
+        x, y = (t.to(info.device) for t in shards.val.batch(local, cfg.seq_len, ignore_id))
         with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
-        total += torch.stack([loss.double(), torch.tensor(y.numel(), dtype=torch.float64, device=info.device)])
+        counted = (y != -100).sum().double()  # alignment PAD targets are not scored
+        total += torch.stack([loss.double(), counted])
     _all_reduce(total, info)
     model.train()
     return float(total[0] / total[1])
@@ -382,6 +392,48 @@ def plot_losses(metrics_path: Path, png: Path, title: str = "") -> bool:
     return True
 
 
+# ---- the model to train -------------------------------------------------------------------------------------------
+
+# ModelConfig fields that set parameter shapes (or tie them): an --init-from model keeps them. The others
+# (max_position_embeddings, rope_theta, num_experts_per_tok, ...) may be overridden with --model.
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                 "intermediate_size", "num_experts", "tie_word_embeddings")
+
+
+def resolve_model_config(cfg: TrainConfig) -> tuple[ModelConfig, ModelConfig | None]:
+    """(config of the model to train, config of the --init-from model or None).
+
+    Without init_from: the preset (default small) with the --model overrides. With it: the init model's config
+    with the --model overrides, which must keep every shape; a --preset must have the init model's shapes
+    (vocab_size aside: a trained BPE may stop short of the preset's). ValueError names the offending fields."""
+    if not cfg.init_from:
+        return get_config(cfg.preset or "small", **cfg.model), None
+    init_cfg = ModelConfig.load(cfg.init_from)
+    if cfg.preset:
+        preset = get_config(cfg.preset)
+        diffs = [f"{k}: preset {getattr(preset, k)!r} != model {getattr(init_cfg, k)!r}"
+                 for k in _SHAPE_FIELDS if k != "vocab_size" and getattr(preset, k) != getattr(init_cfg, k)]
+        if diffs:
+            raise ValueError(f"--preset {cfg.preset!r} does not match the --init-from model {cfg.init_from!r} "
+                             f"({'; '.join(diffs)}); drop --preset to use the model's own shapes")
+    diffs = [f"{k}={v!r} (model: {getattr(init_cfg, k)!r})" for k, v in cfg.model.items()
+             if k in _SHAPE_FIELDS and v != getattr(init_cfg, k)]
+    if diffs:
+        raise ValueError(f"--model {', '.join(diffs)} would change the shapes of the --init-from model's weights; "
+                         f"only {sorted(set(dataclasses.asdict(init_cfg)) - set(_SHAPE_FIELDS))} may change")
+    return init_cfg.replace(**cfg.model), init_cfg
+
+
+def load_init_state(cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The --init-from model's weights (this module's state_dict names, CPU fp32), checked against its config,
+    and its tokenizer's presence: read before any data work so a bad directory fails in seconds."""
+    from llm.checkpoint import load_model
+
+    if not cfg.tokenizer and not os.path.exists(os.path.join(cfg.init_from, "tokenizer.json")):
+        raise ValueError(f"--init-from {cfg.init_from!r} has no tokenizer.json; pass the model's --tokenizer")
+    return load_model(cfg.init_from).state_dict()
+
+
 # ---- the loop -----------------------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -389,10 +441,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     any long work."""
     cfg.validate()
     # ---- checks that need no data: fail in seconds, not after tokenizing ----
-    model_cfg = get_config(cfg.preset, **cfg.model)
+    if cfg.init_from and not os.path.isdir(cfg.init_from):
+        raise ValueError(f"--init-from {cfg.init_from!r} is not a directory (an exported model: config.json, "
+                         "model.safetensors, tokenizer.json)")
+    model_cfg, init_cfg = resolve_model_config(cfg)
     if cfg.seq_len > model_cfg.max_position_embeddings:
+        where = "the --init-from model" if init_cfg else f"preset {cfg.preset or 'small'!r}"
         raise ValueError(f"seq_len={cfg.seq_len} > max_position_embeddings={model_cfg.max_position_embeddings} of "
-                         f"preset {cfg.preset!r}; lower --seq-len or raise [model] max_position_embeddings")
+                         f"{where}; lower --seq-len or raise [model] max_position_embeddings")
     spec = CorpusSpec(paths=cfg.data, collection=cfg.from_collection, data_dir=cfg.data_dir, pydoc=cfg.pydoc)
     spec.validate()
     out = Path(cfg.out)
@@ -407,12 +463,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif ckpt_path.exists():
         raise ValueError(f"{out} already holds a training run ({CHECKPOINT}); pass --resume to continue it, "
                          "or choose another --out")
+    # A resumed fine-tuning run continues from its own checkpoint; the init weights only seed step 0.
+    init_state = load_init_state(cfg) if init_cfg is not None and ckpt is None else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
     info = setup_distributed(cfg)
     try:
-        return _train(cfg, model_cfg, spec, out, ckpt, info)
+        return _train(cfg, model_cfg, spec, out, ckpt, info, init_cfg, init_state)
     finally:
         if info.enabled:
             import torch.distributed as dist
@@ -421,12 +479,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path, ckpt: dict | None,
-           info: DistInfo) -> dict[str, Any]:
+           info: DistInfo, init_cfg: ModelConfig | None = None,
+           init_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the world size {info.world_size}")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     tok, shards = prepare_tokenizer_and_shards(cfg, model_cfg, spec, out, info)
+    if init_cfg is not None and tok.vocab_size != init_cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the --init-from model's embedding has "
+                         f"{init_cfg.vocab_size} rows; use the model's own tokenizer.json")
     model_cfg = model_cfg.replace(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, bos_token_id=tok.bos_id,
                                   pad_token_id=tok.pad_id)
     if ckpt is not None:
@@ -443,6 +505,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
     # ---- model, optimizer, schedule ----
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     raw_model = CausalLM(model_cfg).to(info.device)
+    if init_state is not None:
+        raw_model.load_state_dict(init_state)  # strict: resolve_model_config kept every shape
+        del init_state
     use_fused = info.device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(raw_model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), fused=use_fused)
@@ -513,7 +578,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
             counts = torch.zeros(model_cfg.num_layers, E)
             for micro in range(cfg.grad_accum):
                 idx = sampler.next_indices()[info.rank * per_rank : (info.rank + 1) * per_rank]  # this rank's slice
-                x, y = (t.to(info.device, non_blocking=True) for t in shards.train.batch(idx, cfg.seq_len))
+                x, y = (t.to(info.device, non_blocking=True)
+                        for t in shards.train.batch(idx, cfg.seq_len, ignore_id=tok.pad_id))
                 sync = (not info.enabled or micro == cfg.grad_accum - 1)  # DDP all-reduces grads once per step
                 with (contextlib.nullcontext() if sync else model.no_sync()):
                     with autocast:
@@ -548,7 +614,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
             if cfg.z_loss_coef > 0:
                 row["z_loss"] = z_sum / cfg.grad_accum
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                row["val_loss"] = evaluate(fwd_model, shards, cfg, info, autocast)
+                row["val_loss"] = evaluate(fwd_model, shards, cfg, info, autocast, tok.pad_id)
                 row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
                 if info.is_main and cfg.sample_tokens > 0:
                     row["sample"] = greedy_sample(raw_model, tok, cfg.sample_prompt, cfg.sample_tokens,
@@ -572,7 +638,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
 
         save_model(raw_model, out)  # config.json + model.safetensors (HF Mixtral names), fp32
         tok.save(out)
-        plot_losses(metrics_path, out / PLOT, title=f"{out.name}: preset {cfg.preset}, {E} experts top-"
+        base = f"from {Path(cfg.init_from).name}" if cfg.init_from else f"preset {cfg.preset or 'small'}"
+        plot_losses(metrics_path, out / PLOT, title=f"{out.name}: {base}, {E} experts top-"
                                                    f"{model_cfg.num_experts_per_tok}")
     if info.enabled:
         import torch.distributed as dist

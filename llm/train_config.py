@@ -35,8 +35,14 @@ class TrainConfig:
     vocab_size: int | None = None  # BPE vocabulary to train; None = the preset's vocab_size
     val_fraction: float = 0.05  # share of documents held out for validation
     # ---- model ----
-    preset: str = "small"  # llm.config preset: tiny (tests), small (the demo generator, ~20 MB fp32)
+    # llm.config preset: tiny (tests), small (the demo generator, ~20 MB fp32); None = small, or with init_from
+    # the shapes of that model (a preset given with init_from must describe the same shapes)
+    preset: str | None = None
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides ([model] table, --model k=v)
+    # Fine-tuning: start from this exported model directory (config.json + model.safetensors + tokenizer.json)
+    # with a fresh optimizer, schedule and step 0; its tokenizer is reused unless `tokenizer` names another one
+    # of the same size. --model may change only fields that keep the weights' shapes.
+    init_from: str | None = None
     # ---- batch: tokens per optimizer step = batch_size * grad_accum * seq_len ----
     seq_len: int = 256  # tokens per training sequence (<= model max_position_embeddings)
     batch_size: int = 8  # sequences per micro-step, all DDP ranks together (divisible by the world size)
@@ -81,6 +87,9 @@ class TrainConfig:
                              f"min_lr_ratio={self.min_lr_ratio}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.aux_loss_coef < 0 or self.z_loss_coef < 0:
             raise ValueError("warmup_steps, grad_clip, aux_loss_coef and z_loss_coef must be >= 0")
+        if self.init_from and self.vocab_size:
+            raise ValueError("vocab_size trains a new tokenizer, but an init_from model keeps its vocabulary; "
+                             "drop vocab_size (or pass a tokenizer of the same size)")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         model_fields = {f.name for f in dataclasses.fields(ModelConfig)}

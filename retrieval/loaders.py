@@ -73,13 +73,18 @@ def load_documents(paths: str | os.PathLike | Iterable[str | os.PathLike],
         yield from load_file(path, root, skip)
 
 
+def relative_name(path: Path, root: Path) -> str:
+    """A file's id and "source": its path relative to the folder given (or as given, outside it)."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
 def load_file(path: str | os.PathLike, root: str | os.PathLike | None = None,
               on_skip: OnSkip | None = None) -> Iterator[Document]:
     """Documents of one file; ids and "source" are relative to root (default: the file's folder)."""
     path = Path(path)
     root = Path(root) if root is not None else path.parent
     skip = on_skip or (lambda _msg: None)
-    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+    rel = relative_name(path, root)
     ext = path.suffix.lower()
     if ext not in SUPPORTED:
         skip(rel)
@@ -129,8 +134,10 @@ def record_to_document(rec: dict[str, Any], default_id: str, base_meta: dict[str
     return Document(id=doc_id, text=text, metadata=meta, source=source)
 
 
-def _json_documents(path: Path, rel: str, file_type: str, base_meta: dict[str, Any],
-                    skip: OnSkip) -> Iterator[Document]:
+def json_records(path: Path, rel: str, file_type: str, base_meta: dict[str, Any],
+                 skip: OnSkip) -> Iterator[tuple[Any, str, dict[str, Any], str]]:
+    """(record, default id, metadata, where) of every parsed record of a .json/.jsonl file; lines that are
+    not JSON are reported to skip. Shared with the trainer (llm.data), which reads chat records from them."""
     if file_type == "jsonl":
         with open(path, encoding="utf-8-sig", errors="replace") as f:
             for lineno, line in enumerate(f, 1):
@@ -141,8 +148,7 @@ def _json_documents(path: Path, rel: str, file_type: str, base_meta: dict[str, A
                 except json.JSONDecodeError as exc:
                     skip(f"{rel}:{lineno} (invalid JSON: {exc.msg})")
                     continue
-                yield from _record(rec, f"{rel}#{lineno}", {**base_meta, "line": lineno}, rel,
-                                   f"{rel}:{lineno}", skip)
+                yield rec, f"{rel}#{lineno}", {**base_meta, "line": lineno}, f"{rel}:{lineno}"
         return
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
@@ -151,9 +157,15 @@ def _json_documents(path: Path, rel: str, file_type: str, base_meta: dict[str, A
         return
     if isinstance(data, list):
         for i, rec in enumerate(data):
-            yield from _record(rec, f"{rel}#{i}", {**base_meta, "position": i}, rel, f"{rel}[{i}]", skip)
+            yield rec, f"{rel}#{i}", {**base_meta, "position": i}, f"{rel}[{i}]"
     else:
-        yield from _record(data, rel, base_meta, rel, rel, skip)
+        yield data, rel, base_meta, rel
+
+
+def _json_documents(path: Path, rel: str, file_type: str, base_meta: dict[str, Any],
+                    skip: OnSkip) -> Iterator[Document]:
+    for rec, default_id, meta, where in json_records(path, rel, file_type, base_meta, skip):
+        yield from _record(rec, default_id, meta, rel, where, skip)
 
 
 def _record(rec: Any, default_id: str, meta: dict[str, Any], source: str, where: str,

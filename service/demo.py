@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                 client.create_collection(COLLECTION)
                 ingest(client)
             info = client.get_collection(COLLECTION)
+            index = (f"IVF-PQ m={info.index.m}, nbits={info.index.nbits}" if info.index_state == "trained"
+                     else "exact search until there are enough vectors to train the PQ codebooks")
             print(f"\ncollection {COLLECTION}: {info.document_count} documents, {info.chunk_count} chunks, "
-                  f"index {info.index_state} (IVF-PQ m={info.index.m}, nbits={info.index.nbits})\n")
+                  f"index {info.index_state} ({index})\n")
             for q in QUESTIONS[: 1 if model else len(QUESTIONS)]:
                 if model:
                     print(f"Q: {q}\nA: ", end="", flush=True)

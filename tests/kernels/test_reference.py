@@ -88,6 +88,68 @@ def test_paged_references_match_contiguous_attention():
         assert rel_err(dec[i], _sdpa(qi[:, -1:], k, v, False)[0, 0]) < 1e-12
 
 
+def _paged_decode_per_sequence(q, kc, vc, tables, sl):
+    """The decode spec one sequence at a time, reading only each sequence's first seq_lens[i] slots."""
+    bs, Hkv, D = kc.shape[1:]
+    out = torch.zeros_like(q)
+    for i, n in enumerate(sl.tolist()):
+        if n:
+            rows = (tables[i].long()[:, None] * bs + torch.arange(bs)).reshape(-1)[:n]
+            k, v = kc.reshape(-1, Hkv, D)[rows][None], vc.reshape(-1, Hkv, D)[rows][None]
+            out[i] = _sdpa(q[i][None, None], k, v, False)[0, 0]
+    return out
+
+
+@pytest.mark.parametrize(
+    "lens,H,Hkv,bs",
+    # lengths on and off block boundaries, one sequence much longer than the rest (most of the padded batch is
+    # masked), GQA 1/2/4, MHA, a block size that is not a power of two
+    [([1, 16, 17, 32, 5], 4, 2, 16), ([3, 90, 2, 7, 64, 1, 33, 12], 8, 2, 16), ([20, 21], 4, 1, 7), ([9], 2, 2, 4)],
+)
+def test_batched_paged_decode_matches_per_sequence(lens, H, Hkv, bs):
+    g = gen()
+    kc, vc, tables, sl = paged_cache(lens, bs, Hkv, 32, g=g, dtype=torch.float64, device="cpu")
+    q = randn(len(lens), H, 32, g=g, dtype=torch.float64, device="cpu")
+    assert rel_err(R.paged_attention(q, kc, vc, tables, sl), _paged_decode_per_sequence(q, kc, vc, tables, sl)) < 1e-12
+    assert rel_err(R.paged_attention(q, kc, vc, tables, sl, 0.2), _paged_decode_per_sequence(q * 0.2 * math.sqrt(32), kc, vc, tables, sl)) < 1e-12
+
+
+def test_paged_decode_ignores_garbage_past_each_sequence():
+    # The batched decode reads whole blocks (and padding blocks of short sequences); NaN / inf in slots past a
+    # sequence's end, the state of a reused or uninitialised pool, must not reach the output. A sequence with no
+    # cached key outputs zeros.
+    g = gen()
+    lens, bs, H, Hkv, D = [5, 0, 23, 1], 8, 4, 2, 32
+    kc, vc, tables, sl = paged_cache(lens, bs, Hkv, D, g=g, dtype=torch.float64, device="cpu")
+    q = randn(len(lens), H, D, g=g, dtype=torch.float64, device="cpu")
+    ref = _paged_decode_per_sequence(q, kc, vc, tables, sl)
+    live = torch.zeros(kc.shape[:2], dtype=torch.bool)
+    for i, n in enumerate(lens):
+        for j in range(n):
+            live[tables[i, j // bs], j % bs] = True
+    kc[~live] = float("nan")
+    vc[~live] = float("inf")
+    o = R.paged_attention(q, kc, vc, tables, sl)
+    assert torch.isfinite(o).all()
+    assert torch.equal(o[1], torch.zeros_like(o[1]))
+    assert rel_err(o, ref) < 1e-12
+    assert torch.equal(R.paged_attention(q[:0], kc, vc, tables[:0], sl[:0]), q[:0])
+    # table entries past a sequence's last block are never read: -1 or an out-of-range id there is fine
+    used = torch.arange(tables.shape[1])[None, :] * bs < sl[:, None]
+    junk = torch.where(used, tables, torch.tensor([[-1, 10**6, -5, 7]], dtype=tables.dtype)[:, : tables.shape[1]])
+    assert rel_err(R.paged_attention(q, kc, vc, junk, sl), ref) < 1e-12
+
+
+def test_paged_decode_float32_accumulates_like_float64():
+    g = gen()
+    lens = [40, 3, 17]
+    kc, vc, tables, sl = paged_cache(lens, 16, 2, 64, g=g, dtype=torch.float32, device="cpu")
+    q = randn(3, 4, 64, g=g, dtype=torch.float32, device="cpu")
+    o = R.paged_attention(q, kc, vc, tables, sl)
+    assert o.dtype == torch.float32
+    assert rel_err(o, R.paged_attention(q.double(), kc.double(), vc.double(), tables, sl)) < 1e-5
+
+
 def test_write_kv_reference_places_tokens():
     g = gen()
     kc = torch.zeros(4, 3, 2, 8, dtype=torch.float64)
@@ -126,3 +188,21 @@ def test_fused_moe_reference_matches_dense_mixture():
     every = torch.stack([(F.silu(x @ wg[e].T) * (x @ wu[e].T)) @ wd[e].T for e in range(E)], dim=1)  # (T, E, d)
     ref = (gate[:, :, None] * every).sum(1)
     assert rel_err(R.fused_moe(x, wg, wu, wd, w, ids), ref) < 1e-12
+
+
+def test_fused_moe_reference_skips_invalid_ids_and_empty_batches():
+    g = gen()
+    T, d, Fd, E = 7, 16, 24, 3
+    x = randn(T, d, g=g, dtype=torch.float64, device="cpu")
+    wg, wu = (randn(E, Fd, d, g=g, dtype=torch.float64, device="cpu") / math.sqrt(d) for _ in range(2))
+    wd = randn(E, d, Fd, g=g, dtype=torch.float64, device="cpu") / math.sqrt(Fd)
+    ids = torch.tensor([[0, 2], [-1, 1], [3, 0], [2, 2], [1, 5], [0, 1], [-7, 3]], dtype=torch.int32)
+    w = torch.rand(T, 2, generator=g, dtype=torch.float64)
+    ref = torch.zeros(T, d, dtype=torch.float64)
+    for t in range(T):
+        for j in range(2):
+            e = int(ids[t, j])
+            if 0 <= e < E:  # out-of-range ids contribute nothing
+                ref[t] += w[t, j] * ((F.silu(x[t] @ wg[e].T) * (x[t] @ wu[e].T)) @ wd[e].T)
+    assert rel_err(R.fused_moe(x, wg, wu, wd, w, ids), ref) < 1e-12
+    assert R.fused_moe(x[:0], wg, wu, wd, w[:0], ids[:0]).shape == (0, d)

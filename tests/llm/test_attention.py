@@ -46,3 +46,30 @@ def test_rotary_scores_depend_on_relative_position_only():
     assert score(7, 3) != pytest.approx(score(7, 4), rel=1e-3)
     c, s = rope.cos_sin(torch.tensor([0]), torch.float64)  # position 0 is the identity
     torch.testing.assert_close(apply_rotary(q[None], c, s), q[None])
+
+
+def test_paged_forward_computes_rope_once_per_step(monkeypatch):
+    # cos/sin depend only on the step's positions: the first layer fills meta.rope_cache, the others reuse it,
+    # and the result is the same as computing it in every layer.
+    from llm.config import get_config
+    from llm.kv_cache import allocate_kv_caches
+    from llm.model import CausalLM
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny")
+    model = CausalLM(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (6,))
+    calls = []
+    orig = RotaryEmbedding.cos_sin
+    monkeypatch.setattr(RotaryEmbedding, "cos_sin", lambda self, *a: calls.append(1) or orig(self, *a))
+    outs = []
+    for cache_rope in (True, False):
+        caches = allocate_kv_caches(cfg.num_layers, 4, 4, cfg.num_kv_heads, cfg.head_dim)
+        meta = build_attention_metadata([0, 0], [4, 2], [[1, 0], [2]], 4)
+        if not cache_rope:
+            meta.rope_cache = None  # the unshared path: each layer computes its own
+        calls.clear()
+        with torch.no_grad():
+            outs.append(model.forward_paged(ids, meta, caches))
+        assert len(calls) == (1 if cache_rope else cfg.num_layers)
+    assert torch.equal(outs[0], outs[1])

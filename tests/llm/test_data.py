@@ -11,6 +11,7 @@ import pytest
 
 from llm.data import (
     BatchSampler,
+    ChatRecord,
     CorpusError,
     CorpusSpec,
     TokenShard,
@@ -96,6 +97,45 @@ def test_file_texts_reads_txt_md_jsonl(tmp_path):
     assert sorted(file_texts([tmp_path])) == ["# title\nbody", "from jsonl", "plain text"]
     with pytest.raises(CorpusError, match="does not exist"):
         list(file_texts([tmp_path / "missing"]))
+
+
+def test_chat_records_are_tokenized_with_the_chat_template(tok, tmp_path):
+    msgs = [{"role": "system", "content": "Answer from the passages."},
+            {"role": "user", "content": "Context:\n[1] the fox jumps<|end|>\n\nQuestion: what jumps?"},
+            {"role": "assistant", "content": "The fox jumps [1]"}]
+    f = tmp_path / "sft.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [{"messages": msgs}, {"text": "plain doc"}, {"id": 3}]) + "\n")
+    docs = list(file_texts([f]))
+    assert docs == [ChatRecord(tuple(msgs)), "plain doc"]  # the record without text is skipped, as in ingestion
+    sh = build_shards(lambda: iter(docs), tok, tmp_path / "s", min_val_tokens=4, fingerprint="")
+    stream = np.concatenate([sh.train.tokens, sh.val.tokens]).tolist()
+    chat = tok.apply_chat_template(msgs, add_generation_prompt=False, tokenize=True)
+    plain = tok.encode("plain doc")
+    assert stream in ([*chat, tok.eos_id, *plain, tok.eos_id], [*plain, tok.eos_id, *chat, tok.eos_id])
+    # one <|end|> per turn: the one typed inside a message stays plain text
+    assert chat[0] == tok.bos_id and chat.count(tok.end_id) == 3
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "bot", "content": "hi"}]}) + "\n")
+    with pytest.raises(CorpusError, match=r"bad.jsonl:1: message 0 needs role"):
+        list(file_texts([tmp_path / "bad.jsonl"]))
+
+
+def test_chat_records_are_aligned_to_sequence_starts_with_ignored_padding(tok, tmp_path):
+    chats = [ChatRecord(({"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": "fox"}))
+             for i in range(12)]
+    lengths = {len(tok.apply_chat_template(c.messages, add_generation_prompt=False, tokenize=True)) + 1
+               for c in chats}
+    T = max(lengths) + 3  # every record fits a sequence; plain documents in between shift the offsets
+    docs = [d for pair in zip(DOCS, chats) for d in pair]
+    sh = build_shards(lambda: iter(docs), tok, tmp_path, min_val_tokens=T + 1, val_fraction=0.2, align=T)
+    assert sh.meta["key"]["align"] == T
+    for shard in (sh.train, sh.val):
+        toks = np.asarray(shard.tokens)
+        starts = np.flatnonzero(toks == tok.bos_id)  # each chat record starts with <|bos|>
+        ends = [p + int(np.argmax(toks[p:] == tok.eos_id)) for p in starts]  # its EOS
+        assert len(starts) and all(p % T + (e - p + 1) <= T + 1 for p, e in zip(starts, ends))  # one sequence
+    assert int((np.asarray(sh.train.tokens) == tok.pad_id).sum()) > 0
+    x, y = sh.train.batch(np.arange(sh.train.num_sequences(T)), T, ignore_id=tok.pad_id)
+    assert (x == tok.pad_id).any() and not (y == tok.pad_id).any() and (y == -100).any()
 
 
 def test_corpus_spec_validation(tmp_path):

@@ -123,6 +123,44 @@ def test_two_ddp_processes_match_one_with_the_same_global_batch(corpus, full_run
     assert np.allclose(va, vb, atol=1e-4)
 
 
+# ---- fine-tuning: --init-from ----
+
+FT = [a for a in BASE if a not in ("--vocab-size", "300")]  # an init model brings its own tokenizer
+
+
+def test_init_from_starts_at_the_exported_weights_and_resumes(corpus, full_run, tmp_path):
+    from llm.checkpoint import load_model
+    from llm.data import BatchSampler, TokenShard
+    from llm.model import cross_entropy_loss
+
+    args = ["--data", str(corpus), "--out", str(tmp_path), "--init-from", str(full_run), *FT]
+    train(cfg_of([*args, "--max-steps", "2"]))
+    assert (tmp_path / "tokenizer.json").read_text() == (full_run / "tokenizer.json").read_text()
+    # Step 1's loss is computed before its update: it is the exported model's loss on step 1's batch.
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    shard = TokenShard(tmp_path / "data" / "train.bin", meta["dtype"])
+    x, y = shard.batch(BatchSampler(shard.num_sequences(32), 4, seed=1337).next_indices(), 32)
+    with torch.no_grad():
+        ce = cross_entropy_loss(load_model(full_run)(x), y).item()
+    first = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert first["step"] == 1 and abs(first["ce_loss"] - ce) < 1e-5, (first["ce_loss"], ce)
+    train(cfg_of([*args, "--max-steps", "3", "--resume"]))  # resume reads checkpoint.pt, as without --init-from
+    assert sorted(losses(tmp_path)) == [1, 2, 3]
+
+
+def test_init_from_refuses_shape_changes(corpus, full_run, tmp_path):
+    args = ["--data", str(corpus), "--out", str(tmp_path / "o"), "--init-from", str(full_run), *FT]
+    with pytest.raises(ValueError, match=r"--preset 'small' does not match .*hidden_size: preset 256 != model 64"):
+        train(cfg_of([*args, "--preset", "small"]))
+    with pytest.raises(ValueError, match=r"--model hidden_size=32 \(model: 64\) would change the shapes"):
+        train(cfg_of([*args, "--model", "hidden_size=32"]))
+    with pytest.raises(ValueError, match="vocab_size trains a new tokenizer"):
+        cfg_of([*args, "--vocab-size", "300"])
+    with pytest.raises(ValueError, match="is not a directory"):
+        train(cfg_of([*args, "--init-from", str(tmp_path / "missing")]))
+    assert not (tmp_path / "o").exists()  # all refused before any work
+
+
 # ---- pieces ----
 
 def test_router_losses_match_moe_load_balancing_loss_on_one_process():
