@@ -9,7 +9,8 @@ Both generate greedily the same number of new tokens for the same prompts (eos i
 min_new_tokens = max_new_tokens). Prompts are random token ids of one length, so transformers needs no padding.
 The weights are random (N(0, 1/fan_in), O(1) logits): throughput does not depend on what they say. Each side
 runs once untimed (warm-up), then both `--repeats` times interleaved; the best time counts.
-Prints a table and writes bench/results_engine.md (date, machine, numbers, ratio, token agreement).
+Prints a table and writes bench/out/engine.md (date, machine, numbers, ratio, token agreement); the recorded
+run is copied into bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both (default: torch's)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results_engine.md"))
+    ap.add_argument("--out", default=os.path.join(HERE, "out", "engine.md"))
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.threads:
@@ -170,6 +171,7 @@ prefix caching, Triton kernels) show on a GPU and on mixed-length traffic, not i
 """
     print(table)
     print(f"speed-up {ratio:.2f}x; token agreement {agree * 100:.1f}%")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(md)
     print(f"wrote {args.out}")

@@ -10,7 +10,7 @@ and what the routing costs in wall time on a CPU.
 
 Corpus: Python's own docs (llm.data.pydoc_texts: pydoc_data topics + stdlib docstrings), one BPE tokenizer
 trained by the first run and reused by the second, so both see the same shards and the same batches (same seed).
-Writes bench/results_train.md and bench/train_moe_vs_dense.png.
+Writes bench/out/train_moe_vs_dense.md (copied into bench/RESULTS.md) and bench/train_moe_vs_dense.png.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--eval-interval", type=int, default=25)
     ap.add_argument("--out-root", default=str(ROOT / "out" / "bench_train"))
-    ap.add_argument("--results", default=str(ROOT / "bench" / "results_train.md"))
+    ap.add_argument("--results", default=str(ROOT / "bench" / "out" / "train_moe_vs_dense.md"))
     ap.add_argument("--png", default=str(ROOT / "bench" / "train_moe_vs_dense.png"))
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny preset, for checking the script")
@@ -138,6 +138,7 @@ def main() -> int:
               "", f"Greedy samples at the end (prompt \"The\"): MoE {moe['rows'][-1].get('sample', '')!r}; "
               f"dense {dense['rows'][-1].get('sample', '')!r}.", "",
               "![val loss](train_moe_vs_dense.png)", ""]
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
