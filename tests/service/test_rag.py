@@ -199,3 +199,15 @@ def test_cli_chat_keeps_the_history(rag_server, capsys, monkeypatch):
     assert [len(m) for m in sent] == [1, 3]
     assert [m["role"] for m in sent[1]] == ["user", "assistant", "user"]
     assert "sources:" in capsys.readouterr().out
+
+
+def test_a_model_whose_tokenizer_lacks_the_chat_tokens_is_refused_at_startup(tmp_path, tiny_model_dir):
+    import shutil
+
+    from llm.tokenizer import BOS, EOS, PAD, train_bpe_tokenizer
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    train_bpe_tokenizer([d["text"] for d in DOCS] * 3, vocab_size=300, special_tokens=[EOS, BOS, PAD]).save(model_dir)
+    with pytest.raises(ValueError, match="chat special tokens"):
+        ServerThread(tmp_path / "data", model=str(model_dir)).start()
