@@ -221,20 +221,15 @@ def _filter(args) -> dict | None:
 
 def _stream_answer(events, out=None) -> dict[str, Any]:
     """Print an Ask/Chat stream as it arrives (text, then the cited sources); returns the collected answer."""
-    out = out or sys.stdout  # looked up per call: sys.stdout may be replaced (pytest, redirection)
-    from service.client import citation_to_dict, final_to_dict
+    from service.client import collect_answer
 
-    result: dict[str, Any] = {"answer": "", "citations": [], "final": None}
-    for ev in events:
-        kind = ev.WhichOneof("event")
-        if kind == "context":
-            result["citations"] = [citation_to_dict(c) for c in ev.context.citations]
-        elif kind == "delta":
-            result["answer"] += ev.delta.text
-            out.write(ev.delta.text)
-            out.flush()
-        elif kind == "final":
-            result["final"] = final_to_dict(ev.final)
+    out = out or sys.stdout  # looked up per call: sys.stdout may be replaced (pytest, redirection)
+
+    def write(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    result = collect_answer(events, on_delta=write)
     out.write("\n")
     if result["citations"]:
         out.write("\nsources:\n")

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -68,8 +68,10 @@ def generation_params(**params: Any) -> rag_pb2.GenerationParams:
     return rag_pb2.GenerationParams(stop=list(stop), **{k: v for k, v in params.items() if v is not None})
 
 
-def collect_answer(events: Iterable[rag_pb2.AskResponse]) -> dict[str, Any]:
-    """A whole Ask/Chat stream -> {"answer": str, "citations": [...], "final": {...}}."""
+def collect_answer(events: Iterable[rag_pb2.AskResponse],
+                   on_delta: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A whole Ask/Chat stream -> {"answer": str, "citations": [...], "final": {...}}; on_delta sees each text
+    delta as it arrives (the CLI streams it to the terminal)."""
     out: dict[str, Any] = {"answer": "", "citations": [], "final": None}
     for ev in events:
         kind = ev.WhichOneof("event")
@@ -77,6 +79,8 @@ def collect_answer(events: Iterable[rag_pb2.AskResponse]) -> dict[str, Any]:
             out["citations"] = [citation_to_dict(c) for c in ev.context.citations]
         elif kind == "delta":
             out["answer"] += ev.delta.text
+            if on_delta is not None:
+                on_delta(ev.delta.text)
         elif kind == "final":
             out["final"] = final_to_dict(ev.final)
     return out

@@ -50,8 +50,6 @@ def sampling_params_from_proto(p: rag_pb2.GenerationParams):
                  "frequency_penalty", "seed", "min_tokens", "ignore_eos"):
         if p.HasField(name):
             kw[name] = getattr(p, name)
-    if kw["max_tokens"] < 1:
-        raise InvalidArgumentError("params.max_tokens must be at least 1")
     if p.stop:
         kw["stop"] = list(p.stop)
     try:
@@ -60,22 +58,23 @@ def sampling_params_from_proto(p: rag_pb2.GenerationParams):
         raise InvalidArgumentError(f"params: {exc}") from exc
 
 
-def _top_k(req) -> int:
+def _query(req: rag_pb2.AskRequest | rag_pb2.ChatRequest, messages: list[dict[str, str]]) -> AskQuery:
+    """The fields Ask and Chat share (collection, top_k, filter, params), validated."""
     k = req.top_k if req.HasField("top_k") else DEFAULT_TOP_K
     if not 1 <= k <= MAX_TOP_K:
         raise InvalidArgumentError(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
-    return k
+    return AskQuery(
+        collection=convert.require_name(req.collection), messages=messages, top_k=k,
+        filter=convert.struct_to_dict(req.filter) if req.HasField("filter") else None,
+        params=sampling_params_from_proto(req.params),
+    )
 
 
 def ask_query_from_proto(req: rag_pb2.AskRequest) -> AskQuery:
     question = req.question.strip()
     if not question:
         raise InvalidArgumentError("question is empty: send the question text in AskRequest.question")
-    return AskQuery(
-        collection=convert.require_name(req.collection), messages=[{"role": "user", "content": question}],
-        top_k=_top_k(req), filter=convert.struct_to_dict(req.filter) if req.HasField("filter") else None,
-        params=sampling_params_from_proto(req.params),
-    )
+    return _query(req, [{"role": "user", "content": question}])
 
 
 def chat_query_from_proto(req: rag_pb2.ChatRequest) -> AskQuery:
@@ -88,11 +87,7 @@ def chat_query_from_proto(req: rag_pb2.ChatRequest) -> AskQuery:
         messages.append({"role": m.role, "content": m.content})
     if messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
         raise InvalidArgumentError("the last message must be the user's and hold text")
-    return AskQuery(
-        collection=convert.require_name(req.collection), messages=messages, top_k=_top_k(req),
-        filter=convert.struct_to_dict(req.filter) if req.HasField("filter") else None,
-        params=sampling_params_from_proto(req.params),
-    )
+    return _query(req, messages)
 
 
 def citation_protos(passages) -> rag_pb2.Context:

@@ -314,8 +314,7 @@ def load_generator(config: ServerConfig):
         raise ValueError(f"{config.model} has no tokenizer.json: the generator needs one to build prompts")
     try:  # the Rag prompt needs the chat template's special tokens: refuse at startup, not on every request
         llm.tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=True)
-    except ValueError as exc:
-        llm.shutdown()
+    except ValueError as exc:  # not started yet: no engine thread to stop
         raise ValueError(f"{config.model}: {exc} (serve it with --no-generator, or give it a pqrag tokenizer)") from exc
     llm.start()
     log.info("generator %s loaded (%d layers, %d experts)", config.model, llm.config.num_layers,
