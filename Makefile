@@ -7,7 +7,7 @@ DATA_DIR ?= demo-data
 # CPU torch wheel that lies on these machines; the range in pyproject.toml then needs no download.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test test-fast demo serve proto bench-retrieval bench-kernels bench-engine bench-rag default-model default-model-sft gpu-check clean
+.PHONY: venv test test-fast demo serve proto bench-retrieval bench-kernels bench-engine bench-rag default-model default-model-sft gpu-check kernels-compat clean
 
 venv: $(BIN)/.installed
 
@@ -76,6 +76,17 @@ default-model-sft: venv
 
 gpu-check:
 	bash bench/gpu_check.sh
+
+# The kernel tests under the interpreter with the Triton the GPU image carries (3.6; CI's venv has a newer one),
+# in a scratch venv: catches API drift between the two before device time is spent on it. numpy < 2.4 because
+# Triton 3.6's interpreter turns 1-element arrays into Python ints, which numpy 2.4 refuses.
+COMPAT_VENV ?= /tmp/pqrag-triton36
+COMPAT_TRITON ?= triton==3.6.0
+kernels-compat:
+	test -x $(COMPAT_VENV)/bin/python || $(PY) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -c "import torch" 2>/dev/null || $(COMPAT_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(COMPAT_VENV)/bin/python -m pip install -q "$(COMPAT_TRITON)" "numpy<2.4" "pytest>=8,<10" "pytest-timeout>=2.3,<3"
+	TRITON_INTERPRET=1 $(COMPAT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/kernels
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache bench/out

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -118,7 +117,7 @@ def main() -> None:
     result["ratio_p50_rpc_over_peer"] = result["search_rpc"]["p50_ms"] / result["peer_embed_plus_faiss_flat"]["p50_ms"]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"| what | p50 ms | p99 ms |\n|---|---|---|")
+    print("| what | p50 ms | p99 ms |\n|---|---|---|")
     for key in ("search_rpc", "server_side", "peer_embed_plus_faiss_flat"):
         print(f"| {key} | {result[key]['p50_ms']:.1f} | {result[key]['p99_ms']:.1f} |")
     print(f"docs {len(docs)}, chunks {n_chunks}, index {info.index_state}, ingest {result['chunks_per_s']} chunks/s; "

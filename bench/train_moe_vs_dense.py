@@ -133,7 +133,7 @@ def main() -> int:
     for i, (step, _, _) in enumerate(moe["val"]):
         lines.append(f"| {step} | " + " | ".join(f"{r['val'][i][1]:.3f}" for r in results) + " |")
     share = moe["rows"][-1]["expert_share"]
-    lines += ["", f"MoE expert share of routed tokens at the last step, per layer: "
+    lines += ["", "MoE expert share of routed tokens at the last step, per layer: "
               + "; ".join("[" + ", ".join(f"{x:.2f}" for x in layer) + "]" for layer in share) + ".",
               "", f"Greedy samples at the end (prompt \"The\"): MoE {moe['rows'][-1].get('sample', '')!r}; "
               f"dense {dense['rows'][-1].get('sample', '')!r}.", "",

@@ -121,7 +121,7 @@ def file_texts(paths: Sequence[str | os.PathLike]) -> Iterator[Doc]:
 def collection_texts(name: str, data_dir: str | os.PathLike) -> Iterator[str]:
     """Full document texts of a pqrag collection (not its chunks: chunks overlap, documents do not), in doc_id
     order. Reads the SQLite store directly, read-only, so it works while a server holds the data directory."""
-    from retrieval.collection import DB_FILE
+    from retrieval.catalog import DB_FILE
 
     db = Path(data_dir) / DB_FILE
     if not db.exists():
@@ -210,7 +210,7 @@ class CorpusSpec:
             if not os.access(p, os.R_OK):
                 raise CorpusError(f"training data path {p!r} is not readable")
         if self.collection:
-            from retrieval.collection import DB_FILE
+            from retrieval.catalog import DB_FILE
 
             if not (Path(self.data_dir or "data") / DB_FILE).exists():
                 raise CorpusError(f"--from-collection {self.collection!r}: no pqrag store in "
@@ -234,7 +234,7 @@ class CorpusSpec:
                     st = f.stat()
                     h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         if self.collection:
-            from retrieval.collection import DB_FILE
+            from retrieval.catalog import DB_FILE
 
             db = Path(self.data_dir or "data") / DB_FILE
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)

@@ -133,32 +133,32 @@ def compile_filter(filter: dict[str, Any] | None) -> tuple[str, list[Any]]:
         raise InvalidArgumentError(f"filter must be an object, got {type(filter).__name__}; {FILTER_HELP}")
     conds: list[str] = []
     params: list[Any] = []
-    for field, spec in filter.items():
-        if not isinstance(field, str) or not FIELD_RE.match(field):
-            raise InvalidArgumentError(f"bad filter field name {field!r}; {FILTER_HELP}")
-        path = '$."' + field + '"'  # quoted member name: dots and dashes are part of the key
+    for key, spec in filter.items():
+        if not isinstance(key, str) or not FIELD_RE.match(key):
+            raise InvalidArgumentError(f"bad filter field name {key!r}; {FILTER_HELP}")
+        path = '$."' + key + '"'  # quoted member name: dots and dashes are part of the key
         if isinstance(spec, dict):
             if len(spec) != 1:
                 raise InvalidArgumentError(
-                    f"filter on {field!r} must have exactly one operator, got {sorted(spec)}; {FILTER_HELP}"
+                    f"filter on {key!r} must have exactly one operator, got {sorted(spec)}; {FILTER_HELP}"
                 )
             (op, value), = spec.items()
             if op == "$eq":
-                c, p = _scalar_condition(path, value, field)
+                c, p = _scalar_condition(path, value, key)
             elif op == "$in":
                 if not isinstance(value, (list, tuple)) or not value:
-                    raise InvalidArgumentError(f"filter on {field!r}: $in needs a non-empty list; {FILTER_HELP}")
+                    raise InvalidArgumentError(f"filter on {key!r}: $in needs a non-empty list; {FILTER_HELP}")
                 if len(value) > MAX_IN_VALUES:
                     raise InvalidArgumentError(
-                        f"filter on {field!r}: $in takes at most {MAX_IN_VALUES} values, got {len(value)}; {FILTER_HELP}"
+                        f"filter on {key!r}: $in takes at most {MAX_IN_VALUES} values, got {len(value)}; {FILTER_HELP}"
                     )
-                parts = [_scalar_condition(path, v, field) for v in value]
+                parts = [_scalar_condition(path, v, key) for v in value]
                 c = "(" + " OR ".join(pc for pc, _ in parts) + ")"
                 p = [x for _, pp in parts for x in pp]
             else:
-                raise InvalidArgumentError(f"unknown filter operator {op!r} on {field!r}; {FILTER_HELP}")
+                raise InvalidArgumentError(f"unknown filter operator {op!r} on {key!r}; {FILTER_HELP}")
         else:
-            c, p = _scalar_condition(path, spec, field)
+            c, p = _scalar_condition(path, spec, key)
         conds.append(c)
         params.extend(p)
     return (" AND ".join(conds) if conds else "1"), params

@@ -33,7 +33,7 @@ from pqrag.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
-from retrieval.collection import Collections
+from retrieval.catalog import Collections
 from retrieval.errors import (
     AlreadyExistsError,
     InvalidArgumentError,

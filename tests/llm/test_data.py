@@ -148,7 +148,7 @@ def test_corpus_spec_validation(tmp_path):
 
 
 def test_collection_texts_reads_documents_from_the_store(tmp_path):
-    from retrieval.collection import DB_FILE
+    from retrieval.catalog import DB_FILE
     from retrieval.store import Store
 
     store = Store(tmp_path / DB_FILE)

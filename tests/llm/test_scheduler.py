@@ -106,7 +106,7 @@ def test_preempts_self_when_it_is_the_newest():
     out = fake_step(s)
     assert [p.request_id for p in out.preempted] == ["b"]
     assert "a" in plan(out) and "b" not in plan(out)
-    assert a.status is SequenceStatus.RUNNING
+    assert a.status is SequenceStatus.RUNNING and b.status is SequenceStatus.PREEMPTED
 
 
 def test_unscheduled_victim_leaves_no_unwritten_blocks_in_prefix_cache():

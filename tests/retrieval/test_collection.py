@@ -11,15 +11,11 @@ import pytest
 
 from retrieval.adaptive import IndexConfig
 from retrieval.chunker import ChunkerConfig
-from retrieval.collection import (
-    MAX_TEXT_BYTES,
-    CollectionConfig,
-    Collections,
-    Document,
-    SearchResult,
-)
+from retrieval.catalog import Collections
+from retrieval.collection import CollectionConfig, Document, SearchResult
 from retrieval.embedder import get_embedder
 from retrieval.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from retrieval.validation import MAX_TEXT_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -384,7 +380,8 @@ def test_adaptive_transition_to_trained_index(tmp_path, embedder):
 CHILD = r"""
 import json, sys
 import numpy as np
-from retrieval.collection import Collections, Document
+from retrieval.catalog import Collections
+from retrieval.collection import Document
 
 colls = Collections(sys.argv[1], device="cpu", snapshot_every=7)
 coll = colls.get("crash")

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from retrieval.errors import InvalidArgumentError, ResourceExhaustedError
+from retrieval.store import Document
+from retrieval.validation import (
+    MAX_K, MAX_QUERY_BYTES, MAX_TEXT_BYTES, as_document, check_document, check_k, check_query_text,
+    check_query_vector, check_search_options, validate_name,
+)
+
+
+@pytest.mark.parametrize("name", ["a", "notes_2024", "A-b", "x" * 64])
+def test_valid_names(name):
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "x" * 65, "has space", "dot.ted", "ünï", None, 3])
+def test_invalid_names_say_what_is_allowed(name):
+    with pytest.raises(InvalidArgumentError, match="letters, digits"):
+        validate_name(name)
+
+
+def test_as_document_from_mapping_and_unknown_fields():
+    d = as_document({"id": "a", "text": "t", "metadata": {"k": 1}}, 0)
+    assert (d.id, d.text, d.metadata, d.source) == ("a", "t", {"k": 1}, "")
+    with pytest.raises(InvalidArgumentError, match=r"unknown fields \['body'\]"):
+        as_document({"id": "a", "body": "t"}, 3)
+    with pytest.raises(InvalidArgumentError, match="document 1 is a str"):
+        as_document("text", 1)
+
+
+def test_check_document_normalises_and_fills_an_id():
+    doc_id, meta, source = check_document(Document(id=None, text="hello", metadata={"é": [1, 2]}), 0)
+    assert len(doc_id) == 36 and meta == '{"é": [1, 2]}' and source == ""
+    assert check_document(Document(id="x", text="t", metadata={}, source="s.md"), 0) == ("x", "{}", "s.md")
+
+
+@pytest.mark.parametrize("doc, err, match", [
+    (Document(id="a", text="  \n"), InvalidArgumentError, "empty text"),
+    (Document(id="a", text=None), InvalidArgumentError, "text must be a string"),
+    (Document(id=" ", text="t"), InvalidArgumentError, "not only spaces"),
+    (Document(id="a", text="a" * (MAX_TEXT_BYTES + 1)), ResourceExhaustedError, "split it"),
+    (Document(id="a", text="bad \ud800 surrogate"), InvalidArgumentError, "not valid Unicode"),
+    (Document(id="a", text="t", metadata={"x": float("nan")}), InvalidArgumentError, "finite numbers"),
+    (Document(id="a", text="t", metadata={1: "x"}), InvalidArgumentError, "keys must be strings"),
+    (Document(id="a", text="t", metadata=[1]), InvalidArgumentError, "metadata must be an object"),
+    (Document(id="a", text="t", source=5), InvalidArgumentError, "source must be a string"),
+])
+def test_check_document_rejects(doc, err, match):
+    with pytest.raises(err, match=match):
+        check_document(doc, 7)
+
+
+def test_k_bounds():
+    assert check_k(1) == 1 and check_k(np.int64(MAX_K)) == MAX_K
+    for bad in (0, MAX_K + 1, True, 2.0, "3", None):
+        with pytest.raises(InvalidArgumentError, match=f"1..{MAX_K}"):
+            check_k(bad)
+
+
+def test_search_options():
+    assert check_search_options(None, None) == (None, None)
+    assert check_search_options(np.int32(4), False) == (4, False)
+    with pytest.raises(InvalidArgumentError, match="nprobe"):
+        check_search_options(0, None)
+    with pytest.raises(InvalidArgumentError, match="nprobe"):
+        check_search_options(True, None)
+    with pytest.raises(InvalidArgumentError, match="rerank"):
+        check_search_options(None, 1)
+
+
+def test_query_text():
+    assert check_query_text("why?") == "why?"
+    for bad in ("", "   ", None, 3):
+        with pytest.raises(InvalidArgumentError, match="empty"):
+            check_query_text(bad)
+    with pytest.raises(InvalidArgumentError, match="longer than"):
+        check_query_text("a" * (MAX_QUERY_BYTES + 1))
+
+
+def test_query_vector_shape_and_values():
+    v = check_query_vector([0.5, 1, 2], 3, "c")
+    assert v.shape == (1, 3) and v.dtype == np.float32
+    assert check_query_vector(np.ones((1, 3)), 3, "c").shape == (1, 3)
+    with pytest.raises(InvalidArgumentError, match="collection 'c' needs 3 values"):
+        check_query_vector([1.0, 2.0], 3, "c")
+    with pytest.raises(InvalidArgumentError, match="NaN"):
+        check_query_vector([1.0, float("nan"), 0.0], 3, "c")
+    with pytest.raises(InvalidArgumentError, match="list of numbers"):
+        check_query_vector(["a", "b", "c"], 3, "c")
