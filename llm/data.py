@@ -276,13 +276,22 @@ def tokenizer_hash(tok: Tokenizer) -> str:
 
 # ---- shards -------------------------------------------------------------------------------------------------------
 
-class TokenShard:
-    """A read-only memory-mapped token stream. Pages are read on demand: the corpus never has to fit in RAM."""
+def _memmap(path: str | os.PathLike, dtype: str) -> np.ndarray:
+    return np.memmap(path, dtype=dtype, mode="r") if os.path.getsize(path) else np.zeros(0, dtype=dtype)
 
-    def __init__(self, path: str | os.PathLike, dtype: str):
+
+class TokenShard:
+    """A read-only memory-mapped token stream. Pages are read on demand: the corpus never has to fit in RAM.
+
+    mask_path: an optional parallel uint8 stream, 0 where a token is context only (a chat prompt, an alignment
+    gap): such tokens are never targets of the loss."""
+
+    def __init__(self, path: str | os.PathLike, dtype: str, mask_path: str | os.PathLike | None = None):
         self.path = os.fspath(path)
-        size = os.path.getsize(self.path)
-        self.tokens = np.memmap(self.path, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
+        self.tokens = _memmap(self.path, dtype)
+        self.mask = _memmap(mask_path, "uint8") if mask_path is not None else None
+        if self.mask is not None and len(self.mask) != len(self.tokens):
+            raise ValueError(f"{mask_path} holds {len(self.mask)} flags for {len(self.tokens)} tokens")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -294,13 +303,20 @@ class TokenShard:
     def batch(self, indices: Sequence[int] | np.ndarray, seq_len: int,
               ignore_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequences at indices -> inputs x (B, T) and targets y (B, T) = x shifted left by one, int64. Targets
-        equal to ignore_id (the PAD that fills alignment gaps) become -100, cross_entropy's ignore_index."""
-        rows = np.stack([np.asarray(self.tokens[i * seq_len : i * seq_len + seq_len + 1], dtype=np.int64)
-                         for i in indices]) if len(indices) else np.zeros((0, seq_len + 1), dtype=np.int64)
-        t = torch.from_numpy(rows)
+        equal to ignore_id (the PAD that fills alignment gaps) or masked out by the loss mask become -100,
+        cross_entropy's ignore_index."""
+        def rows(stream: np.ndarray) -> np.ndarray:
+            if not len(indices):
+                return np.zeros((0, seq_len + 1), dtype=np.int64)
+            return np.stack([np.asarray(stream[i * seq_len : i * seq_len + seq_len + 1], dtype=np.int64)
+                             for i in indices])
+
+        t = torch.from_numpy(rows(self.tokens))
         x, y = t[:, :-1], t[:, 1:]
         if ignore_id is not None:
             y = y.masked_fill(y == ignore_id, -100)
+        if self.mask is not None:
+            y = y.masked_fill(torch.from_numpy(rows(self.mask))[:, 1:] == 0, -100)
         return x, y
 
 
@@ -317,25 +333,33 @@ def _split_is_val(doc: Doc, val_fraction: float) -> bool:
     return zlib.crc32(text.encode("utf-8", "replace")) % 10_000 < val_fraction * 10_000
 
 
-def _encode_docs(tokenizer: Tokenizer, docs: Sequence[Doc]) -> list[list[int]]:
-    """Token ids of each document: plain texts in one batch (the Rust side runs in parallel), chat records
-    through the chat template (<|bos|>, role and <|end|> specials; contents as plain text)."""
+def _encode_docs(tokenizer: Tokenizer, docs: Sequence[Doc]) -> list[tuple[list[int], list[int] | None]]:
+    """(token ids, assistant mask or None) of each document: plain texts in one batch (the Rust side runs in
+    parallel), chat records through the chat template (<|bos|>, role and <|end|> specials; contents as plain
+    text), with 1 on the tokens of assistant turns."""
     texts = [d for d in docs if not isinstance(d, ChatRecord)]
     encoded = iter(tokenizer.encode_batch(texts)) if texts else iter(())
-    return [tokenizer.apply_chat_template(d.messages, add_generation_prompt=False, tokenize=True)
-            if isinstance(d, ChatRecord) else next(encoded) for d in docs]
+    return [tokenizer.apply_chat_template(d.messages, add_generation_prompt=False, tokenize=True,
+                                          return_assistant_mask=True)
+            if isinstance(d, ChatRecord) else (next(encoded), None) for d in docs]
 
 
 def build_shards(
     texts: TextSource, tokenizer: Tokenizer, out_dir: str | os.PathLike, min_val_tokens: int,
     val_fraction: float = 0.05, fingerprint: str = "", batch_docs: int = 256, align: int = 0,
+    assistant_only: bool = False,
 ) -> Shards:
     """Tokenize the corpus once into out_dir/{train,val}.bin + meta.json; reuse them when meta.json matches
     (same corpus fingerprint, tokenizer, split). min_val_tokens (seq_len + 1) guarantees one val sequence.
 
     align (the trainer's seq_len, 0 = off): a chat record that fits one sequence but would straddle two starts at
     the next sequence boundary instead, the gap filled with the PAD token (the trainer ignores PAD targets).
-    Otherwise a sequence boundary inside a conversation trains its answer without the passages it copies from."""
+    Otherwise a sequence boundary inside a conversation trains its answer without the passages it copies from.
+
+    assistant_only: chat records train only on what the assistant says (its turns and their <|end|>); their
+    system and user turns are context, as in supervised fine-tuning (torchtune's train_on_input=False, TRL's
+    assistant-only loss). The flags go to {split}.mask.bin beside the tokens, written only when the corpus has a
+    chat record (plain text trains on every token, EOS included)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer.eos_id is None:
@@ -345,21 +369,27 @@ def build_shards(
            "min_val_tokens": min_val_tokens, "dtype": dtype, "format": 1}
     if align:  # only when asked: the keys (and resumable checkpoints) of runs without chat data stay the same
         key["align"] = align
+    if assistant_only:
+        key["loss"] = "assistant_only"
     meta_path = out / "meta.json"
     if meta_path.exists() and fingerprint:
         meta = json.loads(meta_path.read_text())
         if meta.get("key") == key:
-            return Shards(TokenShard(out / "train.bin", dtype), TokenShard(out / "val.bin", dtype), meta)
+            return _open_shards(out, meta)
 
     eos = np.array([tokenizer.eos_id], dtype=dtype)
     fill = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     n_docs = {"train": 0, "val": 0}
     n_tok = {"train": 0, "val": 0}
+    n_chat = 0
     tmp = {s: out / f"{s}.bin.tmp" for s in ("train", "val")}
+    tmp_mask = {s: out / f"{s}.mask.bin.tmp" for s in ("train", "val")}
     files = {s: open(p, "wb") for s, p in tmp.items()}
+    masks = {s: open(p, "wb") for s, p in tmp_mask.items()} if assistant_only else {}
     try:
         def flush(docs: list[Doc]) -> None:
-            for doc, ids in zip(docs, _encode_docs(tokenizer, docs)):
+            nonlocal n_chat
+            for doc, (ids, gen) in zip(docs, _encode_docs(tokenizer, docs)):
                 split = "val" if _split_is_val(doc, val_fraction) else "train"
                 arr = np.asarray(ids, dtype=dtype)
                 # Sequence i is tokens[i*T : i*T + T + 1]: a record of L tokens (EOS included) at offset `off`
@@ -367,9 +397,18 @@ def build_shards(
                 off = n_tok[split] % align if align else 0
                 if off and isinstance(doc, ChatRecord) and len(arr) + 1 <= align + 1 < off + len(arr) + 1:
                     files[split].write(np.full(align - off, fill, dtype=dtype).tobytes())
+                    if masks:
+                        masks[split].write(np.zeros(align - off, dtype=np.uint8).tobytes())
                     n_tok[split] += align - off
                 files[split].write(arr.tobytes())
                 files[split].write(eos.tobytes())
+                if masks:  # a conversation's EOS is never generated (decoding stops at <|end|>): context too
+                    flags = np.ones(len(arr) + 1, np.uint8)
+                    if gen is not None:
+                        flags[:-1] = gen
+                        flags[-1] = 0
+                    masks[split].write(flags.tobytes())
+                n_chat += gen is not None
                 n_docs[split] += 1
                 n_tok[split] += len(arr) + 1
 
@@ -383,10 +422,14 @@ def build_shards(
         if buf:
             flush(buf)
     finally:
-        for f in files.values():
+        for f in (*files.values(), *masks.values()):
             f.close()
+    if not n_chat:  # nothing to mask: every token is a target
+        for p in tmp_mask.values():
+            p.unlink(missing_ok=True)
+        masks = {}
     if n_tok["train"] + n_tok["val"] == 0:
-        for p in tmp.values():
+        for p in (*tmp.values(), *tmp_mask.values()):
             p.unlink(missing_ok=True)
         raise CorpusError("the training corpus is empty (no document has any text)")
 
@@ -395,7 +438,7 @@ def build_shards(
         stream = np.concatenate([np.fromfile(tmp["train"], dtype=dtype), np.fromfile(tmp["val"], dtype=dtype)])
         n_val = max(min_val_tokens, int(len(stream) * val_fraction))
         if len(stream) - n_val < min_val_tokens:
-            for p in tmp.values():
+            for p in (*tmp.values(), *tmp_mask.values()):
                 p.unlink(missing_ok=True)
             raise CorpusError(
                 f"the training corpus is too small: {len(stream)} tokens, need at least {2 * min_val_tokens} "
@@ -403,16 +446,32 @@ def build_shards(
             )
         stream[:-n_val].tofile(tmp["train"])
         stream[-n_val:].tofile(tmp["val"])
+        if masks:
+            flags = np.concatenate([np.fromfile(tmp_mask["train"], np.uint8), np.fromfile(tmp_mask["val"], np.uint8)])
+            flags[:-n_val].tofile(tmp_mask["train"])
+            flags[-n_val:].tofile(tmp_mask["val"])
         n_tok = {"train": len(stream) - n_val, "val": n_val}
         n_docs = {"train": n_docs["train"] + n_docs["val"], "val": 0}  # val is a tail, not whole documents
-    for s, p in tmp.items():
-        os.replace(p, out / f"{s}.bin")
+    for s in ("train", "val"):
+        os.replace(tmp[s], out / f"{s}.bin")
+        if masks:
+            os.replace(tmp_mask[s], out / f"{s}.mask.bin")
+        else:
+            (out / f"{s}.mask.bin").unlink(missing_ok=True)  # from an earlier build of this directory
     meta = {"key": key, "dtype": dtype, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
-            "tokens": n_tok, "documents": n_docs}
+            "tokens": n_tok, "documents": n_docs, "loss_mask": bool(masks)}
     tmp_meta = out / "meta.json.tmp"
     tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp_meta, meta_path)  # written last: a crash before this leaves no meta, so shards are rebuilt
-    return Shards(TokenShard(out / "train.bin", dtype), TokenShard(out / "val.bin", dtype), meta)
+    return _open_shards(out, meta)
+
+
+def _open_shards(out: Path, meta: dict) -> Shards:
+    def shard(split: str) -> TokenShard:
+        mask = out / f"{split}.mask.bin" if meta.get("loss_mask") else None
+        return TokenShard(out / f"{split}.bin", meta["dtype"], mask)
+
+    return Shards(shard("train"), shard("val"), meta)
 
 
 # ---- sampling -----------------------------------------------------------------------------------------------------

@@ -148,5 +148,9 @@ class CausalLM(nn.Module):
 
 
 def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean next-token loss. logits (B, T, V), targets (B, T) already shifted by the caller; in fp32."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
+    """Mean next-token loss over the counted targets. logits (B, T, V), targets (B, T) already shifted by the
+    caller; in fp32. A batch whose targets are all ignored (prompt-only chat sequences) gives 0, not NaN."""
+    flat = targets.reshape(-1)
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat, ignore_index=ignore_index,
+                            reduction="sum")
+    return total / (flat != ignore_index).sum().clamp(min=1)

@@ -128,10 +128,15 @@ class Tokenizer:
 
     # ---- chat ---------------------------------------------------------------------------------------------------
     def apply_chat_template(
-        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True, tokenize: bool = False
-    ) -> str | list[int]:
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True, tokenize: bool = False,
+        return_assistant_mask: bool = False,
+    ) -> str | list[int] | tuple[list[int], list[int]]:
         """Render [{"role": "system"|"user"|"assistant", "content": str}, ...] with the template above.
-        tokenize=True returns ids, with the contents encoded as plain text (no special-token injection)."""
+        tokenize=True returns ids, with the contents encoded as plain text (no special-token injection).
+        return_assistant_mask (with tokenize): (ids, mask), mask[i] = 1 for the tokens a model generates in an
+        assistant turn (its content and the <|end|> that stops it), 0 for everything the prompt supplies."""
+        if return_assistant_mask and not tokenize:
+            raise ValueError("return_assistant_mask needs tokenize=True")
         for i, m in enumerate(messages):
             if m.get("role") not in ROLE_TOKENS or not isinstance(m.get("content"), str):
                 raise ValueError(f"message {i} needs role in {sorted(ROLE_TOKENS)} and a str content, got {m!r}")
@@ -146,15 +151,17 @@ class Tokenizer:
             raise ValueError("this tokenizer lacks the chat special tokens; train it with train_bpe_tokenizer")
         newline = self._plain.encode("\n", add_special_tokens=False).ids
         ids = [self.bos_id] if self.bos_id is not None else []
+        mask = [0] * len(ids)
         for m in messages:
-            ids.append(special[ROLE_TOKENS[m["role"]]])
-            ids += self._plain.encode("\n" + m["content"], add_special_tokens=False).ids
-            ids.append(special[END])
-            ids += newline
+            body = self._plain.encode("\n" + m["content"], add_special_tokens=False).ids + [special[END]]
+            ids += [special[ROLE_TOKENS[m["role"]]], *body, *newline]
+            gen = int(m["role"] == "assistant")
+            mask += [0, *[gen] * len(body), *[0] * len(newline)]
         if add_generation_prompt:
             ids.append(special[ASSISTANT])
             ids += newline
-        return ids
+            mask += [0] * (1 + len(newline))
+        return (ids, mask) if return_assistant_mask else ids
 
     def detokenizer(self, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True) -> "IncrementalDetokenizer":
         return IncrementalDetokenizer(self, prompt_ids, skip_special_tokens)

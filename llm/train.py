@@ -77,6 +77,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", action="append", default=S, metavar="KEY=VALUE",
                    help="ModelConfig override, e.g. --model num_experts=1 (repeatable)")
     g.add_argument("--seq-len", dest="seq_len", type=int, default=S)
+    g.add_argument("--train-on-prompt", dest="train_on_prompt", action="store_true", default=S,
+                   help="chat records: train on every token, not only the assistant's turns")
     g.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="sequences per micro-step (global)")
     g.add_argument("--grad-accum", dest="grad_accum", type=int, default=S)
     g.add_argument("--max-steps", dest="max_steps", type=int, default=S)
@@ -193,6 +195,7 @@ def prepare_tokenizer_and_shards(
     # Chat records start on sequence boundaries (see build_shards). Only files can hold them: pydoc and
     # collection corpora keep their unaligned shard key, so their checkpoints stay resumable.
     align = cfg.seq_len if spec.paths else 0
+    assistant_only = bool(spec.paths) and not cfg.train_on_prompt
     error = None
     if info.is_main:
         try:
@@ -209,7 +212,8 @@ def prepare_tokenizer_and_shards(
             if not cfg.resume:
                 tok.save(out)
             build_shards(spec.texts, tok, out / "data", min_val_tokens=cfg.seq_len + 1,
-                         val_fraction=cfg.val_fraction, fingerprint=spec.fingerprint(), align=align)
+                         val_fraction=cfg.val_fraction, fingerprint=spec.fingerprint(), align=align,
+                         assistant_only=assistant_only)
         except (ValueError, OSError) as exc:
             if not info.enabled:
                 raise
@@ -218,7 +222,7 @@ def prepare_tokenizer_and_shards(
     tok = Tokenizer.from_file(out)
     shards = build_shards(spec.texts, tok, out / "data", min_val_tokens=cfg.seq_len + 1,
                           val_fraction=cfg.val_fraction, fingerprint=spec.fingerprint(),
-                          align=align)  # reuses rank 0's files
+                          align=align, assistant_only=assistant_only)  # reuses rank 0's files
     return tok, shards
 
 

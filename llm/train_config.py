@@ -44,6 +44,9 @@ class TrainConfig:
     # of the same size. --model may change only fields that keep the weights' shapes.
     init_from: str | None = None
     # ---- batch: tokens per optimizer step = batch_size * grad_accum * seq_len ----
+    # Chat records ({"messages": [...]}) train on the assistant's turns only, the prompt being context (SFT's
+    # usual choice); True trains on every token of them. Plain text always trains on every token.
+    train_on_prompt: bool = False
     seq_len: int = 256  # tokens per training sequence (<= model max_position_embeddings)
     batch_size: int = 8  # sequences per micro-step, all DDP ranks together (divisible by the world size)
     grad_accum: int = 1  # micro-steps per optimizer step

@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import torch
 import pytest
 
 from llm.data import (
@@ -193,3 +194,56 @@ def test_toml_unknown_key_is_named(tmp_path):
     assert cfg.seq_len == 64 and cfg.lr == 1.0 and cfg.model == {"num_layers": 3}
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         config_from_dict({"batch_size": 0})
+
+
+def test_assistant_only_loss_masks_chat_prompts(tok, tmp_path):
+    msgs = [{"role": "system", "content": "Answer from the passages."},
+            {"role": "user", "content": "[1] the fox jumps\n\nQuestion: what jumps?"},
+            {"role": "assistant", "content": "The fox jumps [1]"}]
+    ids, gen = tok.apply_chat_template(msgs, add_generation_prompt=False, tokenize=True, return_assistant_mask=True)
+    assert ids == tok.apply_chat_template(msgs, add_generation_prompt=False, tokenize=True)
+    # the flagged tokens are exactly the answer and the <|end|> that stops it
+    flagged = [t for t, g in zip(ids, gen) if g]
+    assert flagged[-1] == tok.end_id and tok.decode(flagged[:-1]).strip() == "The fox jumps [1]"
+    prompt = tok.apply_chat_template(msgs[:2], add_generation_prompt=True, tokenize=True)
+    # everything the server's prompt supplies is context, up to <|assistant|>; the answer's leading newline (its
+    # own token here, encoded with the content) is flagged, then all of it but the turn's trailing newline
+    assert not any(gen[: len(prompt) - 1]) and all(gen[len(prompt) - 1 : -1]) and gen[-1] == 0
+
+    docs = [ChatRecord(tuple(msgs)), "plain doc", ChatRecord(tuple(msgs[1:]))]
+    T = 64
+    sh = build_shards(lambda: iter(docs), tok, tmp_path / "a", min_val_tokens=T + 1, val_fraction=0.0, align=T,
+                      assistant_only=True, fingerprint="f")
+    assert sh.meta["loss_mask"] and sh.meta["key"]["loss"] == "assistant_only"
+    toks, flags = np.concatenate([sh.train.tokens, sh.val.tokens]), np.concatenate([sh.train.mask, sh.val.mask])
+    assert len(toks) == len(flags)
+    # plain text trains on everything, its EOS included; padding and chat prompts on nothing
+    plain = tok.encode("plain doc")
+    at = next(i for i in range(len(toks)) if toks[i : i + len(plain)].tolist() == plain)
+    assert flags[at : at + len(plain) + 1].all()
+    assert not flags[toks == tok.pad_id].any() and not flags[toks == tok.bos_id].any()
+    assert flags.sum() == 2 * sum(gen) + len(plain) + 1
+    def targets(shards):
+        ys = [sd.batch(np.arange(sd.num_sequences(T)), T, ignore_id=tok.pad_id)[1] for sd in (shards.train, shards.val)]
+        return torch.cat([y.reshape(-1) for y in ys])
+
+    y = targets(sh)
+    counted = y[y != -100]
+    assert (counted == tok.end_id).sum() >= 1 and not (counted == tok.bos_id).any()
+
+    # reopened from meta.json with the same key (nothing re-tokenized: the source would fail): the masks too
+    def unread():
+        raise AssertionError("the corpus was read again")
+
+    again = build_shards(unread, tok, tmp_path / "a",
+                         min_val_tokens=T + 1, val_fraction=0.0, align=T, assistant_only=True, fingerprint="f")
+    np.testing.assert_array_equal(again.train.mask, sh.train.mask)
+    # train_on_prompt (assistant_only=False): no masks, every non-PAD target counts
+    full = build_shards(lambda: iter(docs), tok, tmp_path / "b", min_val_tokens=T + 1, val_fraction=0.0, align=T)
+    assert full.train.mask is None and "loss" not in full.meta["key"]
+    assert (targets(full) != -100).sum() > len(counted)
+
+
+def test_assistant_only_writes_no_mask_for_plain_text(tok, tmp_path):
+    sh = build_shards(lambda: iter(DOCS), tok, tmp_path, min_val_tokens=9, align=8, assistant_only=True)
+    assert sh.train.mask is None and not sh.meta["loss_mask"] and not list(tmp_path.glob("*.mask.bin*"))

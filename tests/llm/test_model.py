@@ -97,3 +97,16 @@ def test_input_checks():
     meta = build_attention_metadata([0], [3], [[0]], 4)
     with pytest.raises(ValueError, match="per layer"):
         model.forward_paged(torch.zeros(3, dtype=torch.long), meta, [])
+
+
+def test_cross_entropy_counts_only_unignored_targets():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g, requires_grad=True)
+    y = torch.randint(0, 11, (2, 5), generator=g)
+    y[0, :3] = -100
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), y.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(cross_entropy_loss(logits, y), want)
+    # a batch of prompt-only sequences: zero loss and zero gradients, not NaN
+    none = cross_entropy_loss(logits, torch.full((2, 5), -100))
+    none.backward()
+    assert none.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))

@@ -148,6 +148,31 @@ def test_init_from_starts_at_the_exported_weights_and_resumes(corpus, full_run, 
     assert sorted(losses(tmp_path)) == [1, 2, 3]
 
 
+def test_fine_tuning_on_chat_records_trains_on_the_answers_only(full_run, tmp_path):
+    from llm.checkpoint import load_model
+    from llm.data import BatchSampler, TokenShard
+    from llm.model import cross_entropy_loss
+
+    chats = [{"messages": [{"role": "user", "content": f"[1] The {w} statement binds names.\n\nQuestion: {w}?"},
+                           {"role": "assistant", "content": f"The {w} statement binds names. [1]"}]}
+             for w in ["global", "nonlocal", "import", "def", "class", "for", "with", "try"] * 3]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in chats))
+    out = tmp_path / "out"
+    train(cfg_of(["--data", str(data), "--out", str(out), "--init-from", str(full_run), "--max-steps", "1", *FT]))
+    meta = json.loads((out / "data" / "meta.json").read_text())
+    assert meta["loss_mask"]
+    masked = TokenShard(out / "data" / "train.bin", meta["dtype"], out / "data" / "train.mask.bin")
+    unmasked = TokenShard(out / "data" / "train.bin", meta["dtype"])
+    idx = BatchSampler(masked.num_sequences(32), 4, seed=1337).next_indices()
+    model = load_model(full_run)
+    with torch.no_grad():
+        want, every = (cross_entropy_loss(model(x), y).item() for x, y in (masked.batch(idx, 32),
+                                                                            unmasked.batch(idx, 32)))
+    first = read_metrics(out / "metrics.jsonl")[0]
+    assert abs(first["ce_loss"] - want) < 1e-5 and abs(want - every) > 1e-3, (first["ce_loss"], want, every)
+
+
 def test_init_from_refuses_shape_changes(corpus, full_run, tmp_path):
     args = ["--data", str(corpus), "--out", str(tmp_path / "o"), "--init-from", str(full_run), *FT]
     with pytest.raises(ValueError, match=r"--preset 'small' does not match .*hidden_size: preset 256 != model 64"):
