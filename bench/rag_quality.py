@@ -6,12 +6,18 @@ documentation and prompt format as the bundled model's fine-tuning (in-distribut
 a model learned the format and the copying, not general knowledge). Greedy decoding through the project's
 engine (llm.LLM), prompts rendered with the model's own chat template exactly as the server renders them.
 
-    python bench/rag_quality.py --models models/pqrag-small out/other-model [--n 200] [--seed 777]
+    python bench/rag_quality.py --models models/pqrag-small out/other-model [--n 1000] [--seed 777]
+        [--seen-answers out/rag_sft.jsonl]
 
 Per model: cite@1 (answerable questions whose first citation is the right passage), abstain (unanswerable
 questions answered with the no-answer sentence), false abstain (answerable ones answered with it), copy F1
 (word-level F1 between the answer and the reference, citations removed, as in SQuAD), and answer-token loss
 (teacher-forced cross-entropy on the reference answers only).
+
+The fine-tuning data draws its answers from the same passages, so most held-out questions have an answer the
+model saw in fine-tuning (with other distractors, another question wording, another position). --seen-answers
+(the fine-tuning JSONL) splits the answerable questions into seen and unseen answers and reports the unseen ones
+separately: that column is the one that says whether the model copies from the passage or recalls the answer.
 """
 
 from __future__ import annotations
@@ -67,18 +73,11 @@ def answer_loss(llm: LLM, prompts: list[list[int]], full: list[list[int]]) -> fl
     return total / max(count, 1)
 
 
-def evaluate(model_dir: str, records: list[dict], max_tokens: int) -> dict:
-    llm = LLM(model_dir)
-    tok = llm.engine.tokenizer
-    prompts = [tok.apply_chat_template(r["messages"][:2], add_generation_prompt=True, tokenize=True) for r in records]
-    full = [tok.apply_chat_template(r["messages"], add_generation_prompt=False, tokenize=True) for r in records]
-    t0 = time.perf_counter()
-    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
-    gen_s = time.perf_counter() - t0
+def score(records: list[dict], texts: list[str]) -> dict:
     cite = abstain = false_abstain = n_ans = n_none = 0
     f1 = 0.0
-    for r, o in zip(records, outs):
-        ref, text = r["messages"][2]["content"], o.text.strip()
+    for r, text in zip(records, texts):
+        ref, text = r["messages"][2]["content"], text.strip()
         said_none = text.startswith(NO_ANSWER)
         if ref == NO_ANSWER:
             n_none += 1
@@ -90,10 +89,25 @@ def evaluate(model_dir: str, records: list[dict], max_tokens: int) -> dict:
         got = _CITE.findall(text)
         cite += bool(got) and got[0] == want
         f1 += copy_f1(text, ref)
+    return {"answerable": n_ans, "unanswerable": n_none, "cite_at_1": cite / max(n_ans, 1),
+            "abstain": abstain / max(n_none, 1), "false_abstain": false_abstain / max(n_ans, 1),
+            "copy_f1": f1 / max(n_ans, 1)}
+
+
+def evaluate(model_dir: str, records: list[dict], max_tokens: int, seen: set[str]) -> dict:
+    llm = LLM(model_dir)
+    tok = llm.engine.tokenizer
+    prompts = [tok.apply_chat_template(r["messages"][:2], add_generation_prompt=True, tokenize=True) for r in records]
+    full = [tok.apply_chat_template(r["messages"], add_generation_prompt=False, tokenize=True) for r in records]
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
+    gen_s = time.perf_counter() - t0
+    texts = [o.text for o in outs]
+    unseen = [i for i, r in enumerate(records) if r["messages"][2]["content"] not in seen and
+              r["messages"][2]["content"] != NO_ANSWER]
     return {
-        "model": model_dir, "questions": len(records), "answerable": n_ans, "unanswerable": n_none,
-        "cite_at_1": cite / max(n_ans, 1), "abstain": abstain / max(n_none, 1),
-        "false_abstain": false_abstain / max(n_ans, 1), "copy_f1": f1 / max(n_ans, 1),
+        "model": model_dir, "questions": len(records), **score(records, texts),
+        "unseen": score([records[i] for i in unseen], [texts[i] for i in unseen]) if seen else None,
         "answer_loss": answer_loss(llm, prompts, full), "generate_s": gen_s,
         "sample": {"question": records[0]["messages"][1]["content"][-200:], "answer": outs[0].text},
     }
@@ -102,22 +116,37 @@ def evaluate(model_dir: str, records: list[dict], max_tokens: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=[str(ROOT / "models" / "pqrag-small")])
-    ap.add_argument("--n", type=int, default=200, help="held-out questions")
+    ap.add_argument("--n", type=int, default=1000, help="held-out questions")
     ap.add_argument("--seed", type=int, default=777, help="not 0: the bundled model's fine-tuning seed")
     ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--seen-answers", default=str(ROOT / "out" / "rag_sft.jsonl"),
+                    help="the fine-tuning JSONL: report questions whose answer is not in it separately ('' = off)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "rag_quality.json"))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     records = list(generate(RagSftConfig(n=args.n, seed=args.seed), topic_chunks(RagSftConfig())))
-    results = [evaluate(m, records, args.max_tokens) for m in args.models]
+    seen: set[str] = set()
+    if args.seen_answers and Path(args.seen_answers).exists():
+        with open(args.seen_answers) as f:
+            seen = {json.loads(line)["messages"][-1]["content"] for line in f if line.strip()}
+    elif args.seen_answers:
+        print(f"note: {args.seen_answers} not found (make default-model-sft writes it); no unseen-answer column")
+    results = [evaluate(m, records, args.max_tokens, seen) for m in args.models]
     print(f"{args.n} held-out synthetic RAG questions (seed {args.seed}), greedy, max {args.max_tokens} tokens; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, torch {torch.__version__}\n")
-    print("| model | cite@1 | abstain | false abstain | copy F1 | answer loss |\n|---|---:|---:|---:|---:|---:|")
+    u = results[0]["unseen"]
+    if u:
+        print(f"{results[0]['answerable']} answerable ({u['answerable']} with an answer not in {args.seen_answers}), "
+              f"{results[0]['unanswerable']} unanswerable\n")
+    print("| model | cite@1 | abstain | false abstain | copy F1 | answer loss | unseen: cite@1 | false abstain "
+          "| copy F1 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
+        u = r["unseen"] or {"cite_at_1": float("nan"), "false_abstain": float("nan"), "copy_f1": float("nan")}
         print(f"| {r['model']} | {r['cite_at_1']:.3f} | {r['abstain']:.3f} | {r['false_abstain']:.3f} | "
-              f"{r['copy_f1']:.3f} | {r['answer_loss']:.3f} |")
+              f"{r['copy_f1']:.3f} | {r['answer_loss']:.3f} | {u['cite_at_1']:.3f} | {u['false_abstain']:.3f} | "
+              f"{u['copy_f1']:.3f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"n": args.n, "seed": args.seed, "results": results}, indent=2) + "\n")
 
