@@ -36,6 +36,9 @@ from retrieval.vectors import HalfStore, exact_search, rerank as rerank_candidat
 KINDS = ("ivfpq", "pq", "flat")
 SNAPSHOT = "index.npz"
 FORMAT_VERSION = 1
+# Exact search keeps a float32 copy of the float16 rows between queries up to this size (a small collection's
+# vectors: converting every row per query was most of a search); larger "flat" indexes stream the rows.
+EXACT_CACHE_BYTES = 256 << 20
 
 
 @dataclass
@@ -132,6 +135,7 @@ class CollectionIndex:
             if os.path.exists(os.path.join(self.path, SNAPSHOT)):
                 raise ValueError(f"{self.path} already holds an index; use CollectionIndex.load({self.path!r})")
         self.store = HalfStore(self.d, self._vectors_path(self._gen))
+        self._exact: torch.Tensor | None = None  # float32 rows for exact search; None = rebuild on next use
 
     def _vectors_path(self, gen: int, path: str | None = None) -> str | None:
         base = path if path is not None else self.path
@@ -193,6 +197,7 @@ class CollectionIndex:
             if len(ids) == 0:
                 return
             self.store.add(ids, xt)
+            self._exact = None
             if self.index is not None:
                 self.index.add(xt, ids)
                 growth = self.config.retrain_growth
@@ -206,6 +211,7 @@ class CollectionIndex:
         with self._lock:
             ids = np.unique(as_ids(ids))
             n = self.store.remove(ids)
+            self._exact = None  # tombstoned rows are skipped anyway, but a compaction below renumbers them
             if self.index is not None and n:
                 self.index.remove(ids)
             if self.path is None and self.store.tombstones > max(1024, self.store.n_rows // 2):
@@ -246,6 +252,7 @@ class CollectionIndex:
             r = rows[s:s + 65536]
             index.add(self.store.get_rows(r), row_ids[r])
         self.index, self.trained_size = index, n
+        self._exact = None  # searches go through the trained index from now on
 
     # -- search
     def search(self, xq, k: int, nprobe: int | None = None, allowed=None,
@@ -272,7 +279,7 @@ class CollectionIndex:
                     rows = np.sort(rows[rows >= 0])
                 elif self.store.tombstones:
                     rows = self.store.live_rows()
-                dist, r = exact_search(q, self.store.view(), int(k), metric, rows=rows)
+                dist, r = exact_search(q, self._exact_rows(), int(k), metric, rows=rows)
                 r = r.cpu().numpy()
                 row_ids = np.append(self.store.row_ids(), -1)  # row -1 (padding) maps to id -1
                 ids = row_ids[r]
@@ -284,6 +291,15 @@ class CollectionIndex:
                 return D, I
             dist, ids = rerank_candidates(self.store, q, I, int(k), metric)
             return to_public(dist, ids, metric)
+
+    def _exact_rows(self) -> torch.Tensor | np.ndarray:
+        """Every stored row (tombstoned ones included) for exact search: a cached float32 tensor on the search
+        device while that fits EXACT_CACHE_BYTES, else the float16 rows themselves (converted block by block)."""
+        if self.store.n_rows * self.d * 4 > EXACT_CACHE_BYTES:
+            return self.store.view()
+        if self._exact is None:
+            self._exact = torch.from_numpy(np.asarray(self.store.view(), dtype=np.float32)).to(self.device)
+        return self._exact
 
     def get(self, ids) -> np.ndarray:
         """float32 vectors (n, d) (from float16) for ids; KeyError for unknown ids."""
@@ -315,6 +331,7 @@ class CollectionIndex:
                 if self.store.tombstones > max(1024, self.store.n_rows // 4):
                     self._gen += 1
                     self.store.compact(self._vectors_path(self._gen))
+                    self._exact = None
                 self.store.flush()
                 gen, row_ids = self._gen, self.store.row_ids().copy()
             else:
@@ -379,6 +396,7 @@ class CollectionIndex:
         self._lock = threading.RLock()
         self.store = HalfStore(self.d, self._vectors_path(self._gen))
         self.store.restore(np.asarray(arrays["row_ids"], np.int64))
+        self._exact = None
         self.index = None
         if meta["trained"]:
             c, backend = config, meta["backend"]

@@ -68,6 +68,33 @@ def test_untrained_filter_and_remove():
     assert set(I[0][:2]) == {10, 11} and (I[:, 2:] == -1).all()
 
 
+def test_exact_search_cache_follows_adds_removes_and_compaction(monkeypatch):
+    import retrieval.adaptive as adaptive
+
+    ci = CollectionIndex(D, small_config(kind="flat"))
+    x, ids = vectors(3000), np.arange(3000) * 7
+    xq = vectors(10, seed=5)
+    live = np.zeros(0, np.int64)
+    rng = np.random.default_rng(0)
+    for step in range(6):  # searches between every change: a stale float32 copy would return wrong ids
+        new = ids[step * 500:(step + 1) * 500]
+        ci.add(x[step * 500:(step + 1) * 500], new)
+        live = np.concatenate([live, new])
+        gone = rng.choice(live, 2200 if step == 4 else 40, replace=False)  # step 4: compacts (in memory)
+        ci.remove(gone)
+        live = np.setdiff1d(live, gone)
+        _, I = ci.search(xq, 5)
+        xb = x[np.searchsorted(ids, live)]
+        np.testing.assert_array_equal(I, exact_ids(xb, live, xq, 5))
+    assert ci.store.tombstones < 2200  # the compaction happened
+    cached = ci._exact_rows()
+    assert cached is ci._exact_rows()  # reused while nothing changes
+    # above the cache limit: the float16 rows are streamed, with the same results
+    monkeypatch.setattr(adaptive, "EXACT_CACHE_BYTES", 0)
+    _, I2 = ci.search(xq, 5)
+    np.testing.assert_array_equal(I2, exact_ids(x[np.searchsorted(ids, live)], live, xq, 5))
+
+
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_save_load_roundtrip_and_crash_recovery(tmp_path, backend):
     path = tmp_path / "col"
