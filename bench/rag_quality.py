@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llm import LLM, SamplingParams  # noqa: E402
-from llm.model import cross_entropy_loss  # noqa: E402
+from llm.model import cross_entropy_sum  # noqa: E402
 from llm.rag_sft import NO_ANSWER, RagSftConfig, generate, topic_chunks  # noqa: E402
 
 _CITE = re.compile(r"\[(\d+)\]")
@@ -67,9 +67,9 @@ def answer_loss(llm: LLM, prompts: list[list[int]], full: list[list[int]]) -> fl
             logits = model(ids[:, :-1])
             y = ids[:, 1:].clone()
             y[:, : len(p) - 1] = -100
-            n = int((y != -100).sum())
-            total += float(cross_entropy_loss(logits, y)) * n
-            count += n
+            loss, n = cross_entropy_sum(logits, y)
+            total += float(loss)
+            count += int(n)
     return total / max(count, 1)
 
 

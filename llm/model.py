@@ -147,10 +147,18 @@ class CausalLM(nn.Module):
         return self.lm_head(self.model.norm(h))
 
 
-def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean next-token loss over the counted targets. logits (B, T, V), targets (B, T) already shifted by the
-    caller; in fp32. A batch whose targets are all ignored (prompt-only chat sequences) gives 0, not NaN."""
+def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor,
+                      ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed next-token loss, number of counted targets): what a mean over several batches (or ranks) adds up.
+    logits (B, T, V), targets (B, T) already shifted by the caller; the loss in fp32."""
     flat = targets.reshape(-1)
     total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat, ignore_index=ignore_index,
                             reduction="sum")
-    return total / (flat != ignore_index).sum().clamp(min=1)
+    return total, (flat != ignore_index).sum()
+
+
+def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token loss over the counted targets. A batch whose targets are all ignored (prompt-only chat
+    sequences) gives 0, not NaN."""
+    total, counted = cross_entropy_sum(logits, targets, ignore_index)
+    return total / counted.clamp(min=1)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from llm.config import ModelConfig, get_config
 from llm.data import BatchSampler, CorpusError, CorpusSpec, Shards, build_shards, tokenizer_hash, train_tokenizer
-from llm.model import CausalLM, cross_entropy_loss
+from llm.model import CausalLM, cross_entropy_loss, cross_entropy_sum
 from llm.moe import router_z_loss
 from llm.tokenizer import SPECIAL_TOKENS, Tokenizer
 from llm.train_config import TrainConfig, config_from_dict, load_toml
@@ -290,9 +290,8 @@ def evaluate(model: torch.nn.Module, shards: Shards, cfg: TrainConfig, info: Dis
         x, y = (t.to(info.device) for t in shards.val.batch(local, cfg.seq_len, ignore_id))
         with autocast:
             logits = model(x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
-        counted = (y != -100).sum().double()  # alignment PAD targets are not scored
-        total += torch.stack([loss.double(), counted])
+        loss, counted = cross_entropy_sum(logits, y)  # PAD and masked prompt targets are not scored
+        total += torch.stack([loss.double(), counted.double()])
     _all_reduce(total, info)
     model.train()
     return float(total[0] / total[1])
