@@ -135,7 +135,8 @@ class CollectionIndex:
             if os.path.exists(os.path.join(self.path, SNAPSHOT)):
                 raise ValueError(f"{self.path} already holds an index; use CollectionIndex.load({self.path!r})")
         self.store = HalfStore(self.d, self._vectors_path(self._gen))
-        self._exact: torch.Tensor | None = None  # float32 rows for exact search; None = rebuild on next use
+        # float32 copy of the rows for exact search, with the store's (layout, n_rows) it was taken at
+        self._exact: tuple[tuple[int, int], torch.Tensor] | None = None
 
     def _vectors_path(self, gen: int, path: str | None = None) -> str | None:
         base = path if path is not None else self.path
@@ -197,7 +198,6 @@ class CollectionIndex:
             if len(ids) == 0:
                 return
             self.store.add(ids, xt)
-            self._exact = None
             if self.index is not None:
                 self.index.add(xt, ids)
                 growth = self.config.retrain_growth
@@ -211,7 +211,6 @@ class CollectionIndex:
         with self._lock:
             ids = np.unique(as_ids(ids))
             n = self.store.remove(ids)
-            self._exact = None  # tombstoned rows are skipped anyway, but a compaction below renumbers them
             if self.index is not None and n:
                 self.index.remove(ids)
             if self.path is None and self.store.tombstones > max(1024, self.store.n_rows // 2):
@@ -252,7 +251,7 @@ class CollectionIndex:
             r = rows[s:s + 65536]
             index.add(self.store.get_rows(r), row_ids[r])
         self.index, self.trained_size = index, n
-        self._exact = None  # searches go through the trained index from now on
+        self._exact = None  # searches go through the trained index from now on: free the copy
 
     # -- search
     def search(self, xq, k: int, nprobe: int | None = None, allowed=None,
@@ -294,12 +293,14 @@ class CollectionIndex:
 
     def _exact_rows(self) -> torch.Tensor | np.ndarray:
         """Every stored row (tombstoned ones included) for exact search: a cached float32 tensor on the search
-        device while that fits EXACT_CACHE_BYTES, else the float16 rows themselves (converted block by block)."""
+        device while that fits EXACT_CACHE_BYTES, else the float16 rows themselves (converted block by block).
+        The copy is retaken when rows were added or renumbered; removals only tombstone, which the search skips."""
         if self.store.n_rows * self.d * 4 > EXACT_CACHE_BYTES:
             return self.store.view()
-        if self._exact is None:
-            self._exact = torch.from_numpy(np.asarray(self.store.view(), dtype=np.float32)).to(self.device)
-        return self._exact
+        key = (self.store.layout, self.store.n_rows)
+        if self._exact is None or self._exact[0] != key:
+            self._exact = key, torch.from_numpy(np.asarray(self.store.view(), dtype=np.float32)).to(self.device)
+        return self._exact[1]
 
     def get(self, ids) -> np.ndarray:
         """float32 vectors (n, d) (from float16) for ids; KeyError for unknown ids."""
@@ -331,7 +332,6 @@ class CollectionIndex:
                 if self.store.tombstones > max(1024, self.store.n_rows // 4):
                     self._gen += 1
                     self.store.compact(self._vectors_path(self._gen))
-                    self._exact = None
                 self.store.flush()
                 gen, row_ids = self._gen, self.store.row_ids().copy()
             else:

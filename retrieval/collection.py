@@ -169,10 +169,6 @@ class Collection:
                                  snapshot_every)
 
     @property
-    def _index(self):  # the CollectionIndex (tests read stored vectors through it)
-        return self._dix.index
-
-    @property
     def restored_from(self) -> str:
         """How the index came up when opened: "snapshot" (plus replayed changes) or "store" (rebuilt)."""
         return self._dix.restored_from

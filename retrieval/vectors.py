@@ -80,7 +80,9 @@ class IdLookup:
 class HalfStore:
     """float16 vectors (rows) addressed by int64 ids; a memory-mapped file when `path` is given.
 
-    rows [0, n_rows) are written once; remove() sets the row's id to -1 (a tombstone).
+    rows [0, n_rows) are written once; remove() sets the row's id to -1 (a tombstone). `layout` changes whenever
+    rows are renumbered (compact, restore), so (layout, n_rows) names what view() holds: a copy of the rows taken
+    under the same pair is still exact.
     """
 
     def __init__(self, d: int, path: str | os.PathLike | None = None):
@@ -89,6 +91,7 @@ class HalfStore:
         self._data: np.ndarray | None = None  # (capacity, d) float16
         self._row_ids = _EMPTY_I64.copy()  # (capacity,) id of each row, -1 = free or removed
         self.n_rows = 0
+        self.layout = 0
         self._lookup = IdLookup()
 
     # -- file management
@@ -202,6 +205,7 @@ class HalfStore:
         live = self.live_rows()
         ids = self._row_ids[live]
         vecs = np.asarray(self.view()[live]) if len(live) else np.zeros((0, self.d), np.float16)
+        self.layout += 1
         new_path = os.fspath(path) if path is not None else None
         if new_path is not None:
             with open(new_path, "wb") as f:
@@ -228,6 +232,7 @@ class HalfStore:
         if self.path is None or (n and os.path.getsize(self.path) < need):
             raise ValueError(f"vector file {self.path} is shorter than the {n} rows its snapshot lists")
         self.n_rows = 0
+        self.layout += 1
         self._open(max(n, os.path.getsize(self.path) // (2 * self.d)))
         self.n_rows = n
         self._row_ids[:n] = row_ids

@@ -87,6 +87,16 @@ def test_exact_search_cache_follows_adds_removes_and_compaction(monkeypatch):
         xb = x[np.searchsorted(ids, live)]
         np.testing.assert_array_equal(I, exact_ids(xb, live, xq, 5))
     assert ci.store.tombstones < 2200  # the compaction happened
+    # a compaction followed by as many adds leaves n_rows where it was: only the layout tells the copy is stale
+    other = CollectionIndex(D, small_config(kind="flat"))
+    x2, ids2 = vectors(2300, seed=3), np.arange(2300)
+    other.add(x2[:1200], ids2[:1200])
+    other.search(xq, 5)  # copies 1,200 rows
+    other.remove(ids2[:1100])  # more than max(1024, n_rows // 2) tombstones: compacts to 100 rows, in memory
+    other.add(x2[1200:], ids2[1200:])  # other vectors, 1,200 rows again
+    assert other.store.n_rows == 1200 and other.store.tombstones == 0
+    _, I = other.search(xq, 5)
+    np.testing.assert_array_equal(I, exact_ids(x2[1100:], ids2[1100:], xq, 5))
     cached = ci._exact_rows()
     assert cached is ci._exact_rows()  # reused while nothing changes
     # above the cache limit: the float16 rows are streamed, with the same results

@@ -457,7 +457,7 @@ def test_acknowledged_documents_survive_sigkill(tmp_path, embedder):
                 continue
             doc = coll.get_document(doc_id, include_chunks=True)
             assert doc.chunk_count == n == len(doc.chunks)
-            vec = coll._index.get([doc.chunks[0].chunk_id])  # the stored vector, searchable in the index
+            vec = coll._dix.index.get([doc.chunks[0].chunk_id])  # the stored vector, searchable in the index
             assert coll.search(vector=vec[0], k=1)[0].doc_id == doc_id
         # No document is half there: every one has all its chunks, and the index has exactly them.
         store = coll._store

@@ -2,20 +2,12 @@
 is bad, tombstones pruned once a snapshot reflects them. Vectors are random (no embedder needed)."""
 
 import numpy as np
-import pytest
 
 from retrieval.adaptive import SNAPSHOT, IndexConfig
 from retrieval.durable_index import DurableIndex
-from retrieval.store import Store, vectors_to_blobs
+from retrieval.store import vectors_to_blobs
 
 D = 16
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "db.sqlite3")
-    yield s
-    s.close()
 
 
 def _cid(store):
@@ -44,11 +36,17 @@ def _ids(dix):
     return np.sort(dix.index.ids())
 
 
+def _indexed(store, cid, dix, doc_id, n, seed):
+    """A document committed to the store and applied to the index, as an ingestion does."""
+    ids, _, x = _put(store, cid, doc_id, n, seed)
+    dix.apply(np.zeros(0, np.int64), x, ids)
+    return ids, x
+
+
 def test_reopen_replays_changes_newer_than_the_snapshot(store, tmp_path):
     cid, path = _cid(store), tmp_path / "ix"
     dix = _open(store, cid, path)
-    a, _, xa = _put(store, cid, "a", 5, 0)
-    dix.apply(np.zeros(0, np.int64), xa, a)
+    a, _ = _indexed(store, cid, dix, "a", 5, 0)
     dix.snapshot()
     snap_seq = store.last_seq()
     # after the snapshot: b added, a deleted, both committed to the store but never applied (a crash)
@@ -66,8 +64,7 @@ def test_reopen_replays_changes_newer_than_the_snapshot(store, tmp_path):
 def test_a_damaged_snapshot_is_rebuilt_from_the_store(store, tmp_path):
     cid, path = _cid(store), tmp_path / "ix"
     dix = _open(store, cid, path)
-    a, _, xa = _put(store, cid, "a", 4, 0)
-    dix.apply(np.zeros(0, np.int64), xa, a)
+    a, xa = _indexed(store, cid, dix, "a", 4, 0)
     dix.close()
     (path / SNAPSHOT).write_bytes(b"not a snapshot")
     again = _open(store, cid, path)
@@ -94,10 +91,8 @@ def test_snapshots_every_n_changes(store, tmp_path):
     cid, path = _cid(store), tmp_path / "ix"
     dix = _open(store, cid, path, every=6)
     dix.snapshot()
-    a, _, xa = _put(store, cid, "a", 4, 0)
-    dix.apply(np.zeros(0, np.int64), xa, a)
+    _indexed(store, cid, dix, "a", 4, 0)
     assert dix.dirty == 4
-    b, _, xb = _put(store, cid, "b", 4, 1)
-    dix.apply(np.zeros(0, np.int64), xb, b)
+    _indexed(store, cid, dix, "b", 4, 1)
     assert dix.dirty == 0  # 8 >= 6: saved
     assert _open(store, cid, path).dirty == 0  # and nothing to replay

@@ -10,13 +10,6 @@ from retrieval.store import Store, blobs_to_vectors, compile_filter, vectors_to_
 D = 8
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "test.sqlite3")
-    yield s
-    s.close()
-
-
 def put(store, cid, doc_id, n_chunks, metadata=None, seed=0):
     text = " ".join(f"w{i}" for i in range(n_chunks))
     spans = [(3 * i, 3 * i + 2) for i in range(n_chunks)]
