@@ -105,8 +105,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, tmp)
         hf = MixtralForCausalLM.from_pretrained(tmp, dtype=dtype).to(device).eval()
-        llm = LLM(tmp, device=device, dtype=dtype, block_size=16, max_num_seqs=max(args.num_prompts, 1),
-                  max_num_batched_tokens=max(2048, args.prompt_len * args.num_prompts))
+        llm = LLM(
+            tmp,
+            device=device,
+            dtype=dtype,
+            block_size=16,
+            max_num_seqs=max(args.num_prompts, 1),
+            max_num_batched_tokens=max(2048, args.prompt_len * args.num_prompts),
+        )
 
     params = SamplingParams(temperature=0, max_tokens=args.new_tokens, ignore_eos=True)
     ids = prompts.tolist()
@@ -117,8 +123,12 @@ def main() -> None:
     @torch.inference_mode()
     def run_hf():
         return hf.generate(
-            prompts.to(device), attention_mask=torch.ones_like(prompts, device=device), do_sample=False,
-            max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=2,
+            prompts.to(device),
+            attention_mask=torch.ones_like(prompts, device=device),
+            do_sample=False,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            pad_token_id=2,
         )
 
     times, res = best_times({"ours": run_ours, "hf": run_hf}, args.repeats)
@@ -126,8 +136,10 @@ def main() -> None:
     ours_ids = torch.tensor([o.token_ids for o in outs])  # type: ignore[union-attr]
     hf_ids = hf_out[:, args.prompt_len :].cpu()  # type: ignore[index]
     agree = (ours_ids == hf_ids).float().mean().item()
-    first_div = [next((i for i in range(args.new_tokens) if a[i] != b[i]), args.new_tokens)
-                 for a, b in zip(ours_ids.tolist(), hf_ids.tolist())]
+    first_div = [
+        next((i for i in range(args.new_tokens) if a[i] != b[i]), args.new_tokens)
+        for a, b in zip(ours_ids.tolist(), hf_ids.tolist())
+    ]
     stats = llm.engine.stats()
 
     rows = [
@@ -141,7 +153,7 @@ def main() -> None:
     table = header + "".join(f"| {n} | {t:.3f} | {tps:.1f} |\n" for n, t, tps in rows)
     md = f"""# Engine benchmark
 
-`python bench/engine.py {' '.join(sys.argv[1:])}`. Run: {now}.
+`python bench/engine.py {" ".join(sys.argv[1:])}`. Run: {now}.
 Machine: {machine()}.
 
 Model: preset "{args.preset}" ({params_m:.2f}M params, {cfg.num_layers} layers, {cfg.num_experts} experts top-{cfg.num_experts_per_tok}),
@@ -154,8 +166,8 @@ Speed-up of pqrag over transformers: **{ratio:.2f}x**.
 Greedy tokens identical to transformers': {agree * 100:.1f}% (first divergence per prompt, median: position
 {sorted(first_div)[len(first_div) // 2]} of {args.new_tokens}; fp32 reduction-order differences can flip near-ties of a
 random model, after which sequences differ).
-Engine stats after the runs: steps={stats['num_steps']}, preemptions={stats['num_preemptions']},
-prefix-cache hit rate={stats['prefix_cache_hit_rate']:.2f} (repeated runs reuse the prompts' blocks).
+Engine stats after the runs: steps={stats["num_steps"]}, preemptions={stats["num_preemptions"]},
+prefix-cache hit rate={stats["prefix_cache_hit_rate"]:.2f} (repeated runs reuse the prompts' blocks).
 """
     if device.type == "cpu":
         md += """

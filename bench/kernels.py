@@ -19,6 +19,7 @@ Sections (bf16 everywhere; times are medians of triton.testing.do_bench, CUDA-ev
 Prints markdown tables on stdout; writes nothing else except the same markdown to --out FILE. Without CUDA it says so
 and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,16 @@ PAGED_SHAPE = (32, 8, 128, 16)  # H, Hkv, D, block size
 PAGED_BATCHES = ([1, 32], [1, 8, 32, 64, 128, 256])
 PAGED_CTXS = ([2048, 16384], [512, 2048, 8192, 32768])
 PAGED_MAX_TOKENS = 4 * 2**20  # cap the caches at 4M tokens (16 GiB of bf16 K + V)
-PQ_CASES = ([(1, 48, 2_000_000, 10), (16, 48, 2_000_000, 10)],
-            [(1, 48, 10_000_000, 10), (16, 48, 10_000_000, 10), (64, 48, 10_000_000, 100), (1, 96, 10_000_000, 10),
-             (256, 48, 1_000_000, 10)])
+PQ_CASES = (
+    [(1, 48, 2_000_000, 10), (16, 48, 2_000_000, 10)],
+    [
+        (1, 48, 10_000_000, 10),
+        (16, 48, 10_000_000, 10),
+        (64, 48, 10_000_000, 100),
+        (1, 96, 10_000_000, 10),
+        (256, 48, 1_000_000, 10),
+    ],
+)
 MOE_SHAPE = (4096, 14336, 8, 2)  # d, F, E, topk (Mixtral 8x7B)
 MOE_TOKENS = ([1, 512], [1, 16, 128, 512, 2048, 8192])
 COPY_GIB = 2.0
@@ -110,8 +118,9 @@ def copy_bandwidth(dev: torch.device) -> float:
 
 
 def bench_flash(rep: Report, quick: bool, dev: torch.device) -> None:
-    import kernels
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import kernels
 
     seqs, dims = FLASH_SEQS[not quick], FLASH_DIMS[not quick]
     tokens, hidden = FLASH_TOKENS, FLASH_HIDDEN
@@ -138,7 +147,8 @@ def bench_flash(rep: Report, quick: bool, dev: torch.device) -> None:
                             # its flash backend reads natively.
                             ctx = sdpa_kernel(SDPBackend.FLASH_ATTENTION)
                             f = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
-                                *(t.transpose(1, 2) for t in xs), is_causal=causal).transpose(1, 2)
+                                *(t.transpose(1, 2) for t in xs), is_causal=causal
+                            ).transpose(1, 2)
                         with ctx:
                             with torch.no_grad():
                                 ms = _bench_ms(f)
@@ -224,9 +234,10 @@ def _grouped_loop(x, w_gate, w_up, w_down, topk_weights, topk_ids):
     s = 0
     for e, c in enumerate(counts):
         if c:
-            xe = xs[s:s + c]
-            ys[s:s + c] = torch.nn.functional.linear(
-                torch.nn.functional.silu(xe @ w_gate[e].T) * (xe @ w_up[e].T), w_down[e])
+            xe = xs[s : s + c]
+            ys[s : s + c] = torch.nn.functional.linear(
+                torch.nn.functional.silu(xe @ w_gate[e].T) * (xe @ w_up[e].T), w_down[e]
+            )
             s += c
     ys = ys * topk_weights.reshape(-1, 1)[order].to(ys.dtype)
     return torch.zeros_like(x).index_add_(0, tok, ys)
@@ -239,11 +250,15 @@ def bench_moe(rep: Report, quick: bool, dev: torch.device) -> None:
     d, Fd, E, topk = MOE_SHAPE
     tokens = MOE_TOKENS[not quick]
     rep.w(f"\n## Fused MoE (bf16, d {d}, F {Fd}, E {E}, top-{topk}; ms, TFLOP/s of the routed GEMMs)\n")
-    rep.table(["tokens", "triton ms", "TFLOP/s", "grouped torch ms", "reference ms", "speedup vs grouped",
-               "max rel err"], "rrrrrrr")
+    rep.table(
+        ["tokens", "triton ms", "TFLOP/s", "grouped torch ms", "reference ms", "speedup vs grouped", "max rel err"],
+        "rrrrrrr",
+    )
     g = torch.Generator(device=dev).manual_seed(0)
-    wg, wu = (torch.empty(E, Fd, d, device=dev, dtype=torch.bfloat16).normal_(0, d ** -0.5, generator=g) for _ in range(2))
-    wd = torch.empty(E, d, Fd, device=dev, dtype=torch.bfloat16).normal_(0, Fd ** -0.5, generator=g)
+    wg, wu = (
+        torch.empty(E, Fd, d, device=dev, dtype=torch.bfloat16).normal_(0, d**-0.5, generator=g) for _ in range(2)
+    )
+    wd = torch.empty(E, d, Fd, device=dev, dtype=torch.bfloat16).normal_(0, Fd**-0.5, generator=g)
     for T in tokens:
         try:
             x = torch.randn(T, d, device=dev, dtype=torch.bfloat16, generator=g)
@@ -259,8 +274,17 @@ def bench_moe(rep: Report, quick: bool, dev: torch.device) -> None:
             # The reference upcasts every expert's weights to fp32 per call: slow, timed with few repetitions.
             ms_r = _bench_ms(lambda: reference.fused_moe(*args), rep=20) if T <= 2048 else None
             flops = 2 * T * topk * 3 * d * Fd
-            rep.row([str(T), _fmt(ms_t, 3), _fmt(flops / (ms_t * 1e-3) / 1e12), _fmt(ms_g, 3), _fmt(ms_r, 3),
-                     _fmt(ms_g / ms_t, 2), f"{err:.1e}"])
+            rep.row(
+                [
+                    str(T),
+                    _fmt(ms_t, 3),
+                    _fmt(flops / (ms_t * 1e-3) / 1e12),
+                    _fmt(ms_g, 3),
+                    _fmt(ms_r, 3),
+                    _fmt(ms_g / ms_t, 2),
+                    f"{err:.1e}",
+                ]
+            )
         except Exception as e:
             rep.row([str(T), "error", _err(e), "-", "-", "-", "-"])
         torch.cuda.empty_cache()
@@ -292,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
     rep = Report()
     rep.w("# Kernel benchmark" + (" (--quick)" if args.quick else ""))
-    rep.w(f"\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {torch.cuda.get_device_name(dev)} | "
-          f"torch {torch.__version__} | triton {triton.__version__} | PQRAG_TUNE_MS={os.environ.get('PQRAG_TUNE_MS', '40')}")
+    rep.w(
+        f"\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {torch.cuda.get_device_name(dev)} | "
+        f"torch {torch.__version__} | triton {triton.__version__} | PQRAG_TUNE_MS={os.environ.get('PQRAG_TUNE_MS', '40')}"
+    )
     t0 = time.perf_counter()
     copy_gbs = float("nan")
     if {"paged", "pq"} & set(only):

@@ -31,10 +31,18 @@ from service.client import Client  # noqa: E402
 from service.launcher import start_server_process  # noqa: E402
 
 QUESTIONS = [
-    "How do I open a file for reading?", "What does the with statement do?", "How are exceptions raised?",
-    "What is a list comprehension?", "How does the import system find modules?", "What does yield do?",
-    "How do I define a class?", "What is the difference between is and ==?", "How do lambda expressions work?",
-    "What does the global statement do?", "How are keyword arguments passed?", "What is a generator expression?",
+    "How do I open a file for reading?",
+    "What does the with statement do?",
+    "How are exceptions raised?",
+    "What is a list comprehension?",
+    "How does the import system find modules?",
+    "What does yield do?",
+    "How do I define a class?",
+    "What is the difference between is and ==?",
+    "How do lambda expressions work?",
+    "What does the global statement do?",
+    "How are keyword arguments passed?",
+    "What is a generator expression?",
 ]
 
 
@@ -61,8 +69,14 @@ def run_level(target: str, clients: int, per_client: int, max_tokens: int) -> di
                 e2e = (time.perf_counter() - t0) * 1e3
                 f = r["final"]
                 with lock:
-                    records.append({"e2e_ms": e2e, "ttft_ms": f["time_to_first_token_ms"],
-                                    "retrieval_ms": f["retrieval_ms"], "tokens": f["completion_tokens"]})
+                    records.append(
+                        {
+                            "e2e_ms": e2e,
+                            "ttft_ms": f["time_to_first_token_ms"],
+                            "retrieval_ms": f["retrieval_ms"],
+                            "tokens": f["completion_tokens"],
+                        }
+                    )
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     t0 = time.perf_counter()
@@ -73,12 +87,16 @@ def run_level(target: str, clients: int, per_client: int, max_tokens: int) -> di
     wall = time.perf_counter() - t0
     e2e = [r["e2e_ms"] for r in records]
     return {
-        "clients": clients, "requests": len(records), "errors": len(errors), "wall_s": round(wall, 2),
+        "clients": clients,
+        "requests": len(records),
+        "errors": len(errors),
+        "wall_s": round(wall, 2),
         "requests_per_s": round(len(records) / wall, 3),
         "output_tokens_per_s": round(sum(r["tokens"] for r in records) / wall, 1),
         "ttft_p50_ms": round(pct([r["ttft_ms"] for r in records], 50), 1),
         "ttft_p99_ms": round(pct([r["ttft_ms"] for r in records], 99), 1),
-        "e2e_p50_ms": round(pct(e2e, 50), 1), "e2e_p99_ms": round(pct(e2e, 99), 1),
+        "e2e_p50_ms": round(pct(e2e, 50), 1),
+        "e2e_p99_ms": round(pct(e2e, 99), 1),
         "retrieval_share": round(sum(r["retrieval_ms"] for r in records) / max(sum(e2e), 1e-9), 4),
     }
 
@@ -110,17 +128,26 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait()
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-              f"{platform.system()}", "model": model, "max_tokens": args.max_tokens, "levels": levels}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "model": model,
+        "max_tokens": args.max_tokens,
+        "levels": levels,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print("| clients | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | retrieval share |"
-          " errors |")
+    print(
+        "| clients | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | retrieval share |"
+        " errors |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for lv in levels:
-        print(f"| {lv['clients']} | {lv['requests_per_s']} | {lv['output_tokens_per_s']} | {lv['ttft_p50_ms']} | "
-              f"{lv['ttft_p99_ms']} | {lv['e2e_p50_ms']} | {lv['e2e_p99_ms']} | {lv['retrieval_share']:.1%} | "
-              f"{lv['errors']} |")
+        print(
+            f"| {lv['clients']} | {lv['requests_per_s']} | {lv['output_tokens_per_s']} | {lv['ttft_p50_ms']} | "
+            f"{lv['ttft_p99_ms']} | {lv['e2e_p50_ms']} | {lv['e2e_p99_ms']} | {lv['retrieval_share']:.1%} | "
+            f"{lv['errors']} |"
+        )
 
 
 if __name__ == "__main__":

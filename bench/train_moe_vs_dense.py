@@ -36,8 +36,12 @@ def run(name: str, out: Path, common: list[str], extra: list[str]) -> dict:
     summary = train(parse_config(["--out", str(out), *common, *extra]))
     rows = read_metrics(out / "metrics.jsonl")
     tps = [r["tokens_per_s"] for r in rows[len(rows) // 10 :]]  # skip the first steps (allocator warm-up)
-    summary.update(name=name, rows=rows, tokens_per_s=sum(tps) / len(tps),
-                   val=[(r["step"], r["val_loss"], r["elapsed_s"]) for r in rows if "val_loss" in r])
+    summary.update(
+        name=name,
+        rows=rows,
+        tokens_per_s=sum(tps) / len(tps),
+        val=[(r["step"], r["val_loss"], r["elapsed_s"]) for r in rows if "val_loss" in r],
+    )
     return summary
 
 
@@ -50,7 +54,7 @@ def plot(results: list[dict], png: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in results:
         steps, vals, secs = zip(*r["val"])
-        line, = a1.plot(steps, vals, "o-", ms=3, label=f"{r['name']} val")
+        (line,) = a1.plot(steps, vals, "o-", ms=3, label=f"{r['name']} val")
         tr = r["rows"]
         a1.plot([x["step"] for x in tr], [x["ce_loss"] for x in tr], lw=0.6, alpha=0.35, color=line.get_color())
         a2.plot(secs, vals, "o-", ms=3, color=line.get_color(), label=r["name"])
@@ -86,18 +90,52 @@ def main() -> int:
         shutil.rmtree(root)  # fresh runs: the trainer refuses to overwrite a run without --resume
     preset = "tiny" if args.quick else "small"
     warmup = max(args.steps // 10, 1)
-    common = ["--pydoc", "--preset", preset, "--max-steps", str(args.steps), "--seq-len", str(args.seq_len),
-              "--batch-size", str(args.batch_size), "--eval-interval", str(args.eval_interval),
-              "--eval-batches", "8", "--warmup-steps", str(warmup), "--checkpoint-interval", str(args.steps),
-              "--device", "cpu", "--threads", str(args.threads), "--quiet", "--sample-tokens", "24"]
+    common = [
+        "--pydoc",
+        "--preset",
+        preset,
+        "--max-steps",
+        str(args.steps),
+        "--seq-len",
+        str(args.seq_len),
+        "--batch-size",
+        str(args.batch_size),
+        "--eval-interval",
+        str(args.eval_interval),
+        "--eval-batches",
+        "8",
+        "--warmup-steps",
+        str(warmup),
+        "--checkpoint-interval",
+        str(args.steps),
+        "--device",
+        "cpu",
+        "--threads",
+        str(args.threads),
+        "--quiet",
+        "--sample-tokens",
+        "24",
+    ]
     if args.quick:
         common += ["--vocab-size", "512"]
     load_before = os.getloadavg()
     moe = run("MoE 4x256 top-2", root / "moe", common, [])
     width = 64 if args.quick else 256
-    dense = run(f"dense 1x{2 * width}", root / "dense", common,
-                ["--tokenizer", str(root / "moe" / "tokenizer.json"), "--model", "num_experts=1",
-                 "--model", "num_experts_per_tok=1", "--model", f"intermediate_size={2 * width}"])
+    dense = run(
+        f"dense 1x{2 * width}",
+        root / "dense",
+        common,
+        [
+            "--tokenizer",
+            str(root / "moe" / "tokenizer.json"),
+            "--model",
+            "num_experts=1",
+            "--model",
+            "num_experts_per_tok=1",
+            "--model",
+            f"intermediate_size={2 * width}",
+        ],
+    )
     load_after = os.getloadavg()
     results = [moe, dense]
     plot(results, Path(args.png))
@@ -125,19 +163,32 @@ def main() -> int:
     ]
     for r in results:
         v = r["val"][-1][1]
-        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f} M | {r['active_params'] / 1e6:.2f} M | {v:.3f} | "
-                     f"{2.718281828 ** v:.1f} | {r['elapsed_s']:.0f} s | {r['tokens_per_s']:.0f} |")
-    lines += ["", "Val loss over steps (eval on the same 64 held-out sequences each time):", "",
-              "| step | " + " | ".join(r["name"] for r in results) + " |",
-              "|---:|" + "---:|" * len(results)]
+        lines.append(
+            f"| {r['name']} | {r['params'] / 1e6:.2f} M | {r['active_params'] / 1e6:.2f} M | {v:.3f} | "
+            f"{2.718281828**v:.1f} | {r['elapsed_s']:.0f} s | {r['tokens_per_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "Val loss over steps (eval on the same 64 held-out sequences each time):",
+        "",
+        "| step | " + " | ".join(r["name"] for r in results) + " |",
+        "|---:|" + "---:|" * len(results),
+    ]
     for i, (step, _, _) in enumerate(moe["val"]):
         lines.append(f"| {step} | " + " | ".join(f"{r['val'][i][1]:.3f}" for r in results) + " |")
     share = moe["rows"][-1]["expert_share"]
-    lines += ["", "MoE expert share of routed tokens at the last step, per layer: "
-              + "; ".join("[" + ", ".join(f"{x:.2f}" for x in layer) + "]" for layer in share) + ".",
-              "", f"Greedy samples at the end (prompt \"The\"): MoE {moe['rows'][-1].get('sample', '')!r}; "
-              f"dense {dense['rows'][-1].get('sample', '')!r}.", "",
-              "![val loss](train_moe_vs_dense.png)", ""]
+    lines += [
+        "",
+        "MoE expert share of routed tokens at the last step, per layer: "
+        + "; ".join("[" + ", ".join(f"{x:.2f}" for x in layer) + "]" for layer in share)
+        + ".",
+        "",
+        f'Greedy samples at the end (prompt "The"): MoE {moe["rows"][-1].get("sample", "")!r}; '
+        f"dense {dense['rows'][-1].get('sample', '')!r}.",
+        "",
+        "![val loss](train_moe_vs_dense.png)",
+        "",
+    ]
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text("\n".join(lines))
     print("\n".join(lines))

@@ -5,6 +5,7 @@ This package imports nothing else of pqrag, and triton only lazily, so it works 
 `kernels.flash_attention` and `kernels.paged_attention` are the dispatching functions, although modules of the same
 names hold the Triton implementations; reach those with importlib.import_module("kernels.flash_attention").
 """
+
 import sys
 import types
 

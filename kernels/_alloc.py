@@ -3,6 +3,7 @@
 Kernels must write every element of their outputs; tests set POISON to NaN so an element a kernel skips shows up as
 a NaN instead of whatever the allocator happened to hand back.
 """
+
 from __future__ import annotations
 
 import torch

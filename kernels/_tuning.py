@@ -10,6 +10,7 @@ dominates the test suite (every config compiles once per constexpr combination).
 with N=1: no benchmarking, one compile per combination, and the smallest tile is the one most sure to fit in shared
 memory (the autotuner skips configs that do not fit only when it benchmarks several).
 """
+
 from __future__ import annotations
 
 import os

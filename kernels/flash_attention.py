@@ -16,6 +16,7 @@ a free reshape.
 Causal masks are bottom-right aligned: with T queries over S keys, query i sees keys j <= i + S - T. Rows that see
 no key output zeros.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,15 @@ def _cfgs(specs: list[tuple], names: tuple[str, str]) -> list[triton.Config]:
 # parts; the lists were checked offline for sm_90 (ptxas): none exceeds shared memory and the fwd/bwd-q ones do not
 # spill registers once _prune drops 4-warp tiles whose fp32 accumulator would need over 64 registers per thread.
 _GPU_FWD_CONFIGS = _cfgs(
-    [(128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3),
-     (64, 32, 4, 4)],
+    [
+        (128, 64, 8, 3),
+        (128, 128, 8, 2),
+        (128, 128, 8, 3),
+        (128, 64, 4, 3),
+        (128, 32, 4, 4),
+        (64, 64, 4, 3),
+        (64, 32, 4, 4),
+    ],
     ("BLOCK_M", "BLOCK_N"),
 )
 _GPU_BWD_KV_CONFIGS = _cfgs(
@@ -80,8 +88,26 @@ def _seq_bounds(CU_Q, CU_K, b):
 
 @triton.jit
 def _fwd_tiles(
-    acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_n, offs_d, lo, hi, k_len, diag, qk_scale,
-    MASK: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    acc,
+    l_i,
+    m_i,
+    q,
+    K,
+    V,
+    stride_kt,
+    stride_vt,
+    offs_m,
+    offs_n,
+    offs_d,
+    lo,
+    hi,
+    k_len,
+    diag,
+    qk_scale,
+    MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     # K, V point at this sequence's first key of this kv head; m_i and scores are in the log2 domain.
     for start_n in range(lo, hi, BLOCK_N):
@@ -118,11 +144,31 @@ def _fwd_tiles(
 @_tuning.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_rows})
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, O, LSE, CU_Q, CU_K,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    sm_scale, TUNE_Q, TUNE_K,
-    H: tl.constexpr, HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    CU_Q,
+    CU_K,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    sm_scale,
+    TUNE_Q,
+    TUNE_K,
+    H: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # Heaviest (last, under causal) query blocks first: shortens the tail of the launch.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -138,7 +184,9 @@ def _fwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
 
-    q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q = tl.load(
+        Q + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=row_ok[:, None], other=0.0
+    )
     Kb = K + k_start.to(tl.int64) * stride_kt + kvh * stride_kh
     Vb = V + k_start.to(tl.int64) * stride_vt + kvh * stride_vh
     qk_scale = sm_scale * 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2e)
@@ -156,10 +204,50 @@ def _fwd_kernel(
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e38
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_n, offs_d, 0, full,
-                               k_len, diag, qk_scale, False, CAUSAL, BLOCK_N, PRECISION)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_n, offs_d, full, hi,
-                               k_len, diag, qk_scale, True, CAUSAL, BLOCK_N, PRECISION)
+    acc, l_i, m_i = _fwd_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        Kb,
+        Vb,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_n,
+        offs_d,
+        0,
+        full,
+        k_len,
+        diag,
+        qk_scale,
+        False,
+        CAUSAL,
+        BLOCK_N,
+        PRECISION,
+    )
+    acc, l_i, m_i = _fwd_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        Kb,
+        Vb,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_n,
+        offs_d,
+        full,
+        hi,
+        k_len,
+        diag,
+        qk_scale,
+        True,
+        CAUSAL,
+        BLOCK_N,
+        PRECISION,
+    )
 
     seen = l_i > 0.0
     acc = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -172,8 +260,17 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_preprocess(
-    O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, total_q,
-    H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    O,
+    DO,
+    DELTA,
+    stride_ot,
+    stride_oh,
+    stride_dot,
+    stride_doh,
+    total_q,
+    H: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     h = tl.program_id(1)
@@ -187,8 +284,27 @@ def _bwd_preprocess(
 
 @triton.jit
 def _bwd_kv_tiles(
-    dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dot, offs_n, offs_d, lo, hi, q_len, diag, qk_scale,
-    H: tl.constexpr, MASK: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+    dk,
+    dv,
+    k,
+    v,
+    Q,
+    DO,
+    LSE,
+    DELTA,
+    stride_qt,
+    stride_dot,
+    offs_n,
+    offs_d,
+    lo,
+    hi,
+    q_len,
+    diag,
+    qk_scale,
+    H: tl.constexpr,
+    MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     # Transposed formulation: rows are keys (BLOCK_N), columns are queries (BLOCK_M).
     offs_mb = tl.arange(0, BLOCK_M)
@@ -214,12 +330,38 @@ def _bwd_kv_tiles(
 @_tuning.autotune(configs=_BWD_KV_CONFIGS, key=_TUNE_KEY)
 @triton.jit
 def _bwd_kv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    sm_scale, TUNE_Q, TUNE_K,
-    H: tl.constexpr, HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    CU_Q,
+    CU_K,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_dkt,
+    stride_dkh,
+    stride_dvt,
+    stride_dvh,
+    sm_scale,
+    TUNE_Q,
+    TUNE_K,
+    H: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -231,8 +373,12 @@ def _bwd_kv_kernel(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n < k_len
-    k = tl.load(K + (k_start + offs_n)[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-    v = tl.load(V + (k_start + offs_n)[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+    k = tl.load(
+        K + (k_start + offs_n)[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=col_ok[:, None], other=0.0
+    )
+    v = tl.load(
+        V + (k_start + offs_n)[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=col_ok[:, None], other=0.0
+    )
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
@@ -255,22 +401,89 @@ def _bwd_kv_kernel(
         DOh = DO + q_row0 * stride_dot + h * stride_doh
         LSEh = LSE + q_row0 * H + h
         DELTAh = DELTA + q_row0 * H + h
-        dk, dv = _bwd_kv_tiles(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, offs_n, offs_d,
-                               lo, mid, q_len, diag, qk_scale, H, True, BLOCK_M, PRECISION)
-        dk, dv = _bwd_kv_tiles(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, offs_n, offs_d,
-                               mid, q_end, q_len, diag, qk_scale, H, False, BLOCK_M, PRECISION)
+        dk, dv = _bwd_kv_tiles(
+            dk,
+            dv,
+            k,
+            v,
+            Qh,
+            DOh,
+            LSEh,
+            DELTAh,
+            stride_qt,
+            stride_dot,
+            offs_n,
+            offs_d,
+            lo,
+            mid,
+            q_len,
+            diag,
+            qk_scale,
+            H,
+            True,
+            BLOCK_M,
+            PRECISION,
+        )
+        dk, dv = _bwd_kv_tiles(
+            dk,
+            dv,
+            k,
+            v,
+            Qh,
+            DOh,
+            LSEh,
+            DELTAh,
+            stride_qt,
+            stride_dot,
+            offs_n,
+            offs_d,
+            mid,
+            q_end,
+            q_len,
+            diag,
+            qk_scale,
+            H,
+            False,
+            BLOCK_M,
+            PRECISION,
+        )
 
     dk = dk * sm_scale
-    tl.store(DK + (k_start + offs_n)[:, None] * stride_dkt + kvh * stride_dkh + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
-    tl.store(DV + (k_start + offs_n)[:, None] * stride_dvt + kvh * stride_dvh + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(
+        DK + (k_start + offs_n)[:, None] * stride_dkt + kvh * stride_dkh + offs_d[None, :],
+        dk.to(DK.dtype.element_ty),
+        mask=col_ok[:, None],
+    )
+    tl.store(
+        DV + (k_start + offs_n)[:, None] * stride_dvt + kvh * stride_dvh + offs_d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=col_ok[:, None],
+    )
 
 
 @triton.jit
 def _bwd_q_tiles(
-    dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_m, offs_n, offs_d, lo, hi, k_len, diag, qk_scale,
-    MASK: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    K,
+    V,
+    stride_kt,
+    stride_vt,
+    offs_m,
+    offs_n,
+    offs_d,
+    lo,
+    hi,
+    k_len,
+    diag,
+    qk_scale,
+    MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
@@ -298,11 +511,35 @@ def _bwd_q_tiles(
 @_tuning.autotune(configs=_BWD_Q_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_rows})
 @triton.jit
 def _bwd_q_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_dqt, stride_dqh,
-    sm_scale, TUNE_Q, TUNE_K,
-    H: tl.constexpr, HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    CU_Q,
+    CU_K,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_dqt,
+    stride_dqh,
+    sm_scale,
+    TUNE_Q,
+    TUNE_K,
+    H: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -333,13 +570,58 @@ def _bwd_q_kernel(
         hi = k_len
         full = k_len // BLOCK_N * BLOCK_N
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    dq = _bwd_q_tiles(dq, q, do, lse, delta, Kb, Vb, stride_kt, stride_vt, offs_m, offs_n, offs_d, 0, full,
-                      k_len, diag, qk_scale, False, CAUSAL, BLOCK_N, PRECISION)
-    dq = _bwd_q_tiles(dq, q, do, lse, delta, Kb, Vb, stride_kt, stride_vt, offs_m, offs_n, offs_d, full, hi,
-                      k_len, diag, qk_scale, True, CAUSAL, BLOCK_N, PRECISION)
+    dq = _bwd_q_tiles(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        Kb,
+        Vb,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_n,
+        offs_d,
+        0,
+        full,
+        k_len,
+        diag,
+        qk_scale,
+        False,
+        CAUSAL,
+        BLOCK_N,
+        PRECISION,
+    )
+    dq = _bwd_q_tiles(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        Kb,
+        Vb,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_n,
+        offs_d,
+        full,
+        hi,
+        k_len,
+        diag,
+        qk_scale,
+        True,
+        CAUSAL,
+        BLOCK_N,
+        PRECISION,
+    )
     dq = dq * sm_scale
-    tl.store(DQ + rows[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-             mask=row_ok[:, None])
+    tl.store(
+        DQ + rows[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
+        dq.to(DQ.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,7 +648,9 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"flash_attention supports float16, bfloat16 and float32; got {q.dtype}")
     if q.shape[-1] not in _HEAD_DIMS or k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"head dim must be one of {_HEAD_DIMS} and equal for q and k; got {q.shape[-1]}, {k.shape[-1]}")
+        raise ValueError(
+            f"head dim must be one of {_HEAD_DIMS} and equal for q and k; got {q.shape[-1]}, {k.shape[-1]}"
+        )
     if k.shape[-2] == 0 or q.shape[-2] % k.shape[-2] != 0:
         raise ValueError(f"query heads ({q.shape[-2]}) must be a multiple of key/value heads ({k.shape[-2]})")
     if not (q.device == k.device == v.device):
@@ -383,10 +667,29 @@ def _forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, scale: f
         return o, lse
     grid = lambda meta: (triton.cdiv(max_q, meta["BLOCK_M"]), H, batch)  # noqa: E731
     _fwd_kernel[grid](
-        q, k, v, o, lse, cu_q, cu_k,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
-        scale, _bucket(max_q), _bucket(max_k),
-        H=H, HEAD_DIM=D, GROUP=H // k.shape[1], CAUSAL=causal, PRECISION=_precision(q.dtype),
+        q,
+        k,
+        v,
+        o,
+        lse,
+        cu_q,
+        cu_k,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        o.stride(0),
+        o.stride(1),
+        scale,
+        _bucket(max_q),
+        _bucket(max_k),
+        H=H,
+        HEAD_DIM=D,
+        GROUP=H // k.shape[1],
+        CAUSAL=causal,
+        PRECISION=_precision(q.dtype),
     )
     return o, lse
 
@@ -404,23 +707,73 @@ def _backward(do, q, k, v, o, lse, cu_q, cu_k, max_q: int, max_k: int, causal: b
     pre_m = 64 if D <= 64 else 32
     if total_q > 0:
         _bwd_preprocess[(triton.cdiv(total_q, pre_m), H)](
-            o, do, delta, o.stride(0), o.stride(1), do.stride(0), do.stride(1), total_q,
-            H=H, HEAD_DIM=D, BLOCK_M=pre_m,
+            o,
+            do,
+            delta,
+            o.stride(0),
+            o.stride(1),
+            do.stride(0),
+            do.stride(1),
+            total_q,
+            H=H,
+            HEAD_DIM=D,
+            BLOCK_M=pre_m,
         )
     common = dict(H=H, HEAD_DIM=D, GROUP=H // Hkv, CAUSAL=causal, PRECISION=_precision(q.dtype))
     if max_k > 0:
         _bwd_kv_kernel[lambda meta: (triton.cdiv(max_k, meta["BLOCK_N"]), Hkv, batch)](
-            q, k, v, do, lse, delta, dk, dv, cu_q, cu_k,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            scale, _bucket(max_q), _bucket(max_k), **common,
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            dk,
+            dv,
+            cu_q,
+            cu_k,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            do.stride(0),
+            do.stride(1),
+            dk.stride(0),
+            dk.stride(1),
+            dv.stride(0),
+            dv.stride(1),
+            scale,
+            _bucket(max_q),
+            _bucket(max_k),
+            **common,
         )
     if max_q > 0:
         _bwd_q_kernel[lambda meta: (triton.cdiv(max_q, meta["BLOCK_M"]), H, batch)](
-            q, k, v, do, lse, delta, dq, cu_q, cu_k,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            dq.stride(0), dq.stride(1),
-            scale, _bucket(max_q), _bucket(max_k), **common,
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            dq,
+            cu_q,
+            cu_k,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            do.stride(0),
+            do.stride(1),
+            dq.stride(0),
+            dq.stride(1),
+            scale,
+            _bucket(max_q),
+            _bucket(max_k),
+            **common,
         )
     return dq, dk, dv
 
@@ -457,7 +810,9 @@ def flash_attention_varlen(
 ) -> torch.Tensor:
     """Packed sequences: q (total_q, H, D), k/v (total_k, Hkv, D), cu_seqlens (batch + 1,) int32 -> (total_q, H, D)."""
     if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape:
-        raise ValueError(f"expected q (total_q, H, D) and k, v (total_k, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}")
+        raise ValueError(
+            f"expected q (total_q, H, D) and k, v (total_k, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}"
+        )
     _check(q, k, v)
     if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.dim() != 1:
         raise ValueError("cu_seqlens_q and cu_seqlens_k must both be (batch + 1,)")
@@ -475,13 +830,30 @@ def flash_attention(
 ) -> torch.Tensor:
     """q (B, T, H, D), k/v (B, S, Hkv, D) -> o (B, T, H, D); see the module docstring for the causal convention."""
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or q.shape[0] != k.shape[0]:
-        raise ValueError(f"expected q (B, T, H, D) and k, v (B, S, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"expected q (B, T, H, D) and k, v (B, S, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     B, T, H, D = q.shape
     S = k.shape[1]
-    cu_q = torch.arange(0, (B + 1) * T, T, device=q.device, dtype=torch.int32) if T > 0 else torch.zeros(B + 1, device=q.device, dtype=torch.int32)
-    cu_k = torch.arange(0, (B + 1) * S, S, device=q.device, dtype=torch.int32) if S > 0 else torch.zeros(B + 1, device=q.device, dtype=torch.int32)
+    cu_q = (
+        torch.arange(0, (B + 1) * T, T, device=q.device, dtype=torch.int32)
+        if T > 0
+        else torch.zeros(B + 1, device=q.device, dtype=torch.int32)
+    )
+    cu_k = (
+        torch.arange(0, (B + 1) * S, S, device=q.device, dtype=torch.int32)
+        if S > 0
+        else torch.zeros(B + 1, device=q.device, dtype=torch.int32)
+    )
     o = flash_attention_varlen(
-        q.reshape(B * T, H, D), k.reshape(B * S, k.shape[2], D), v.reshape(B * S, v.shape[2], D),
-        cu_q, cu_k, T, S, causal, softmax_scale,
+        q.reshape(B * T, H, D),
+        k.reshape(B * S, k.shape[2], D),
+        v.reshape(B * S, v.shape[2], D),
+        cu_q,
+        cu_k,
+        T,
+        S,
+        causal,
+        softmax_scale,
     )
     return o.view(B, T, H, D)

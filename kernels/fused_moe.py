@@ -16,6 +16,7 @@ out[t] = sum_k w[t, k] * w_down[e] @ (silu(w_gate[e] @ x_t) * (w_up[e] @ x_t)), 
 The block index is the fastest grid axis: consecutive programs share an expert's weight tile, so expert weights
 come from HBM about once even when many blocks use the same expert.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,16 @@ def _cfgs(specs: list[tuple]) -> list[triton.Config]:
 # whose fp32 accumulators or pipelined shared-memory tiles would not fit for the BLOCK_M of the call. The first
 # (smallest) fits every BLOCK_M and dtype: the one used when PQRAG_TUNE_CONFIGS=1 skips the tuning (see _tuning.py).
 _GPU_CONFIGS = _cfgs(
-    [(64, 32, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 3),
-     (256, 64, 8, 3), (128, 32, 8, 3)]
+    [
+        (64, 32, 4, 3),
+        (64, 64, 4, 4),
+        (128, 64, 4, 3),
+        (128, 64, 8, 3),
+        (64, 128, 4, 3),
+        (128, 128, 8, 3),
+        (256, 64, 8, 3),
+        (128, 32, 8, 3),
+    ]
 )
 # One small config under the interpreter; BLOCK_N != BLOCK_K so a swapped stride shows up.
 _INTERP_CONFIGS = _cfgs([(32, 16, 4, 1)])
@@ -66,10 +75,28 @@ _TUNE_KEY = ["TUNE_ROWS", "N", "K", "BLOCK_M", "PRECISION"]
 @_tuning.autotune(configs=_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _gate_up_kernel(
-    X, WG, WU, H, SORTED, BLOCK_EXPERT, n_assign, N, K, TUNE_ROWS,
-    stride_xt, stride_xd, stride_we, stride_wn, stride_wk, stride_hm,
-    TOPK: tl.constexpr, N_ACC: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    X,
+    WG,
+    WU,
+    H,
+    SORTED,
+    BLOCK_EXPERT,
+    n_assign,
+    N,
+    K,
+    TUNE_ROWS,
+    stride_xt,
+    stride_xd,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_hm,
+    TOPK: tl.constexpr,
+    N_ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # X (T, d=K), WG/WU (E, F=N, d=K), H (rows, F) -> H[r] = silu(x WG[e]^T) * (x WU[e]^T) for the rows of one block.
     blk = tl.program_id(0)
@@ -109,10 +136,26 @@ def _gate_up_kernel(
 @_tuning.autotune(configs=_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _down_kernel(
-    H, WD, Y, TOPK_W, SORTED, BLOCK_EXPERT, n_assign, N, K, TUNE_ROWS,
-    stride_hm, stride_we, stride_wn, stride_wk, stride_ym,
-    N_ACC: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    H,
+    WD,
+    Y,
+    TOPK_W,
+    SORTED,
+    BLOCK_EXPERT,
+    n_assign,
+    N,
+    K,
+    TUNE_ROWS,
+    stride_hm,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_ym,
+    N_ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # H (rows, F=K), WD (E, d=N, F=K), TOPK_W (T * topk,) -> Y[assign] = w[assign] * (h WD[e]^T), Y (T * topk, d).
     blk = tl.program_id(0)
@@ -194,20 +237,28 @@ def _bucket(n: int) -> int:
 
 def _check(x, w_gate, w_up, w_down, topk_weights, topk_ids) -> None:
     if x.dim() != 2 or w_gate.dim() != 3 or w_up.shape != w_gate.shape or w_down.dim() != 3:
-        raise ValueError(f"expected x (T, d), w_gate/w_up (E, F, d), w_down (E, d, F); got {tuple(x.shape)}, "
-                         f"{tuple(w_gate.shape)}, {tuple(w_down.shape)}")
+        raise ValueError(
+            f"expected x (T, d), w_gate/w_up (E, F, d), w_down (E, d, F); got {tuple(x.shape)}, "
+            f"{tuple(w_gate.shape)}, {tuple(w_down.shape)}"
+        )
     E, Fdim, d = w_gate.shape
     if w_down.shape != (E, d, Fdim) or x.shape[1] != d:
-        raise ValueError(f"w_down must be (E, d, F) = {(E, d, Fdim)} and x (T, {d}); got {tuple(w_down.shape)}, "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"w_down must be (E, d, F) = {(E, d, Fdim)} and x (T, {d}); got {tuple(w_down.shape)}, {tuple(x.shape)}"
+        )
     if topk_ids.dim() != 2 or topk_weights.shape != topk_ids.shape or topk_ids.shape[0] != x.shape[0]:
-        raise ValueError(f"topk_ids and topk_weights must both be (T, topk) with T = {x.shape[0]}; got "
-                         f"{tuple(topk_ids.shape)}, {tuple(topk_weights.shape)}")
+        raise ValueError(
+            f"topk_ids and topk_weights must both be (T, topk) with T = {x.shape[0]}; got "
+            f"{tuple(topk_ids.shape)}, {tuple(topk_weights.shape)}"
+        )
     if not (x.dtype == w_gate.dtype == w_up.dtype == w_down.dtype):
-        raise ValueError(f"x and the expert weights must share a dtype; got {x.dtype}, {w_gate.dtype}, "
-                         f"{w_up.dtype}, {w_down.dtype}")
+        raise ValueError(
+            f"x and the expert weights must share a dtype; got {x.dtype}, {w_gate.dtype}, {w_up.dtype}, {w_down.dtype}"
+        )
     if topk_ids.dtype.is_floating_point or not topk_weights.dtype.is_floating_point:
-        raise ValueError(f"topk_ids must be integers and topk_weights floats; got {topk_ids.dtype}, {topk_weights.dtype}")
+        raise ValueError(
+            f"topk_ids must be integers and topk_weights floats; got {topk_ids.dtype}, {topk_weights.dtype}"
+        )
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -257,13 +308,45 @@ def _fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids, block_m: int | N
     n_blocks = block_expert.numel()
     tune_rows = _bucket(n)
     _gate_up_kernel[lambda meta: (n_blocks, triton.cdiv(Fdim, meta["BLOCK_N"]))](
-        x, w_gate, w_up, h, sorted_ids, block_expert, n, Fdim, d, tune_rows,
-        x.stride(0), x.stride(1), w_gate.stride(0), w_gate.stride(1), w_gate.stride(2), h.stride(0),
-        TOPK=topk, N_ACC=2, BLOCK_M=bm, PRECISION=precision,
+        x,
+        w_gate,
+        w_up,
+        h,
+        sorted_ids,
+        block_expert,
+        n,
+        Fdim,
+        d,
+        tune_rows,
+        x.stride(0),
+        x.stride(1),
+        w_gate.stride(0),
+        w_gate.stride(1),
+        w_gate.stride(2),
+        h.stride(0),
+        TOPK=topk,
+        N_ACC=2,
+        BLOCK_M=bm,
+        PRECISION=precision,
     )
     _down_kernel[lambda meta: (n_blocks, triton.cdiv(d, meta["BLOCK_N"]))](
-        h, w_down, y, weights, sorted_ids, block_expert, n, d, Fdim, tune_rows,
-        h.stride(0), w_down.stride(0), w_down.stride(1), w_down.stride(2), y.stride(0),
-        N_ACC=1, BLOCK_M=bm, PRECISION=precision,
+        h,
+        w_down,
+        y,
+        weights,
+        sorted_ids,
+        block_expert,
+        n,
+        d,
+        Fdim,
+        tune_rows,
+        h.stride(0),
+        w_down.stride(0),
+        w_down.stride(1),
+        w_down.stride(2),
+        y.stride(0),
+        N_ACC=1,
+        BLOCK_M=bm,
+        PRECISION=precision,
     )
     return y.view(T, topk, d).sum(1).to(x.dtype)

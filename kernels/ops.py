@@ -38,6 +38,7 @@ Public signatures (shapes in brackets; all kernels accept fp16 / bf16 on GPU, fp
         topk_ids [T, topk] int -> [T, d] = sum_k w[t, k] * w_down[e] @ (silu(w_gate[e] @ x_t) * (w_up[e] @ x_t)),
         e = topk_ids[t, k]; ids outside [0, E) contribute nothing. Inference only (no autograd).
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,7 +64,7 @@ __all__ = [
 _ENV = "PQRAG_KERNELS"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

@@ -16,6 +16,7 @@ a second kernel merges them. Without a split the kernel writes the output direct
 Causal convention (as everywhere in kernels/): the new tokens are the last query_len of seq_len keys, so query token t
 (0-based in its chunk) sees keys j <= seq_len - query_len + t.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,9 +57,28 @@ def _configs() -> list[triton.Config]:
 
 @triton.jit
 def _attn_tiles(
-    acc, l_i, m_i, q, KC, VC, BT_row, stride_kb, stride_ks, stride_vb, stride_vs, offs_n, offs_d, tok_pos,
-    lo, hi, ctx, qk_scale,
-    MASK: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+    acc,
+    l_i,
+    m_i,
+    q,
+    KC,
+    VC,
+    BT_row,
+    stride_kb,
+    stride_ks,
+    stride_vb,
+    stride_vs,
+    offs_n,
+    offs_d,
+    tok_pos,
+    lo,
+    hi,
+    ctx,
+    qk_scale,
+    MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     # KC, VC point at kv head 0 of this program's kv head (head offset folded in); tok_pos (BLOCK_M,) is the
@@ -100,16 +120,50 @@ def _attn_tiles(
     return acc, l_i, m_i
 
 
-@_tuning.autotune(configs=_configs(), key=["TUNE_CTX", "TUNE_PROGRAMS", "HEAD_DIM", "GROUP_P", "BLOCK_Q", "BLOCK_SIZE",
-                                           "SPLIT", "PRECISION"])
+@_tuning.autotune(
+    configs=_configs(),
+    key=["TUNE_CTX", "TUNE_PROGRAMS", "HEAD_DIM", "GROUP_P", "BLOCK_Q", "BLOCK_SIZE", "SPLIT", "PRECISION"],
+)
 @triton.jit
 def _paged_attn_kernel(
-    Q, KC, VC, O, O_PART, LSE_PART, BT, SEQ_LENS, CU_Q,
-    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_ot, stride_oh, stride_bt, partition, num_splits, sm_scale, TUNE_CTX, TUNE_PROGRAMS,
-    H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_SIZE: tl.constexpr, DECODE: tl.constexpr, CAUSAL: tl.constexpr,
-    SPLIT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    KC,
+    VC,
+    O,
+    O_PART,
+    LSE_PART,
+    BT,
+    SEQ_LENS,
+    CU_Q,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    stride_bt,
+    partition,
+    num_splits,
+    sm_scale,
+    TUNE_CTX,
+    TUNE_PROGRAMS,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr,
+    GROUP_P: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    DECODE: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # BLOCK_M == BLOCK_Q * GROUP_P rows: BLOCK_Q query tokens x the GROUP_P heads of one kv head.
     seq = tl.program_id(0) // HKV
@@ -157,12 +211,56 @@ def _paged_attn_kernel(
     KCh = KC + kvh * stride_kh
     VCh = VC + kvh * stride_vh
     qk_scale = sm_scale * 1.4426950408889634
-    acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, KCh, VCh, BT_row, stride_kb, stride_ks, stride_vb, stride_vs,
-                                offs_n, offs_d, tok_pos, lo, full, ctx, qk_scale,
-                                False, CAUSAL, BLOCK_SIZE, BLOCK_N, PRECISION)
-    acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, KCh, VCh, BT_row, stride_kb, stride_ks, stride_vb, stride_vs,
-                                offs_n, offs_d, tok_pos, full, hi, ctx, qk_scale,
-                                True, CAUSAL, BLOCK_SIZE, BLOCK_N, PRECISION)
+    acc, l_i, m_i = _attn_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        KCh,
+        VCh,
+        BT_row,
+        stride_kb,
+        stride_ks,
+        stride_vb,
+        stride_vs,
+        offs_n,
+        offs_d,
+        tok_pos,
+        lo,
+        full,
+        ctx,
+        qk_scale,
+        False,
+        CAUSAL,
+        BLOCK_SIZE,
+        BLOCK_N,
+        PRECISION,
+    )
+    acc, l_i, m_i = _attn_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        KCh,
+        VCh,
+        BT_row,
+        stride_kb,
+        stride_ks,
+        stride_vb,
+        stride_vs,
+        offs_n,
+        offs_d,
+        tok_pos,
+        full,
+        hi,
+        ctx,
+        qk_scale,
+        True,
+        CAUSAL,
+        BLOCK_SIZE,
+        BLOCK_N,
+        PRECISION,
+    )
 
     seen = l_i > 0.0
     acc = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -180,8 +278,15 @@ def _paged_attn_kernel(
 
 @triton.jit
 def _merge_splits_kernel(
-    O, O_PART, LSE_PART, stride_ot, stride_oh, num_splits,
-    H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+    O,
+    O_PART,
+    LSE_PART,
+    stride_ot,
+    stride_oh,
+    num_splits,
+    H: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     t = tl.program_id(0)
     h = tl.program_id(1)
@@ -201,9 +306,25 @@ def _merge_splits_kernel(
 
 @triton.jit
 def _write_kv_kernel(
-    K, V, KC, VC, SLOTS, stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, block_size,
-    HKV: tl.constexpr, HKV_P: tl.constexpr, HEAD_DIM: tl.constexpr,
+    K,
+    V,
+    KC,
+    VC,
+    SLOTS,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_kcb,
+    stride_kcs,
+    stride_kch,
+    stride_vcb,
+    stride_vcs,
+    stride_vch,
+    block_size,
+    HKV: tl.constexpr,
+    HKV_P: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     i = tl.program_id(0)
     slot = tl.load(SLOTS + i).to(tl.int64)
@@ -217,17 +338,23 @@ def _write_kv_kernel(
     src = offs_h[:, None] * stride_kh + offs_d[None, :]
     k = tl.load(K + i.to(tl.int64) * stride_kt + src, mask=ok)
     v = tl.load(V + i.to(tl.int64) * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=ok)
-    tl.store(KC + blk * stride_kcb + off * stride_kcs + offs_h[:, None] * stride_kch + offs_d[None, :],
-             k.to(KC.dtype.element_ty), mask=ok)
-    tl.store(VC + blk * stride_vcb + off * stride_vcs + offs_h[:, None] * stride_vch + offs_d[None, :],
-             v.to(VC.dtype.element_ty), mask=ok)
+    tl.store(
+        KC + blk * stride_kcb + off * stride_kcs + offs_h[:, None] * stride_kch + offs_d[None, :],
+        k.to(KC.dtype.element_ty),
+        mask=ok,
+    )
+    tl.store(
+        VC + blk * stride_vcb + off * stride_vcs + offs_h[:, None] * stride_vch + offs_d[None, :],
+        v.to(VC.dtype.element_ty),
+        mask=ok,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # host side
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -256,19 +383,36 @@ def _bucket(n: int) -> int:
 
 def _check(q, k_cache, v_cache, block_tables, seq_lens) -> None:
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(f"expected q (tokens, H, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(q.shape)}, {tuple(k_cache.shape)}")
+        raise ValueError(
+            f"expected q (tokens, H, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(q.shape)}, {tuple(k_cache.shape)}"
+        )
     if q.shape[-1] not in _HEAD_DIMS or k_cache.shape[-1] != q.shape[-1]:
-        raise ValueError(f"head dim must be one of {_HEAD_DIMS} and match the cache; got {q.shape[-1]}, {k_cache.shape[-1]}")
+        raise ValueError(
+            f"head dim must be one of {_HEAD_DIMS} and match the cache; got {q.shape[-1]}, {k_cache.shape[-1]}"
+        )
     if k_cache.shape[2] == 0 or q.shape[1] % k_cache.shape[2] != 0:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of cache heads ({k_cache.shape[2]})")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"paged attention supports float16, bfloat16 and float32 queries; got {q.dtype}")
     if block_tables.dim() != 2 or seq_lens.dim() != 1 or block_tables.shape[0] != seq_lens.shape[0]:
-        raise ValueError(f"expected block_tables (N, max_blocks) and seq_lens (N,); got {tuple(block_tables.shape)}, {tuple(seq_lens.shape)}")
+        raise ValueError(
+            f"expected block_tables (N, max_blocks) and seq_lens (N,); got {tuple(block_tables.shape)}, {tuple(seq_lens.shape)}"
+        )
 
 
-def _run(q, k_cache, v_cache, block_tables, seq_lens, cu_q, max_q: int, decode: bool, causal: bool,
-         softmax_scale: float | None, num_splits: int | None) -> torch.Tensor:
+def _run(
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq_lens,
+    cu_q,
+    max_q: int,
+    decode: bool,
+    causal: bool,
+    softmax_scale: float | None,
+    num_splits: int | None,
+) -> torch.Tensor:
     _check(q, k_cache, v_cache, block_tables, seq_lens)
     total_q, H, D = q.shape
     N = seq_lens.shape[0]
@@ -299,18 +443,56 @@ def _run(q, k_cache, v_cache, block_tables, seq_lens, cu_q, max_q: int, decode: 
     else:
         o_part = lse_part = o  # unused
     _paged_attn_kernel[(N * Hkv, n_qblocks, splits)](
-        q, k_cache, v_cache, o, o_part, lse_part, block_tables, seq_lens, cu_q,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), o.stride(0), o.stride(1), block_tables.stride(0),
-        partition, splits, scale, _bucket(max_ctx), _bucket(N * Hkv * n_qblocks * splits),
-        H=H, HKV=Hkv, HEAD_DIM=D, GROUP=group, GROUP_P=group_p, BLOCK_Q=block_q, BLOCK_SIZE=block_size,
-        DECODE=decode, CAUSAL=causal, SPLIT=split, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        q,
+        k_cache,
+        v_cache,
+        o,
+        o_part,
+        lse_part,
+        block_tables,
+        seq_lens,
+        cu_q,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        o.stride(0),
+        o.stride(1),
+        block_tables.stride(0),
+        partition,
+        splits,
+        scale,
+        _bucket(max_ctx),
+        _bucket(N * Hkv * n_qblocks * splits),
+        H=H,
+        HKV=Hkv,
+        HEAD_DIM=D,
+        GROUP=group,
+        GROUP_P=group_p,
+        BLOCK_Q=block_q,
+        BLOCK_SIZE=block_size,
+        DECODE=decode,
+        CAUSAL=causal,
+        SPLIT=split,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         BLOCK_M=rows,
     )
     if split:
         _merge_splits_kernel[(total_q, H)](
-            o, o_part, lse_part, o.stride(0), o.stride(1), splits,
-            H=H, HEAD_DIM=D, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=4 if D >= 128 else 2,
+            o,
+            o_part,
+            lse_part,
+            o.stride(0),
+            o.stride(1),
+            splits,
+            H=H,
+            HEAD_DIM=D,
+            BLOCK_S=max(2, triton.next_power_of_2(splits)),
+            num_warps=4 if D >= 128 else 2,
         )
     return o
 
@@ -354,8 +536,19 @@ def paged_prefill_attention(
         max_seqlen_q = int((cu_q[1:] - cu_q[:-1]).max().item()) if cu_q.numel() > 1 else 0
     if max_seqlen_q == 0:
         return _alloc.empty_like(q)
-    return _run(q, k_cache, v_cache, block_tables, seq_lens, cu_q, int(max_seqlen_q), False, bool(causal),
-                softmax_scale, num_splits)
+    return _run(
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        cu_q,
+        int(max_seqlen_q),
+        False,
+        bool(causal),
+        softmax_scale,
+        num_splits,
+    )
 
 
 def write_kv(
@@ -364,9 +557,13 @@ def write_kv(
     """k/v (N, Hkv, D) into k_cache/v_cache (num_blocks, block_size, Hkv, D) at slot_mapping (N,), in place;
     slot = block * block_size + offset, negative slots skipped."""
     if k.dim() != 3 or v.shape != k.shape or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(f"expected k, v (N, Hkv, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(k.shape)}, {tuple(k_cache.shape)}")
+        raise ValueError(
+            f"expected k, v (N, Hkv, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(k.shape)}, {tuple(k_cache.shape)}"
+        )
     if k.shape[1:] != k_cache.shape[2:]:
-        raise ValueError(f"k/v heads and head dim {tuple(k.shape[1:])} do not match the cache {tuple(k_cache.shape[2:])}")
+        raise ValueError(
+            f"k/v heads and head dim {tuple(k.shape[1:])} do not match the cache {tuple(k_cache.shape[2:])}"
+        )
     if slot_mapping.shape != (k.shape[0],):
         raise ValueError(f"slot_mapping must be ({k.shape[0]},); got {tuple(slot_mapping.shape)}")
     N, Hkv, D = k.shape
@@ -380,7 +577,24 @@ def write_kv(
         raise ValueError("k_cache and v_cache must be contiguous in the head dim")
     slots = slot_mapping.to(device=k.device).contiguous()
     _write_kv_kernel[(N,)](
-        k, v, k_cache, v_cache, slots, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        k_cache.shape[1], HKV=Hkv, HKV_P=triton.next_power_of_2(Hkv), HEAD_DIM=D, num_warps=1 if Hkv * D <= 512 else 4,
+        k,
+        v,
+        k_cache,
+        v_cache,
+        slots,
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        k_cache.shape[1],
+        HKV=Hkv,
+        HKV_P=triton.next_power_of_2(Hkv),
+        HEAD_DIM=D,
+        num_warps=1 if Hkv * D <= 512 else 4,
     )

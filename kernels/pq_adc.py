@@ -13,6 +13,7 @@ nq x n distance matrix:
 The query index is the fastest-varying grid axis, so programs that share a tile of codes run together and the codes
 come from HBM about once.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,21 @@ _M_CHUNK = 16  # bytes of a code row loaded at once
 
 @triton.jit
 def _scan_kernel(
-    LUT, CODES, KEYS, n, m, ksub, stride_lq, stride_lm, stride_cn, n_tiles,
-    K_P: tl.constexpr, BLOCK_N: tl.constexpr, M_CHUNK: tl.constexpr, KSUB_P: tl.constexpr, USE_GATHER: tl.constexpr,
+    LUT,
+    CODES,
+    KEYS,
+    n,
+    m,
+    ksub,
+    stride_lq,
+    stride_lm,
+    stride_cn,
+    n_tiles,
+    K_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    M_CHUNK: tl.constexpr,
+    KSUB_P: tl.constexpr,
+    USE_GATHER: tl.constexpr,
 ):
     qi = tl.program_id(0)
     tile = tl.program_id(1)
@@ -49,8 +63,11 @@ def _scan_kernel(
             # Stage this chunk of the table, (KSUB_P, M_CHUNK), in registers; the cross-warp gather goes through
             # shared memory, where random lookups cost bank conflicts instead of L1 cache-line wavefronts.
             offs_c = tl.arange(0, KSUB_P)
-            tab = tl.load(lut_q + j[None, :] * stride_lm + offs_c[:, None], mask=(j < m)[None, :] & (offs_c < ksub)[:, None],
-                          other=0.0)
+            tab = tl.load(
+                lut_q + j[None, :] * stride_lm + offs_c[:, None],
+                mask=(j < m)[None, :] & (offs_c < ksub)[:, None],
+                other=0.0,
+            )
             t = tl.gather(tab, c, axis=0)
         else:
             t = tl.load(lut_q + j[None, :] * stride_lm + c, mask=ok, other=0.0)
@@ -115,9 +132,22 @@ def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.T
         raise ValueError(f"{n} codes exceed one scan's grid; split the database into chunks of < {65535 * block_n}")
     keys = _alloc.empty((nq, n_tiles * k_p), torch.int64, lut.device)
     _scan_kernel[(nq, n_tiles)](
-        lut, codes, keys, n, m, ksub, lut.stride(0), lut.stride(1), codes.stride(0), n_tiles,
-        K_P=k_p, BLOCK_N=block_n, M_CHUNK=_M_CHUNK, KSUB_P=max(16, triton.next_power_of_2(ksub)),
-        USE_GATHER=_use_gather(), num_warps=8 if block_n >= 1024 else 4,
+        lut,
+        codes,
+        keys,
+        n,
+        m,
+        ksub,
+        lut.stride(0),
+        lut.stride(1),
+        codes.stride(0),
+        n_tiles,
+        K_P=k_p,
+        BLOCK_N=block_n,
+        M_CHUNK=_M_CHUNK,
+        KSUB_P=max(16, triton.next_power_of_2(ksub)),
+        USE_GATHER=_use_gather(),
+        num_warps=8 if block_n >= 1024 else 4,
     )
     kk = min(k, keys.shape[1])
     best = torch.topk(keys, kk, dim=1, largest=False, sorted=True).values

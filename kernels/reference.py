@@ -13,6 +13,7 @@ Conventions shared with the kernels:
 - a query row that sees no key at all (causal with S < T, or an empty sequence) outputs zeros;
 - accumulation is done in float32 (or float64 when the inputs are float64), outputs have the dtype of q.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,7 +79,9 @@ def flash_attention(
 ) -> torch.Tensor:
     """q (B, T, H, D), k/v (B, S, Hkv, D) -> o (B, T, H, D). Differentiable through plain autograd."""
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
-        raise ValueError(f"expected q (B, T, H, D) and k, v (B, S, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"expected q (B, T, H, D) and k, v (B, S, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     B, T, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
     _check_heads(H, Hkv)
@@ -111,7 +114,9 @@ def flash_attention_varlen(
 ) -> torch.Tensor:
     """Packed sequences: q (total_q, H, D), k/v (total_k, Hkv, D), cu_seqlens (batch + 1,) int32 -> (total_q, H, D)."""
     if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape:
-        raise ValueError(f"expected q (total_q, H, D) and k, v (total_k, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}")
+        raise ValueError(
+            f"expected q (total_q, H, D) and k, v (total_k, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}"
+        )
     _check_heads(q.shape[1], k.shape[1])
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     cq = cu_seqlens_q.tolist()
@@ -152,7 +157,9 @@ def paged_attention(
     calls per layer instead. Padding costs at most N x (S_max + block_size) x Hkv x D per K and V.
     """
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(f"expected q (N, H, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(q.shape)}, {tuple(k_cache.shape)}")
+        raise ValueError(
+            f"expected q (N, H, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(q.shape)}, {tuple(k_cache.shape)}"
+        )
     _check_heads(q.shape[1], k_cache.shape[2])
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     N, H, D = q.shape
@@ -205,7 +212,9 @@ def paged_prefill_attention(
     seq_lens[i] keys otherwise. Decode is the case query_len == 1.
     """
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(f"expected q (total_q, H, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(q.shape)}, {tuple(k_cache.shape)}")
+        raise ValueError(
+            f"expected q (total_q, H, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(q.shape)}, {tuple(k_cache.shape)}"
+        )
     _check_heads(q.shape[1], k_cache.shape[2])
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     cq = cu_seqlens_q.tolist()
@@ -234,9 +243,13 @@ def write_kv(
     Negative slots (padding tokens) are skipped.
     """
     if k.dim() != 3 or v.shape != k.shape or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(f"expected k, v (N, Hkv, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(k.shape)}, {tuple(k_cache.shape)}")
+        raise ValueError(
+            f"expected k, v (N, Hkv, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(k.shape)}, {tuple(k_cache.shape)}"
+        )
     if k.shape[1:] != k_cache.shape[2:]:
-        raise ValueError(f"k/v heads and head dim {tuple(k.shape[1:])} do not match the cache {tuple(k_cache.shape[2:])}")
+        raise ValueError(
+            f"k/v heads and head dim {tuple(k.shape[1:])} do not match the cache {tuple(k_cache.shape[2:])}"
+        )
     slots = slot_mapping.long()
     # Filter only when there is padding (one host read): boolean-mask indexing of slots, k and v on every call cost
     # more than the writes themselves on the CPU decode path, where padding never occurs.
@@ -249,7 +262,9 @@ def write_kv(
     v_cache[blk, off] = v.to(v_cache.dtype)
 
 
-def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+def pq_adc_topk(
+    lut: torch.Tensor, codes: torch.Tensor, k: int, chunk: int = 65536
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k smallest dist[q, i] = sum_j lut[q, j, codes[i, j]].
 
     lut (nq, m, ksub) float, codes (n, m) uint8 -> values (nq, k) ascending (float32, float64 if lut is float64),
@@ -294,10 +309,14 @@ def fused_moe(
     Ids outside [0, E) contribute nothing.
     """
     if x.dim() != 2 or w_gate.dim() != 3 or w_up.shape != w_gate.shape or w_down.dim() != 3:
-        raise ValueError(f"expected x (T, d), w_gate/w_up (E, F, d), w_down (E, d, F); got {tuple(x.shape)}, {tuple(w_gate.shape)}, {tuple(w_down.shape)}")
+        raise ValueError(
+            f"expected x (T, d), w_gate/w_up (E, F, d), w_down (E, d, F); got {tuple(x.shape)}, {tuple(w_gate.shape)}, {tuple(w_down.shape)}"
+        )
     E, Fdim, d = w_gate.shape
     if w_down.shape != (E, d, Fdim) or x.shape[1] != d:
-        raise ValueError(f"w_down must be (E, d, F) = {(E, d, Fdim)} and x (T, {d}); got {tuple(w_down.shape)}, {tuple(x.shape)}")
+        raise ValueError(
+            f"w_down must be (E, d, F) = {(E, d, Fdim)} and x (T, {d}); got {tuple(w_down.shape)}, {tuple(x.shape)}"
+        )
     acc = _acc_dtype(x.dtype)
     out = torch.zeros(x.shape, dtype=acc, device=x.device)
     topk = topk_ids.shape[1]

@@ -62,7 +62,7 @@ class AsyncLLM:
         self._errors = 0
 
     @classmethod
-    def from_dir(cls, model_dir: str | os.PathLike, **engine_kwargs: Any) -> "AsyncLLM":
+    def from_dir(cls, model_dir: str | os.PathLike, **engine_kwargs: Any) -> AsyncLLM:
         """engine_kwargs: device, dtype and EngineConfig fields (kv_cache_memory, max_num_seqs, ...)."""
         return cls(LLMEngine.from_dir(model_dir, **engine_kwargs))
 

@@ -55,14 +55,19 @@ class AttentionMetadata:
         """(B,) int64 index of each sequence's last new token in the flattened batch: where to sample."""
         return self.query_start_loc[1:].long() - 1
 
-    def to(self, device: torch.device | str) -> "AttentionMetadata":
+    def to(self, device: torch.device | str) -> AttentionMetadata:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return AttentionMetadata(
-            positions=move(self.positions), slot_mapping=move(self.slot_mapping),
-            query_start_loc=move(self.query_start_loc), seq_lens=move(self.seq_lens),
-            block_tables=move(self.block_tables), num_prefills=self.num_prefills,
-            num_prefill_tokens=self.num_prefill_tokens, max_query_len=self.max_query_len,
-            max_seq_len=self.max_seq_len, prefill_has_context=self.prefill_has_context,
+            positions=move(self.positions),
+            slot_mapping=move(self.slot_mapping),
+            query_start_loc=move(self.query_start_loc),
+            seq_lens=move(self.seq_lens),
+            block_tables=move(self.block_tables),
+            num_prefills=self.num_prefills,
+            num_prefill_tokens=self.num_prefill_tokens,
+            max_query_len=self.max_query_len,
+            max_seq_len=self.max_seq_len,
+            prefill_has_context=self.prefill_has_context,
         )
 
 
@@ -197,18 +202,43 @@ class Attention(nn.Module):
         if p > 0:
             cu = meta.query_start_loc[: p + 1]
             if meta.prefill_has_context:
-                parts.append(kernels.paged_prefill_attention(
-                    q[:P], k_cache, v_cache, meta.block_tables[:p], meta.seq_lens[:p], cu,
-                    max_seqlen_q=meta.max_query_len, causal=True, softmax_scale=self.scale,
-                ))
+                parts.append(
+                    kernels.paged_prefill_attention(
+                        q[:P],
+                        k_cache,
+                        v_cache,
+                        meta.block_tables[:p],
+                        meta.seq_lens[:p],
+                        cu,
+                        max_seqlen_q=meta.max_query_len,
+                        causal=True,
+                        softmax_scale=self.scale,
+                    )
+                )
             else:  # fresh prompts: their keys are exactly the new tokens, no cache read needed
-                parts.append(kernels.flash_attention_varlen(
-                    q[:P], k[:P], v[:P], cu, cu, meta.max_query_len, meta.max_query_len,
-                    causal=True, softmax_scale=self.scale,
-                ))
+                parts.append(
+                    kernels.flash_attention_varlen(
+                        q[:P],
+                        k[:P],
+                        v[:P],
+                        cu,
+                        cu,
+                        meta.max_query_len,
+                        meta.max_query_len,
+                        causal=True,
+                        softmax_scale=self.scale,
+                    )
+                )
         if P < q.shape[0]:
-            parts.append(kernels.paged_attention(
-                q[P:], k_cache, v_cache, meta.block_tables[p:], meta.seq_lens[p:], softmax_scale=self.scale,
-            ))
+            parts.append(
+                kernels.paged_attention(
+                    q[P:],
+                    k_cache,
+                    v_cache,
+                    meta.block_tables[p:],
+                    meta.seq_lens[p:],
+                    softmax_scale=self.scale,
+                )
+            )
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (N, H, D)
         return self.o_proj(o.reshape(o.shape[0], -1))

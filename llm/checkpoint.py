@@ -76,8 +76,11 @@ def internal_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[
     """This module's state_dict -> per-expert Hugging Face names (contiguous tensors, ready for safetensors)."""
     out: dict[str, torch.Tensor] = {}
     for name, t in state.items():
-        if name.endswith(".block_sparse_moe.experts.w1") or name.endswith(".block_sparse_moe.experts.w2") \
-                or name.endswith(".block_sparse_moe.experts.w3"):
+        if (
+            name.endswith(".block_sparse_moe.experts.w1")
+            or name.endswith(".block_sparse_moe.experts.w2")
+            or name.endswith(".block_sparse_moe.experts.w3")
+        ):
             prefix, w = name.rsplit(".", 1)
             for e in range(t.shape[0]):
                 out[f"{prefix}.{e}.{w}.weight"] = t[e].contiguous()

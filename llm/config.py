@@ -86,7 +86,7 @@ class ModelConfig:
         }
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
         model_type = d.get("model_type")
         if model_type != "mixtral":
             raise ValueError(f"config.json has model_type={model_type!r}; only 'mixtral' checkpoints are supported")
@@ -135,7 +135,7 @@ class ModelConfig:
             f.write("\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ModelConfig":
+    def load(cls, path: str | os.PathLike) -> ModelConfig:
         """Read a `config.json` file, or the one inside a checkpoint directory."""
         path = os.fspath(path)
         if os.path.isdir(path):
@@ -145,7 +145,7 @@ class ModelConfig:
         with open(path) as f:
             return cls.from_hf_dict(json.load(f))
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -153,18 +153,42 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # for tests: every code path (GQA 4:2, 4 experts top-2, 2 layers) at negligible cost
     "tiny": ModelConfig(
-        vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-        intermediate_size=64, num_experts=4, num_experts_per_tok=2, max_position_embeddings=512,
+        vocab_size=256,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=512,
     ),
     # default demo model: trains on a CPU in minutes; 4 experts top-2 (~2.4M active params per token)
     "small": ModelConfig(
-        vocab_size=4096, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
-        intermediate_size=256, num_experts=4, num_experts_per_tok=2, max_position_embeddings=2048,
+        vocab_size=4096,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        intermediate_size=256,
+        num_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=2048,
     ),
     # dense baseline with the same parameter count as "small": one expert, top-1
     "small-dense": ModelConfig(
-        vocab_size=4096, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
-        intermediate_size=1024, num_experts=1, num_experts_per_tok=1, max_position_embeddings=2048,
+        vocab_size=4096,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        intermediate_size=1024,
+        num_experts=1,
+        num_experts_per_tok=1,
+        max_position_embeddings=2048,
     ),
 }
 

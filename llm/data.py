@@ -40,7 +40,6 @@ import torch
 from llm.tokenizer import Tokenizer, train_bpe_tokenizer
 
 
-
 class CorpusError(ValueError):
     """The training corpus is missing, unreadable or empty (raised before any long work starts)."""
 
@@ -53,12 +52,12 @@ class ChatRecord:
     messages: tuple[dict[str, str], ...]
 
     @classmethod
-    def parse(cls, messages: Any, where: str) -> "ChatRecord":
+    def parse(cls, messages: Any, where: str) -> ChatRecord:
         """Validated messages of a record; CorpusError naming where (file:line) on a malformed one."""
         from llm.tokenizer import ROLE_TOKENS
 
         if not isinstance(messages, list) or not messages:
-            raise CorpusError(f"{where}: \"messages\" must be a non-empty list of {{role, content}} objects")
+            raise CorpusError(f'{where}: "messages" must be a non-empty list of {{role, content}} objects')
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ROLE_TOKENS or not isinstance(m.get("content"), str):
                 raise CorpusError(f"{where}: message {i} needs role in {sorted(ROLE_TOKENS)} and a str content")
@@ -141,8 +140,19 @@ def collection_texts(name: str, data_dir: str | os.PathLike) -> Iterator[str]:
 
 
 # Folders of the stdlib whose docstrings are tests, demos or vendored code rather than documentation.
-_SKIP_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo",
-                     "ensurepip", "__pycache__", "config-3", "tkinter"}
+_SKIP_STDLIB_DIRS = {
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "turtledemo",
+    "ensurepip",
+    "__pycache__",
+    "config-3",
+    "tkinter",
+}
 
 
 def _module_doc(path: Path, module: str) -> str | None:
@@ -213,8 +223,9 @@ class CorpusSpec:
             from retrieval.catalog import DB_FILE
 
             if not (Path(self.data_dir or "data") / DB_FILE).exists():
-                raise CorpusError(f"--from-collection {self.collection!r}: no pqrag store in "
-                                  f"--data-dir {self.data_dir or 'data'!r}")
+                raise CorpusError(
+                    f"--from-collection {self.collection!r}: no pqrag store in --data-dir {self.data_dir or 'data'!r}"
+                )
 
     def texts(self) -> Iterator[Doc]:
         if self.paths:
@@ -250,6 +261,7 @@ class CorpusSpec:
 
 # ---- tokenizer ----------------------------------------------------------------------------------------------------
 
+
 def train_tokenizer(texts_iter: Iterable[Doc], vocab_size: int = 4096) -> Tokenizer:
     """A byte-level BPE trained on texts (see tokenizer.train_bpe_tokenizer): specials first, 256 byte symbols,
     then merges up to vocab_size. A small corpus may stop short of vocab_size; size the model by
@@ -276,6 +288,7 @@ def tokenizer_hash(tok: Tokenizer) -> str:
 
 # ---- shards -------------------------------------------------------------------------------------------------------
 
+
 def _memmap(path: str | os.PathLike, dtype: str) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r") if os.path.getsize(path) else np.zeros(0, dtype=dtype)
 
@@ -300,16 +313,19 @@ class TokenShard:
         """Packed sequences of seq_len inputs (+1 target token, shared with the next sequence's first input)."""
         return max((len(self.tokens) - 1) // seq_len, 0)
 
-    def batch(self, indices: Sequence[int] | np.ndarray, seq_len: int,
-              ignore_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, indices: Sequence[int] | np.ndarray, seq_len: int, ignore_id: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequences at indices -> inputs x (B, T) and targets y (B, T) = x shifted left by one, int64. Targets
         equal to ignore_id (the PAD that fills alignment gaps) or masked out by the loss mask become -100,
         cross_entropy's ignore_index."""
+
         def rows(stream: np.ndarray) -> np.ndarray:
             if not len(indices):
                 return np.zeros((0, seq_len + 1), dtype=np.int64)
-            return np.stack([np.asarray(stream[i * seq_len : i * seq_len + seq_len + 1], dtype=np.int64)
-                             for i in indices])
+            return np.stack(
+                [np.asarray(stream[i * seq_len : i * seq_len + seq_len + 1], dtype=np.int64) for i in indices]
+            )
 
         t = torch.from_numpy(rows(self.tokens))
         x, y = t[:, :-1], t[:, 1:]
@@ -339,14 +355,25 @@ def _encode_docs(tokenizer: Tokenizer, docs: Sequence[Doc]) -> list[tuple[list[i
     text), with 1 on the tokens of assistant turns."""
     texts = [d for d in docs if not isinstance(d, ChatRecord)]
     encoded = iter(tokenizer.encode_batch(texts)) if texts else iter(())
-    return [tokenizer.apply_chat_template(d.messages, add_generation_prompt=False, tokenize=True,
-                                          return_assistant_mask=True)
-            if isinstance(d, ChatRecord) else (next(encoded), None) for d in docs]
+    return [
+        tokenizer.apply_chat_template(
+            d.messages, add_generation_prompt=False, tokenize=True, return_assistant_mask=True
+        )
+        if isinstance(d, ChatRecord)
+        else (next(encoded), None)
+        for d in docs
+    ]
 
 
 def build_shards(
-    texts: TextSource, tokenizer: Tokenizer, out_dir: str | os.PathLike, min_val_tokens: int,
-    val_fraction: float = 0.05, fingerprint: str = "", batch_docs: int = 256, align: int = 0,
+    texts: TextSource,
+    tokenizer: Tokenizer,
+    out_dir: str | os.PathLike,
+    min_val_tokens: int,
+    val_fraction: float = 0.05,
+    fingerprint: str = "",
+    batch_docs: int = 256,
+    align: int = 0,
     assistant_only: bool = False,
 ) -> Shards:
     """Tokenize the corpus once into out_dir/{train,val}.bin + meta.json; reuse them when meta.json matches
@@ -365,8 +392,14 @@ def build_shards(
     if tokenizer.eos_id is None:
         raise ValueError("the tokenizer has no EOS token; documents are separated by it")
     dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
-    key = {"corpus": fingerprint, "tokenizer": tokenizer_hash(tokenizer), "val_fraction": val_fraction,
-           "min_val_tokens": min_val_tokens, "dtype": dtype, "format": 1}
+    key = {
+        "corpus": fingerprint,
+        "tokenizer": tokenizer_hash(tokenizer),
+        "val_fraction": val_fraction,
+        "min_val_tokens": min_val_tokens,
+        "dtype": dtype,
+        "format": 1,
+    }
     if align:  # only when asked: the keys (and resumable checkpoints) of runs without chat data stay the same
         key["align"] = align
     if assistant_only:
@@ -387,6 +420,7 @@ def build_shards(
     files = {s: open(p, "wb") for s, p in tmp.items()}
     masks = {s: open(p, "wb") for s, p in tmp_mask.items()} if assistant_only else {}
     try:
+
         def flush(docs: list[Doc]) -> None:
             nonlocal n_chat
             for doc, (ids, gen) in zip(docs, _encode_docs(tokenizer, docs)):
@@ -458,8 +492,15 @@ def build_shards(
             os.replace(tmp_mask[s], out / f"{s}.mask.bin")
         else:
             (out / f"{s}.mask.bin").unlink(missing_ok=True)  # from an earlier build of this directory
-    meta = {"key": key, "dtype": dtype, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
-            "tokens": n_tok, "documents": n_docs, "loss_mask": bool(masks)}
+    meta = {
+        "key": key,
+        "dtype": dtype,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "tokens": n_tok,
+        "documents": n_docs,
+        "loss_mask": bool(masks),
+    }
     tmp_meta = out / "meta.json.tmp"
     tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp_meta, meta_path)  # written last: a crash before this leaves no meta, so shards are rebuilt
@@ -475,6 +516,7 @@ def _open_shards(out: Path, meta: dict) -> Shards:
 
 
 # ---- sampling -----------------------------------------------------------------------------------------------------
+
 
 class BatchSampler:
     """Global batches of sequence indices: a fresh permutation per epoch (seeded by (seed, epoch)), consumed in

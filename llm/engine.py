@@ -35,8 +35,16 @@ from llm.scheduler import QueueFullError, Scheduler, SchedulerConfig, SchedulerO
 from llm.tokenizer import Tokenizer
 
 __all__ = [
-    "EngineConfig", "LLMEngine", "LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "RequestMetrics",
-    "StreamDelta", "QueueFullError", "AsyncLLM",
+    "EngineConfig",
+    "LLMEngine",
+    "LLM",
+    "SamplingParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "RequestMetrics",
+    "StreamDelta",
+    "QueueFullError",
+    "AsyncLLM",
 ]
 
 _DEFAULT_CPU_KV_BYTES = 1 << 30  # cap of the automatic KV budget on CPU (1 GiB)
@@ -101,9 +109,12 @@ class ModelRunner:
         copy_blocks(self.kv_caches, sched.block_copies)  # copy-on-write first: the forward writes the copies
         items = sched.scheduled
         meta = build_attention_metadata(
-            [s.num_computed for s in items], [s.num_new for s in items],
-            [kv.get_block_ids(s.seq.request_id) for s in items], self.block_size,
-            num_prefills=sched.num_prefill_seqs, device=self.device,
+            [s.num_computed for s in items],
+            [s.num_new for s in items],
+            [kv.get_block_ids(s.seq.request_id) for s in items],
+            self.block_size,
+            num_prefills=sched.num_prefill_seqs,
+            device=self.device,
         )
         ids: list[int] = []
         sample_at: list[int] = []
@@ -113,8 +124,9 @@ class ModelRunner:
                 sample_at.append(len(ids) - 1)
         input_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)  # (N,)
         if not sample_at:  # only partial prefill chunks: nothing to sample, skip the lm_head
-            self.model.forward_paged(input_ids, meta, self.kv_caches, torch.zeros(0, dtype=torch.int64,
-                                                                                   device=self.device))
+            self.model.forward_paged(
+                input_ids, meta, self.kv_caches, torch.zeros(0, dtype=torch.int64, device=self.device)
+            )
             return torch.empty((0, self.model.config.vocab_size), device=self.device)
         idx = torch.tensor(sample_at, dtype=torch.int64, device=self.device)  # (M,)
         return self.model.forward_paged(input_ids, meta, self.kv_caches, idx).float()  # (M, V)
@@ -135,12 +147,16 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.max_model_len = self.config.max_model_len or model.config.max_position_embeddings
         if self.max_model_len > model.config.max_position_embeddings:
-            raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's max_position_embeddings="
-                             f"{model.config.max_position_embeddings}")
+            raise ValueError(
+                f"max_model_len={self.max_model_len} exceeds the model's max_position_embeddings="
+                f"{model.config.max_position_embeddings}"
+            )
         self.scheduler = Scheduler(
             SchedulerConfig(
-                max_num_seqs=self.config.max_num_seqs, max_num_batched_tokens=self.config.max_num_batched_tokens,
-                max_waiting=self.config.max_waiting, enable_chunked_prefill=self.config.enable_chunked_prefill,
+                max_num_seqs=self.config.max_num_seqs,
+                max_num_batched_tokens=self.config.max_num_batched_tokens,
+                max_waiting=self.config.max_waiting,
+                enable_chunked_prefill=self.config.enable_chunked_prefill,
                 max_model_len=self.max_model_len,
             ),
             self.kv,
@@ -158,8 +174,13 @@ class LLMEngine:
 
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod
-    def from_dir(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, **config: Any) -> "LLMEngine":
+    def from_dir(
+        cls,
+        model_dir: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **config: Any,
+    ) -> LLMEngine:
         """Load a checkpoint directory (config.json, *.safetensors, tokenizer.json)."""
         from llm.checkpoint import load_model
 
@@ -198,8 +219,14 @@ class LLMEngine:
         self.scheduler.check_fits(n, max_tokens)
         return max_tokens
 
-    def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams | None = None,
-                    prompt: str | None = None, arrival_time: float | None = None) -> RequestGroup:
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: Seq[int],
+        params: SamplingParams | None = None,
+        prompt: str | None = None,
+        arrival_time: float | None = None,
+    ) -> RequestGroup:
         """Queue a request. Raises ValueError (invalid / too long) or QueueFullError (max_waiting reached)."""
         params = params or SamplingParams()
         max_tokens = self.validate(prompt_token_ids, params)
@@ -285,15 +312,19 @@ class LLMEngine:
         if any(s.num_output_tokens < s.params.min_tokens for s in rows):
             banned = [
                 (([] if s.params.ignore_eos else self.eos_ids) + (s.params.stop_token_ids or []))
-                if s.num_output_tokens < s.params.min_tokens else []
+                if s.num_output_tokens < s.params.min_tokens
+                else []
                 for s in rows
             ]
         any_pen = any(p.has_penalties for p in params)
         batch = make_batch(
-            params, logits.shape[1],
+            params,
+            logits.shape[1],
             prompt_ids=[s.prompt_token_ids for s in rows] if any_pen else None,
             output_ids=[s.output_token_ids for s in rows] if any_pen else None,
-            generators=[s.generator for s in rows], banned_ids=banned, device=logits.device,
+            generators=[s.generator for s in rows],
+            banned_ids=banned,
+            device=logits.device,
         )
         res = self.sampler(logits, batch)
         ids = res.token_ids.tolist()
@@ -381,9 +412,16 @@ class LLMEngine:
         seq.num_emitted_tokens = seq.num_output_tokens
         g = seq.group
         return StreamDelta(
-            request_id=g.request_id, index=seq.index, text_delta=text, token_ids=new_ids, finished=seq.finished,
-            finish_reason=seq.finish_reason, num_prompt_tokens=len(g.prompt_token_ids),
-            num_generated_tokens=seq.num_output_tokens, ttft_s=g.metrics.ttft, logprobs=lps,
+            request_id=g.request_id,
+            index=seq.index,
+            text_delta=text,
+            token_ids=new_ids,
+            finished=seq.finished,
+            finish_reason=seq.finish_reason,
+            num_prompt_tokens=len(g.prompt_token_ids),
+            num_generated_tokens=seq.num_output_tokens,
+            ttft_s=g.metrics.ttft,
+            logprobs=lps,
             stop_reason=seq.stop_reason,
         )
 
@@ -424,23 +462,38 @@ class LLMEngine:
 class LLM:
     """Offline batch generation (vLLM's `LLM`): `LLM(model_dir).generate(prompts, params)`."""
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, kv_cache_memory: int | None = None, block_size: int = 16,
-                 max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, *, engine: LLMEngine | None = None,
-                 **engine_kwargs: Any):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        kv_cache_memory: int | None = None,
+        block_size: int = 16,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 2048,
+        *,
+        engine: LLMEngine | None = None,
+        **engine_kwargs: Any,
+    ):
         if engine is None:
             if model_dir is None:
                 raise ValueError("LLM needs a model_dir (or use LLM.from_model(model, tokenizer))")
             engine = LLMEngine.from_dir(
-                model_dir, device=device, dtype=dtype, kv_cache_memory=kv_cache_memory, block_size=block_size,
-                max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, **engine_kwargs,
+                model_dir,
+                device=device,
+                dtype=dtype,
+                kv_cache_memory=kv_cache_memory,
+                block_size=block_size,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens,
+                **engine_kwargs,
             )
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self._counter = 0
 
     @classmethod
-    def from_model(cls, model: CausalLM, tokenizer: Tokenizer | None, **engine_kwargs: Any) -> "LLM":
+    def from_model(cls, model: CausalLM, tokenizer: Tokenizer | None, **engine_kwargs: Any) -> LLM:
         """Wrap an in-memory model (tests, notebooks); engine_kwargs are EngineConfig fields."""
         return cls(engine=LLMEngine(model, tokenizer, EngineConfig(**engine_kwargs)))
 

@@ -34,7 +34,10 @@ def hash_block_tokens(parent: BlockHash | None, token_ids: Sequence[int], extra:
 
 
 def hash_full_blocks(
-    token_ids: Sequence[int], block_size: int, parent: BlockHash | None = None, start_block: int = 0,
+    token_ids: Sequence[int],
+    block_size: int,
+    parent: BlockHash | None = None,
+    start_block: int = 0,
     extra: bytes = b"",
 ) -> list[BlockHash]:
     """Chained hashes of the full blocks start_block, start_block+1, ... of token_ids (a partial tail has none)."""
@@ -340,7 +343,11 @@ def kv_bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_
 
 
 def num_blocks_for_budget(
-    budget_bytes: int, num_layers: int, num_kv_heads: int, head_dim: int, block_size: int = 16,
+    budget_bytes: int,
+    num_layers: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int = 16,
     dtype: torch.dtype = torch.bfloat16,
 ) -> int:
     """How many blocks fit in budget_bytes of cache memory."""
@@ -351,8 +358,13 @@ def num_blocks_for_budget(
 
 
 def allocate_kv_caches(
-    num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
-    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    num_layers: int,
+    num_blocks: int,
+    block_size: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer a (k_cache, v_cache) pair of (num_blocks, block_size, Hkv, D) zeros; views of one allocation."""
     kv = torch.zeros((num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim), dtype=dtype, device=device)

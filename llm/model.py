@@ -147,13 +147,15 @@ class CausalLM(nn.Module):
         return self.lm_head(self.model.norm(h))
 
 
-def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor,
-                      ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_entropy_sum(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed next-token loss, number of counted targets): what a mean over several batches (or ranks) adds up.
     logits (B, T, V), targets (B, T) already shifted by the caller; the loss in fp32."""
     flat = targets.reshape(-1)
-    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat, ignore_index=ignore_index,
-                            reduction="sum")
+    total = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), flat, ignore_index=ignore_index, reduction="sum"
+    )
     return total, (flat != ignore_index).sum()
 
 

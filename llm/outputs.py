@@ -42,9 +42,13 @@ class RequestMetrics:
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {
-            "queue_time_s": self.queue_time, "ttft_s": self.ttft, "mean_itl_s": self.mean_itl,
-            "e2e_latency_s": self.e2e_latency, "num_prompt_tokens": self.num_prompt_tokens,
-            "num_generated_tokens": self.num_generated_tokens, "num_cached_tokens": self.num_cached_tokens,
+            "queue_time_s": self.queue_time,
+            "ttft_s": self.ttft,
+            "mean_itl_s": self.mean_itl,
+            "e2e_latency_s": self.e2e_latency,
+            "num_prompt_tokens": self.num_prompt_tokens,
+            "num_generated_tokens": self.num_generated_tokens,
+            "num_cached_tokens": self.num_cached_tokens,
             "num_preemptions": self.num_preemptions,
         }
 

@@ -161,8 +161,15 @@ def make_question(t: TopicChunk, rng: random.Random) -> str:
 
 def _passage(t: TopicChunk, score: float) -> Passage:
     # The fields a served passage has for the demo collection (retrieval.corpora.python_docs ids and sources).
-    return Passage(doc_id=f"pydoc-{t.topic}", chunk_id=t.chunk_id, score=score, text=t.chunk.text,
-                   source=f"pydoc_data/topics.py#{t.topic}", start=t.chunk.start, end=t.chunk.end)
+    return Passage(
+        doc_id=f"pydoc-{t.topic}",
+        chunk_id=t.chunk_id,
+        score=score,
+        text=t.chunk.text,
+        source=f"pydoc_data/topics.py#{t.topic}",
+        start=t.chunk.start,
+        end=t.chunk.end,
+    )
 
 
 def generate(cfg: RagSftConfig, chunks: list[TopicChunk] | None = None) -> Iterator[dict]:
@@ -187,8 +194,10 @@ def generate(cfg: RagSftConfig, chunks: list[TopicChunk] | None = None) -> Itera
             picked.append(target)
         rng.shuffle(picked)
         # Stay within the window budget: drop distractors (never the target) while the prompt is too long.
-        while len(picked) > 1 and sum(len(t.chunk.text) for t in picked) + len(SYSTEM_PROMPT) + len(question) \
-                > cfg.max_prompt_chars:
+        while (
+            len(picked) > 1
+            and sum(len(t.chunk.text) for t in picked) + len(SYSTEM_PROMPT) + len(question) > cfg.max_prompt_chars
+        ):
             picked.remove(next(t for t in picked if t is not target))
         passages = [_passage(t, 1.0 - 0.01 * i) for i, t in enumerate(picked)]
         for i, p in enumerate(passages):
@@ -197,11 +206,13 @@ def generate(cfg: RagSftConfig, chunks: list[TopicChunk] | None = None) -> Itera
             answer = f"{target.answer} [{picked.index(target) + 1}]"
         else:
             answer = NO_ANSWER
-        yield {"messages": [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": render_user_turn(question, passages)},
-            {"role": "assistant", "content": answer},
-        ]}
+        yield {
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": render_user_turn(question, passages)},
+                {"role": "assistant", "content": answer},
+            ]
+        }
 
 
 def write_jsonl(path: str, records: Iterator[dict]) -> int:

@@ -29,8 +29,14 @@ class Sequence:
     """One token stream. num_computed_tokens counts tokens whose K/V are in the cache; the scheduler runs the rest
     (num_tokens - num_computed_tokens: a prompt chunk, or the single last sampled token of a decode)."""
 
-    def __init__(self, group: "RequestGroup", index: int, params: SamplingParams, tokenizer: Tokenizer | None,
-                 order: tuple[int, int]):
+    def __init__(
+        self,
+        group: RequestGroup,
+        index: int,
+        params: SamplingParams,
+        tokenizer: Tokenizer | None,
+        order: tuple[int, int],
+    ):
         self.group = group
         self.index = index
         self.request_id = group.request_id if index == 0 else f"{group.request_id}#{index}"
@@ -84,22 +90,35 @@ class Sequence:
 
     def completion(self) -> CompletionOutput:
         return CompletionOutput(
-            index=self.index, text=self.text, token_ids=list(self.output_token_ids),
-            finish_reason=self.finish_reason, stop_reason=self.stop_reason,
+            index=self.index,
+            text=self.text,
+            token_ids=list(self.output_token_ids),
+            finish_reason=self.finish_reason,
+            stop_reason=self.stop_reason,
             logprobs=list(self.logprobs) if self.logprobs is not None else None,
             cumulative_logprob=self.cumulative_logprob if self.logprobs is not None else None,
         )
 
     def __repr__(self) -> str:
-        return (f"Sequence({self.request_id!r}, {self.status.value}, computed={self.num_computed_tokens}, "
-                f"tokens={self.num_tokens})")
+        return (
+            f"Sequence({self.request_id!r}, {self.status.value}, computed={self.num_computed_tokens}, "
+            f"tokens={self.num_tokens})"
+        )
 
 
 class RequestGroup:
     """A submitted request: prompt, params, its n sequences and its metrics."""
 
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None,
-                 arrival_time: float | None = None, device: torch.device | str = "cpu", max_tokens: int | None = None):
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        prompt: str | None = None,
+        arrival_time: float | None = None,
+        device: torch.device | str = "cpu",
+        max_tokens: int | None = None,
+    ):
         self.request_id = request_id
         self.max_tokens = max_tokens if max_tokens is not None else params.max_tokens  # resolved by the engine
         self.prompt = prompt
@@ -119,5 +138,6 @@ class RequestGroup:
 
     def output(self) -> RequestOutput:
         outs = sorted((s.completion() for s in self.seqs), key=lambda c: c.index)
-        return RequestOutput(self.request_id, self.prompt, list(self.prompt_token_ids), outs, self.finished,
-                             self.metrics)
+        return RequestOutput(
+            self.request_id, self.prompt, list(self.prompt_token_ids), outs, self.finished, self.metrics
+        )

@@ -87,7 +87,7 @@ class SamplingParams:
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
-    def child(self, index: int) -> "SamplingParams":
+    def child(self, index: int) -> SamplingParams:
         """Params of parallel sample `index` (n > 1): n = 1, and a distinct seed so the samples differ."""
         import dataclasses
 
@@ -150,7 +150,10 @@ def make_batch(
     if banned_ids is not None and any(banned_ids):
         rows = [i for i, ids in enumerate(banned_ids) for _ in ids]
         cols = [t for ids in banned_ids for t in ids]
-        banned = (torch.tensor(rows, dtype=torch.int64, device=device), torch.tensor(cols, dtype=torch.int64, device=device))
+        banned = (
+            torch.tensor(rows, dtype=torch.int64, device=device),
+            torch.tensor(cols, dtype=torch.int64, device=device),
+        )
     wanted = [p.logprobs for p in params if p.logprobs is not None]
     return SamplingBatch(
         temperature=torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)], **f32),
@@ -182,8 +185,12 @@ def token_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 def apply_penalties(
-    logits: torch.Tensor, prompt_ids: torch.Tensor, output_ids: torch.Tensor, repetition: torch.Tensor,
-    presence: torch.Tensor, frequency: torch.Tensor,
+    logits: torch.Tensor,
+    prompt_ids: torch.Tensor,
+    output_ids: torch.Tensor,
+    repetition: torch.Tensor,
+    presence: torch.Tensor,
+    frequency: torch.Tensor,
 ) -> torch.Tensor:
     """Repetition penalty over prompt+output tokens (positive logits divided, negative multiplied, as in CTRL and
     vLLM), then OpenAI presence/frequency penalties over output tokens only."""
@@ -250,8 +257,12 @@ class Sampler:
         raw = logits
         if batch.prompt_ids is not None:
             logits = apply_penalties(
-                logits, batch.prompt_ids, batch.output_ids, batch.repetition_penalty,  # type: ignore[arg-type]
-                batch.presence_penalty, batch.frequency_penalty,  # type: ignore[arg-type]
+                logits,
+                batch.prompt_ids,
+                batch.output_ids,
+                batch.repetition_penalty,  # type: ignore[arg-type]
+                batch.presence_penalty,
+                batch.frequency_penalty,  # type: ignore[arg-type]
             )
         if batch.banned is not None:
             logits = logits.index_put(batch.banned, torch.tensor(float("-inf"), device=logits.device))

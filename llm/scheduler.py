@@ -119,9 +119,7 @@ class Scheduler:
         if group.request_id in self.groups:
             raise ValueError(f"request id {group.request_id!r} is already in use")
         if len(self.waiting) >= self.config.max_waiting:
-            raise QueueFullError(
-                f"the waiting queue is full ({self.config.max_waiting} requests); retry later"
-            )
+            raise QueueFullError(f"the waiting queue is full ({self.config.max_waiting} requests); retry later")
         self._counter += 1
         seq = make_seq(group, 0, (self._counter, 0))
         group.seqs.append(seq)

@@ -48,8 +48,9 @@ def _token_content(v: object) -> str | None:
 class Tokenizer:
     """encode/decode, special ids, chat template. Construct with `Tokenizer.from_file(path)` or `train_bpe_tokenizer`."""
 
-    def __init__(self, tok: HFTokenizer, bos_token: str | None = BOS, eos_token: str | None = EOS,
-                 pad_token: str | None = PAD):
+    def __init__(
+        self, tok: HFTokenizer, bos_token: str | None = BOS, eos_token: str | None = EOS, pad_token: str | None = PAD
+    ):
         self.tok = tok
         # A twin that treats special-token strings in the input as plain text (encode_special_tokens is a
         # tokenizer-wide switch, so flipping it per call would race between threads).
@@ -67,7 +68,7 @@ class Tokenizer:
 
     # ---- io -----------------------------------------------------------------------------------------------------
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "Tokenizer":
+    def from_file(cls, path: str | os.PathLike) -> Tokenizer:
         """Load tokenizer.json (a file, or a directory holding it and optionally tokenizer_config.json)."""
         path = os.fspath(path)
         directory = path if os.path.isdir(path) else os.path.dirname(path)
@@ -89,8 +90,12 @@ class Tokenizer:
         self.tok.save(os.path.join(directory, "tokenizer.json"))
         cfg = {
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": self.pad_token,
-            "chat_template": CHAT_TEMPLATE, "add_bos_token": False, "clean_up_tokenization_spaces": False,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": self.pad_token,
+            "chat_template": CHAT_TEMPLATE,
+            "add_bos_token": False,
+            "clean_up_tokenization_spaces": False,
             "model_max_length": 1 << 30,
         }
         with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
@@ -128,7 +133,10 @@ class Tokenizer:
 
     # ---- chat ---------------------------------------------------------------------------------------------------
     def apply_chat_template(
-        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True, tokenize: bool = False,
+        self,
+        messages: Sequence[dict[str, str]],
+        add_generation_prompt: bool = True,
+        tokenize: bool = False,
         return_assistant_mask: bool = False,
     ) -> str | list[int] | tuple[list[int], list[int]]:
         """Render [{"role": "system"|"user"|"assistant", "content": str}, ...] with the template above.
@@ -163,7 +171,7 @@ class Tokenizer:
             mask += [0] * (1 + len(newline))
         return (ids, mask) if return_assistant_mask else ids
 
-    def detokenizer(self, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True) -> "IncrementalDetokenizer":
+    def detokenizer(self, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self, prompt_ids, skip_special_tokens)
 
 
@@ -209,7 +217,9 @@ class IncrementalDetokenizer:
 
 
 def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2,
+    texts: Iterable[str],
+    vocab_size: int = 4096,
+    min_frequency: int = 2,
     special_tokens: Sequence[str] = SPECIAL_TOKENS,
 ) -> Tokenizer:
     """Train a byte-level BPE (GPT-2 style: any UTF-8 text round-trips, no unknown tokens) on texts.
@@ -223,8 +233,11 @@ def train_bpe_tokenizer(
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return Tokenizer(tok)

@@ -53,6 +53,7 @@ CHECKPOINT_FORMAT = 1
 
 # ---- command line -------------------------------------------------------------------------------------------------
 
+
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m llm.train",
@@ -62,23 +63,44 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="TOML file of TrainConfig keys ([model] table for the model)")
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", default=S, metavar="PATH", help="files/folders: .txt .md .jsonl .json .html")
-    g.add_argument("--from-collection", dest="from_collection", default=S, metavar="NAME",
-                   help="train on the documents of this pqrag collection")
+    g.add_argument(
+        "--from-collection",
+        dest="from_collection",
+        default=S,
+        metavar="NAME",
+        help="train on the documents of this pqrag collection",
+    )
     g.add_argument("--data-dir", dest="data_dir", default=S, help="pqrag data directory of --from-collection")
-    g.add_argument("--pydoc", action="store_true", default=S,
-                   help="train on Python's docs (pydoc_data topics + stdlib docstrings)")
+    g.add_argument(
+        "--pydoc", action="store_true", default=S, help="train on Python's docs (pydoc_data topics + stdlib docstrings)"
+    )
     g.add_argument("--tokenizer", default=S, help="reuse this tokenizer.json instead of training a BPE")
     g.add_argument("--vocab-size", dest="vocab_size", type=int, default=S, help="BPE vocabulary to train")
     g.add_argument("--out", default=S, help="output directory (default out/train)")
     g = p.add_argument_group("model and schedule")
     g.add_argument("--preset", default=S, help="model preset: tiny, small (default), small-dense")
-    g.add_argument("--init-from", dest="init_from", default=S, metavar="DIR",
-                   help="fine-tune: start from this exported model's weights and tokenizer (fresh optimizer, step 0)")
-    g.add_argument("--model", action="append", default=S, metavar="KEY=VALUE",
-                   help="ModelConfig override, e.g. --model num_experts=1 (repeatable)")
+    g.add_argument(
+        "--init-from",
+        dest="init_from",
+        default=S,
+        metavar="DIR",
+        help="fine-tune: start from this exported model's weights and tokenizer (fresh optimizer, step 0)",
+    )
+    g.add_argument(
+        "--model",
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="ModelConfig override, e.g. --model num_experts=1 (repeatable)",
+    )
     g.add_argument("--seq-len", dest="seq_len", type=int, default=S)
-    g.add_argument("--train-on-prompt", dest="train_on_prompt", action="store_true", default=S,
-                   help="chat records: train on every token, not only the assistant's turns")
+    g.add_argument(
+        "--train-on-prompt",
+        dest="train_on_prompt",
+        action="store_true",
+        default=S,
+        help="chat records: train on every token, not only the assistant's turns",
+    )
     g.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="sequences per micro-step (global)")
     g.add_argument("--grad-accum", dest="grad_accum", type=int, default=S)
     g.add_argument("--max-steps", dest="max_steps", type=int, default=S)
@@ -126,6 +148,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 # ---- distributed --------------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class DistInfo:
     rank: int = 0
@@ -149,8 +172,9 @@ def setup_distributed(cfg: TrainConfig) -> DistInfo:
     if want_cuda and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device!r} but CUDA is not available")
     if world <= 1:
-        device = torch.device("cuda" if cfg.device == "auto" and want_cuda else
-                              ("cpu" if cfg.device == "auto" else cfg.device))
+        device = torch.device(
+            "cuda" if cfg.device == "auto" and want_cuda else ("cpu" if cfg.device == "auto" else cfg.device)
+        )
         return DistInfo(device=device)
     import torch.distributed as dist
 
@@ -160,8 +184,12 @@ def setup_distributed(cfg: TrainConfig) -> DistInfo:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(backend="nccl" if want_cuda else "gloo", rank=rank, world_size=world,
-                            **({"device_id": device} if want_cuda else {}))
+    dist.init_process_group(
+        backend="nccl" if want_cuda else "gloo",
+        rank=rank,
+        world_size=world,
+        **({"device_id": device} if want_cuda else {}),
+    )
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 
@@ -187,6 +215,7 @@ def _broadcast_error(message: str | None, info: DistInfo) -> None:
 
 # ---- data ---------------------------------------------------------------------------------------------------------
 
+
 def prepare_tokenizer_and_shards(
     cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path, info: DistInfo
 ) -> tuple[Tokenizer, Shards]:
@@ -211,22 +240,37 @@ def prepare_tokenizer_and_shards(
                 raise ValueError(f"tokenizer {cfg.tokenizer!r} has no EOS token to separate documents")
             if not cfg.resume:
                 tok.save(out)
-            build_shards(spec.texts, tok, out / "data", min_val_tokens=cfg.seq_len + 1,
-                         val_fraction=cfg.val_fraction, fingerprint=spec.fingerprint(), align=align,
-                         assistant_only=assistant_only)
+            build_shards(
+                spec.texts,
+                tok,
+                out / "data",
+                min_val_tokens=cfg.seq_len + 1,
+                val_fraction=cfg.val_fraction,
+                fingerprint=spec.fingerprint(),
+                align=align,
+                assistant_only=assistant_only,
+            )
         except (ValueError, OSError) as exc:
             if not info.enabled:
                 raise
             error = str(exc)
     _broadcast_error(error, info)
     tok = Tokenizer.from_file(out)
-    shards = build_shards(spec.texts, tok, out / "data", min_val_tokens=cfg.seq_len + 1,
-                          val_fraction=cfg.val_fraction, fingerprint=spec.fingerprint(),
-                          align=align, assistant_only=assistant_only)  # reuses rank 0's files
+    shards = build_shards(
+        spec.texts,
+        tok,
+        out / "data",
+        min_val_tokens=cfg.seq_len + 1,
+        val_fraction=cfg.val_fraction,
+        fingerprint=spec.fingerprint(),
+        align=align,
+        assistant_only=assistant_only,
+    )  # reuses rank 0's files
     return tok, shards
 
 
 # ---- optimizer, schedule, losses ----------------------------------------------------------------------------------
+
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices (attention, experts, router, an untied head); not norms, biases or embeddings: decaying
@@ -273,9 +317,11 @@ def router_losses(
 
 # ---- eval and sampling --------------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, shards: Shards, cfg: TrainConfig, info: DistInfo, autocast,
-             ignore_id: int | None = None) -> float:
+def evaluate(
+    model: torch.nn.Module, shards: Shards, cfg: TrainConfig, info: DistInfo, autocast, ignore_id: int | None = None
+) -> float:
     """Mean next-token CE over the first eval_batches * batch_size val sequences (the same ones every time),
     targets equal to ignore_id (alignment PAD) not scored. model is the unwrapped module: a DDP forward could
     wait on buffer syncs that ranks without a slice skip."""
@@ -317,6 +363,7 @@ def greedy_sample(model: CausalLM, tok: Tokenizer, prompt: str, n: int, device: 
 
 # ---- checkpoints --------------------------------------------------------------------------------------------------
 
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, fsync, then os.replace: a kill mid-write leaves the previous checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
@@ -345,20 +392,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
 _TOKENIZER_FIELDS = frozenset({"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"})
 
 
-def check_resume_compatible(ckpt: dict[str, Any], model_cfg: ModelConfig, cfg: TrainConfig, path: Path,
-                            ignore: frozenset[str] = frozenset()) -> None:
+def check_resume_compatible(
+    ckpt: dict[str, Any], model_cfg: ModelConfig, cfg: TrainConfig, path: Path, ignore: frozenset[str] = frozenset()
+) -> None:
     """A checkpoint only resumes into the same model and sequence length (the data position counts sequences)."""
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, this trainer reads {CHECKPOINT_FORMAT}")
     now = dataclasses.asdict(model_cfg)
-    diffs = [f"{k}: checkpoint {v!r} != now {now.get(k)!r}" for k, v in ckpt["model_config"].items()
-             if k not in ignore and now.get(k) != v]
+    diffs = [
+        f"{k}: checkpoint {v!r} != now {now.get(k)!r}"
+        for k, v in ckpt["model_config"].items()
+        if k not in ignore and now.get(k) != v
+    ]
     if diffs:
-        raise ValueError(f"cannot resume from {path}: the model config differs ({'; '.join(diffs)}); "
-                         "use the same --preset/--model/[model] settings, or a new --out")
+        raise ValueError(
+            f"cannot resume from {path}: the model config differs ({'; '.join(diffs)}); "
+            "use the same --preset/--model/[model] settings, or a new --out"
+        )
     if ckpt["train_config"]["seq_len"] != cfg.seq_len:
-        raise ValueError(f"cannot resume from {path}: seq_len {cfg.seq_len} != checkpoint's "
-                         f"{ckpt['train_config']['seq_len']} (the data position counts sequences of that length)")
+        raise ValueError(
+            f"cannot resume from {path}: seq_len {cfg.seq_len} != checkpoint's "
+            f"{ckpt['train_config']['seq_len']} (the data position counts sequences of that length)"
+        )
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -399,8 +454,17 @@ def plot_losses(metrics_path: Path, png: Path, title: str = "") -> bool:
 
 # ModelConfig fields that set parameter shapes (or tie them): an --init-from model keeps them. The others
 # (max_position_embeddings, rope_theta, num_experts_per_tok, ...) may be overridden with --model.
-_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                 "intermediate_size", "num_experts", "tie_word_embeddings")
+_SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "intermediate_size",
+    "num_experts",
+    "tie_word_embeddings",
+)
 
 
 def resolve_model_config(cfg: TrainConfig) -> tuple[ModelConfig, ModelConfig | None]:
@@ -414,16 +478,26 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[ModelConfig, ModelConfig | N
     init_cfg = ModelConfig.load(cfg.init_from)
     if cfg.preset:
         preset = get_config(cfg.preset)
-        diffs = [f"{k}: preset {getattr(preset, k)!r} != model {getattr(init_cfg, k)!r}"
-                 for k in _SHAPE_FIELDS if k != "vocab_size" and getattr(preset, k) != getattr(init_cfg, k)]
+        diffs = [
+            f"{k}: preset {getattr(preset, k)!r} != model {getattr(init_cfg, k)!r}"
+            for k in _SHAPE_FIELDS
+            if k != "vocab_size" and getattr(preset, k) != getattr(init_cfg, k)
+        ]
         if diffs:
-            raise ValueError(f"--preset {cfg.preset!r} does not match the --init-from model {cfg.init_from!r} "
-                             f"({'; '.join(diffs)}); drop --preset to use the model's own shapes")
-    diffs = [f"{k}={v!r} (model: {getattr(init_cfg, k)!r})" for k, v in cfg.model.items()
-             if k in _SHAPE_FIELDS and v != getattr(init_cfg, k)]
+            raise ValueError(
+                f"--preset {cfg.preset!r} does not match the --init-from model {cfg.init_from!r} "
+                f"({'; '.join(diffs)}); drop --preset to use the model's own shapes"
+            )
+    diffs = [
+        f"{k}={v!r} (model: {getattr(init_cfg, k)!r})"
+        for k, v in cfg.model.items()
+        if k in _SHAPE_FIELDS and v != getattr(init_cfg, k)
+    ]
     if diffs:
-        raise ValueError(f"--model {', '.join(diffs)} would change the shapes of the --init-from model's weights; "
-                         f"only {sorted(set(dataclasses.asdict(init_cfg)) - set(_SHAPE_FIELDS))} may change")
+        raise ValueError(
+            f"--model {', '.join(diffs)} would change the shapes of the --init-from model's weights; "
+            f"only {sorted(set(dataclasses.asdict(init_cfg)) - set(_SHAPE_FIELDS))} may change"
+        )
     return init_cfg.replace(**cfg.model), init_cfg
 
 
@@ -439,19 +513,24 @@ def load_init_state(cfg: TrainConfig) -> dict[str, torch.Tensor]:
 
 # ---- the loop -----------------------------------------------------------------------------------------------------
 
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns a summary. Raises ValueError (CorpusError) on bad input, before
     any long work."""
     cfg.validate()
     # ---- checks that need no data: fail in seconds, not after tokenizing ----
     if cfg.init_from and not os.path.isdir(cfg.init_from):
-        raise ValueError(f"--init-from {cfg.init_from!r} is not a directory (an exported model: config.json, "
-                         "model.safetensors, tokenizer.json)")
+        raise ValueError(
+            f"--init-from {cfg.init_from!r} is not a directory (an exported model: config.json, "
+            "model.safetensors, tokenizer.json)"
+        )
     model_cfg, init_cfg = resolve_model_config(cfg)
     if cfg.seq_len > model_cfg.max_position_embeddings:
         where = "the --init-from model" if init_cfg else f"preset {cfg.preset or 'small'!r}"
-        raise ValueError(f"seq_len={cfg.seq_len} > max_position_embeddings={model_cfg.max_position_embeddings} of "
-                         f"{where}; lower --seq-len or raise [model] max_position_embeddings")
+        raise ValueError(
+            f"seq_len={cfg.seq_len} > max_position_embeddings={model_cfg.max_position_embeddings} of "
+            f"{where}; lower --seq-len or raise [model] max_position_embeddings"
+        )
     spec = CorpusSpec(paths=cfg.data, collection=cfg.from_collection, data_dir=cfg.data_dir, pydoc=cfg.pydoc)
     spec.validate()
     out = Path(cfg.out)
@@ -464,8 +543,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # The vocabulary comes from the tokenizer (loaded later); everything else can be checked now.
         check_resume_compatible(ckpt, model_cfg, cfg, ckpt_path, ignore=_TOKENIZER_FIELDS)
     elif ckpt_path.exists():
-        raise ValueError(f"{out} already holds a training run ({CHECKPOINT}); pass --resume to continue it, "
-                         "or choose another --out")
+        raise ValueError(
+            f"{out} already holds a training run ({CHECKPOINT}); pass --resume to continue it, or choose another --out"
+        )
     # A resumed fine-tuning run continues from its own checkpoint; the init weights only seed step 0.
     init_state = load_init_state(cfg) if init_cfg is not None and ckpt is None else None
     if cfg.threads:
@@ -481,26 +561,38 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path, ckpt: dict | None,
-           info: DistInfo, init_cfg: ModelConfig | None = None,
-           init_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    spec: CorpusSpec,
+    out: Path,
+    ckpt: dict | None,
+    info: DistInfo,
+    init_cfg: ModelConfig | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the world size {info.world_size}")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     tok, shards = prepare_tokenizer_and_shards(cfg, model_cfg, spec, out, info)
     if init_cfg is not None and tok.vocab_size != init_cfg.vocab_size:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the --init-from model's embedding has "
-                         f"{init_cfg.vocab_size} rows; use the model's own tokenizer.json")
-    model_cfg = model_cfg.replace(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, bos_token_id=tok.bos_id,
-                                  pad_token_id=tok.pad_id)
+        raise ValueError(
+            f"the tokenizer has {tok.vocab_size} tokens but the --init-from model's embedding has "
+            f"{init_cfg.vocab_size} rows; use the model's own tokenizer.json"
+        )
+    model_cfg = model_cfg.replace(
+        vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, bos_token_id=tok.bos_id, pad_token_id=tok.pad_id
+    )
     if ckpt is not None:
         check_resume_compatible(ckpt, model_cfg, cfg, out / CHECKPOINT)
         if ckpt["tokenizer_hash"] != tokenizer_hash(tok):
             raise ValueError(f"cannot resume: {out}/tokenizer.json changed since the checkpoint was written")
         if ckpt["data_key"] != shards.meta["key"]:
-            raise ValueError("cannot resume: the corpus changed since the checkpoint (the saved data position would "
-                             "point into different shards); pass the same data, or start a new --out")
+            raise ValueError(
+                "cannot resume: the corpus changed since the checkpoint (the saved data position would "
+                "point into different shards); pass the same data, or start a new --out"
+            )
     n_train = shards.train.num_sequences(cfg.seq_len)
     if n_train < 1:
         raise CorpusError(f"the training split has {len(shards.train)} tokens, fewer than seq_len + 1")
@@ -512,8 +604,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
         raw_model.load_state_dict(init_state)  # strict: resolve_model_config kept every shape
         del init_state
     use_fused = info.device.type == "cuda"
-    optimizer = torch.optim.AdamW(param_groups(raw_model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), fused=use_fused)
+    optimizer = torch.optim.AdamW(
+        param_groups(raw_model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=use_fused
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     sampler = BatchSampler(n_train, cfg.batch_size, cfg.seed)
     step, tokens_seen, elapsed_before = 0, 0, 0.0
@@ -552,23 +645,43 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
             f.write("\n")
 
     def save_checkpoint() -> None:
-        atomic_save({
-            "format": CHECKPOINT_FORMAT, "step": step, "tokens": tokens_seen, "elapsed_s": elapsed,
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(),
-            "model_config": dataclasses.asdict(model_cfg), "train_config": cfg.to_dict(),
-            "tokenizer_hash": tokenizer_hash(tok), "data_key": shards.meta["key"],
-        }, out / CHECKPOINT)
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "step": step,
+                "tokens": tokens_seen,
+                "elapsed_s": elapsed,
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "sampler": sampler.state_dict(),
+                "rng": rng_state(),
+                "model_config": dataclasses.asdict(model_cfg),
+                "train_config": cfg.to_dict(),
+                "tokenizer_hash": tokenizer_hash(tok),
+                "data_key": shards.meta["key"],
+            },
+            out / CHECKPOINT,
+        )
 
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=cfg.quiet or not info.is_main, dynamic_ncols=True,
-               unit="step", file=sys.stderr)
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        disable=cfg.quiet or not info.is_main,
+        dynamic_ncols=True,
+        unit="step",
+        file=sys.stderr,
+    )
     if info.is_main and step == 0:
-        print(f"model: {raw_model.num_params() / 1e6:.2f}M params ({model_cfg.num_params(active=True) / 1e6:.2f}M "
-              f"active/token), vocab {tok.vocab_size}; data: {len(shards.train):,} train / {len(shards.val):,} val "
-              f"tokens; {cfg.batch_size * cfg.grad_accum * cfg.seq_len:,} tokens/step on {info.world_size} x "
-              f"{info.device}", file=sys.stderr)
+        print(
+            f"model: {raw_model.num_params() / 1e6:.2f}M params ({model_cfg.num_params(active=True) / 1e6:.2f}M "
+            f"active/token), vocab {tok.vocab_size}; data: {len(shards.train):,} train / {len(shards.val):,} val "
+            f"tokens; {cfg.batch_size * cfg.grad_accum * cfg.seq_len:,} tokens/step on {info.world_size} x "
+            f"{info.device}",
+            file=sys.stderr,
+        )
     model.train()
     elapsed = elapsed_before
     last = {}
@@ -581,10 +694,12 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
             counts = torch.zeros(model_cfg.num_layers, E)
             for micro in range(cfg.grad_accum):
                 idx = sampler.next_indices()[info.rank * per_rank : (info.rank + 1) * per_rank]  # this rank's slice
-                x, y = (t.to(info.device, non_blocking=True)
-                        for t in shards.train.batch(idx, cfg.seq_len, ignore_id=tok.pad_id))
-                sync = (not info.enabled or micro == cfg.grad_accum - 1)  # DDP all-reduces grads once per step
-                with (contextlib.nullcontext() if sync else model.no_sync()):
+                x, y = (
+                    t.to(info.device, non_blocking=True)
+                    for t in shards.train.batch(idx, cfg.seq_len, ignore_id=tok.pad_id)
+                )
+                sync = not info.enabled or micro == cfg.grad_accum - 1  # DDP all-reduces grads once per step
+                with contextlib.nullcontext() if sync else model.no_sync():
                     with autocast:
                         logits, router_logits = model(x, return_router_logits=True)  # (B, T, V), [(B*T, E)] * L
                     ce = cross_entropy_loss(logits, y)
@@ -597,8 +712,11 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
                     (loss / cfg.grad_accum).backward()
                 sums += torch.tensor([loss.item(), ce.item(), aux.item()], dtype=torch.float64)
                 counts += c.cpu()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
-                         else torch.zeros(()))
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+                if cfg.grad_clip > 0
+                else torch.zeros(())
+            )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -609,26 +727,37 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
             dt = time.perf_counter() - t0
             elapsed += dt
             share = counts / counts.sum(dim=1, keepdim=True)  # (L, E) share of routed assignments per expert
-            row = {"step": step, "loss": float(sums[0]), "ce_loss": float(sums[1]), "aux_loss": float(sums[2]),
-                   "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen,
-                   "tokens_per_s": step_tokens / dt, "elapsed_s": round(elapsed, 3),
-                   "epoch": round(sampler.epoch, 4),
-                   "expert_share": [[round(v, 4) for v in layer] for layer in share.tolist()]}
+            row = {
+                "step": step,
+                "loss": float(sums[0]),
+                "ce_loss": float(sums[1]),
+                "aux_loss": float(sums[2]),
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens": tokens_seen,
+                "tokens_per_s": step_tokens / dt,
+                "elapsed_s": round(elapsed, 3),
+                "epoch": round(sampler.epoch, 4),
+                "expert_share": [[round(v, 4) for v in layer] for layer in share.tolist()],
+            }
             if cfg.z_loss_coef > 0:
                 row["z_loss"] = z_sum / cfg.grad_accum
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 row["val_loss"] = evaluate(fwd_model, shards, cfg, info, autocast, tok.pad_id)
                 row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
                 if info.is_main and cfg.sample_tokens > 0:
-                    row["sample"] = greedy_sample(raw_model, tok, cfg.sample_prompt, cfg.sample_tokens,
-                                                  info.device, autocast)
-                    bar.write(f"step {step}: val_loss {row['val_loss']:.4f} (ppl {row['val_ppl']:.1f}) | "
-                              f"{row['sample']!r}")
+                    row["sample"] = greedy_sample(
+                        raw_model, tok, cfg.sample_prompt, cfg.sample_tokens, info.device, autocast
+                    )
+                    bar.write(
+                        f"step {step}: val_loss {row['val_loss']:.4f} (ppl {row['val_ppl']:.1f}) | {row['sample']!r}"
+                    )
             if info.is_main:
                 mf.write(json.dumps(row) + "\n")
                 mf.flush()
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
-                                refresh=False)
+                bar.set_postfix(
+                    loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False
+                )
                 bar.update(1)
                 if step % cfg.checkpoint_interval == 0 or step == cfg.max_steps:
                     save_checkpoint()
@@ -642,15 +771,23 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, spec: CorpusSpec, out: Path
         save_model(raw_model, out)  # config.json + model.safetensors (HF Mixtral names), fp32
         tok.save(out)
         base = f"from {Path(cfg.init_from).name}" if cfg.init_from else f"preset {cfg.preset or 'small'}"
-        plot_losses(metrics_path, out / PLOT, title=f"{out.name}: {base}, {E} experts top-"
-                                                   f"{model_cfg.num_experts_per_tok}")
+        plot_losses(
+            metrics_path, out / PLOT, title=f"{out.name}: {base}, {E} experts top-{model_cfg.num_experts_per_tok}"
+        )
     if info.enabled:
         import torch.distributed as dist
 
         dist.barrier()  # the export is on disk before any rank returns
-    return {"out": str(out), "step": step, "loss": last.get("loss"), "val_loss": last.get("val_loss"),
-            "tokens": tokens_seen, "elapsed_s": round(elapsed, 2), "params": raw_model.num_params(),
-            "active_params": model_cfg.num_params(active=True)}
+    return {
+        "out": str(out),
+        "step": step,
+        "loss": last.get("loss"),
+        "val_loss": last.get("val_loss"),
+        "tokens": tokens_seen,
+        "elapsed_s": round(elapsed, 2),
+        "params": raw_model.num_params(),
+        "active_params": model_cfg.num_params(active=True),
+    }
 
 
 def demo_config(out: str = "out/pydoc", max_steps: int = 1000, **overrides: Any) -> TrainConfig:

@@ -78,21 +78,31 @@ class TrainConfig:
     quiet: bool = False  # no progress bar
 
     def validate(self) -> None:
-        positive = ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
-                    "checkpoint_interval")
+        positive = (
+            "seq_len",
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_interval",
+            "eval_batches",
+            "checkpoint_interval",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, "
-                             f"min_lr_ratio={self.min_lr_ratio}")
+            raise ValueError(
+                f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}"
+            )
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.aux_loss_coef < 0 or self.z_loss_coef < 0:
             raise ValueError("warmup_steps, grad_clip, aux_loss_coef and z_loss_coef must be >= 0")
         if self.init_from and self.vocab_size:
-            raise ValueError("vocab_size trains a new tokenizer, but an init_from model keeps its vocabulary; "
-                             "drop vocab_size (or pass a tokenizer of the same size)")
+            raise ValueError(
+                "vocab_size trains a new tokenizer, but an init_from model keeps its vocabulary; "
+                "drop vocab_size (or pass a tokenizer of the same size)"
+            )
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         model_fields = {f.name for f in dataclasses.fields(ModelConfig)}

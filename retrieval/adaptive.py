@@ -31,7 +31,8 @@ import torch
 
 from retrieval.index import IVFPQIndex, PQIndex, resolve_backend, to_public
 from retrieval.pq import as_ids, as_matrix, check_metric, check_pq_params, default_device, divisors
-from retrieval.vectors import HalfStore, exact_search, rerank as rerank_candidates
+from retrieval.vectors import HalfStore, exact_search
+from retrieval.vectors import rerank as rerank_candidates
 
 KINDS = ("ivfpq", "pq", "flat")
 SNAPSHOT = "index.npz"
@@ -84,7 +85,7 @@ class IndexConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "IndexConfig":
+    def from_dict(cls, d: dict) -> IndexConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -177,12 +178,21 @@ class CollectionIndex:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"kind": self.config.kind, "trained": self.is_trained, "ntotal": self.ntotal,
-                    "d": self.d, "m": self.m, "nbits": self.config.nbits, "metric": self.config.metric,
-                    "nlist": getattr(self.index, "nlist", None), "nprobe": self.nprobe,
-                    "backend": self.index.backend if self.index is not None else None,
-                    "trained_size": self.trained_size, "min_train_size": self.min_train_size,
-                    "last_seq": self.last_seq}
+            return {
+                "kind": self.config.kind,
+                "trained": self.is_trained,
+                "ntotal": self.ntotal,
+                "d": self.d,
+                "m": self.m,
+                "nbits": self.config.nbits,
+                "metric": self.config.metric,
+                "nlist": getattr(self.index, "nlist", None),
+                "nprobe": self.nprobe,
+                "backend": self.index.backend if self.index is not None else None,
+                "trained_size": self.trained_size,
+                "min_train_size": self.min_train_size,
+                "last_seq": self.last_seq,
+            }
 
     # -- mutation
     def add(self, x, ids) -> None:
@@ -224,8 +234,10 @@ class CollectionIndex:
                 return
             need = self.ksub if self.config.kind == "pq" else max(self.ksub, self.config.nlist or 1)
             if self.ntotal < need:
-                raise ValueError(f"cannot train a {self.config.kind} index with nbits={self.config.nbits} "
-                                 f"on {self.ntotal} vectors: needs at least {need}")
+                raise ValueError(
+                    f"cannot train a {self.config.kind} index with nbits={self.config.nbits} "
+                    f"on {self.ntotal} vectors: needs at least {need}"
+                )
             self._train()
 
     def _train(self) -> None:
@@ -235,8 +247,17 @@ class CollectionIndex:
         ksub = self.ksub
         if c.kind == "ivfpq":
             nlist = c.nlist if c.nlist is not None else max(1, min(auto_nlist(n, c.min_points_per_centroid), n))
-            index = IVFPQIndex(self.d, nlist, self.m, c.nbits, c.metric, backend=c.backend, device=c.device,
-                               nprobe=c.nprobe or auto_nprobe(nlist), seed=c.seed)
+            index = IVFPQIndex(
+                self.d,
+                nlist,
+                self.m,
+                c.nbits,
+                c.metric,
+                backend=c.backend,
+                device=c.device,
+                nprobe=c.nprobe or auto_nprobe(nlist),
+                seed=c.seed,
+            )
         else:
             nlist = 0
             index = PQIndex(self.d, self.m, c.nbits, c.metric, backend=c.backend, device=c.device, seed=c.seed)
@@ -248,14 +269,15 @@ class CollectionIndex:
             train_rows = np.sort(gen.choice(rows, max_train, replace=False))
         index.train(self.store.get_rows(train_rows))
         for s in range(0, len(rows), 65536):
-            r = rows[s:s + 65536]
+            r = rows[s : s + 65536]
             index.add(self.store.get_rows(r), row_ids[r])
         self.index, self.trained_size = index, n
         self._exact = None  # searches go through the trained index from now on: free the copy
 
     # -- search
-    def search(self, xq, k: int, nprobe: int | None = None, allowed=None,
-               rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, xq, k: int, nprobe: int | None = None, allowed=None, rerank: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest ids for queries xq (nq, d) -> (D, I) numpy (nq, k) with faiss conventions.
 
         Exact while untrained (or kind "flat"); otherwise PQ / IVF-PQ candidates, re-ranked exactly from
@@ -264,8 +286,9 @@ class CollectionIndex:
         with self._lock:
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
                 raise ValueError(f"k must be a positive integer, got {k!r}")
-            if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer))
-                                       or nprobe < 1):
+            if nprobe is not None and (
+                isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1
+            ):
                 raise ValueError(f"nprobe must be a positive integer, got {nprobe!r}")
             q = as_matrix(xq, self.d, "query", device=self.device)
             metric = self.config.metric
@@ -348,17 +371,23 @@ class CollectionIndex:
         rows = self.store.live_rows()
         with open(self._vectors_path(gen, target), "wb") as f:
             for s in range(0, len(rows), 65536):
-                f.write(np.ascontiguousarray(self.store.view()[rows[s:s + 65536]], np.float16).tobytes())
+                f.write(np.ascontiguousarray(self.store.view()[rows[s : s + 65536]], np.float16).tobytes())
             f.flush()
             os.fsync(f.fileno())
         return gen, self.store.row_ids()[rows].copy()
 
     def _write_snapshot(self, target: str, gen: int, row_ids: np.ndarray) -> None:
-        meta = {"format": FORMAT_VERSION, "d": self.d, "config": self.config.to_dict(), "gen": gen,
-                "last_seq": self.last_seq, "trained_size": self.trained_size,
-                "trained": self.index is not None,
-                # the trained state is backend specific (a faiss blob or torch arrays): reload with the same one
-                "backend": self.index.backend if self.index is not None else None}
+        meta = {
+            "format": FORMAT_VERSION,
+            "d": self.d,
+            "config": self.config.to_dict(),
+            "gen": gen,
+            "last_seq": self.last_seq,
+            "trained_size": self.trained_size,
+            "trained": self.index is not None,
+            # the trained state is backend specific (a faiss blob or torch arrays): reload with the same one
+            "backend": self.index.backend if self.index is not None else None,
+        }
         arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), "row_ids": row_ids}
         if self.index is not None:
             arrays.update({f"index.{k}": v for k, v in self.index.state_dict().items()})
@@ -374,7 +403,7 @@ class CollectionIndex:
         _fsync_dir(target)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | None = None) -> "CollectionIndex":
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> CollectionIndex:
         """Open the snapshot in `path`; the index then keeps working (and saving) in that directory."""
         path = os.fspath(path)
         snap = os.path.join(path, SNAPSHOT)
@@ -402,11 +431,20 @@ class CollectionIndex:
             c, backend = config, meta["backend"]
             if c.kind == "ivfpq":
                 nlist = int(arrays["nlist"])
-                index = IVFPQIndex(self.d, nlist, self.m, c.nbits, c.metric, backend=backend, device=c.device,
-                                   nprobe=c.nprobe or auto_nprobe(nlist), seed=c.seed)
+                index = IVFPQIndex(
+                    self.d,
+                    nlist,
+                    self.m,
+                    c.nbits,
+                    c.metric,
+                    backend=backend,
+                    device=c.device,
+                    nprobe=c.nprobe or auto_nprobe(nlist),
+                    seed=c.seed,
+                )
             else:
                 index = PQIndex(self.d, self.m, c.nbits, c.metric, backend=backend, device=c.device, seed=c.seed)
-            state = {k[len("index."):]: v for k, v in arrays.items() if k.startswith("index.")}
+            state = {k[len("index.") :]: v for k, v in arrays.items() if k.startswith("index.")}
             index.load_state_dict(state)
             self.index = index
         for f in glob.glob(os.path.join(path, "vectors.*.f16")):

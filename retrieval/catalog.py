@@ -18,8 +18,9 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from retrieval.adaptive import IndexConfig
 from retrieval.chunker import ChunkerConfig
@@ -54,8 +55,10 @@ class Collections:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             self._lock_file.close()
-            raise RuntimeError(f"data directory {self.data_dir} is in use by another pqrag process "
-                               "(or another Collections object in this one); close it first") from exc
+            raise RuntimeError(
+                f"data directory {self.data_dir} is in use by another pqrag process "
+                "(or another Collections object in this one); close it first"
+            ) from exc
         self.device = device
         self.snapshot_every = snapshot_every
         self._lock = threading.Lock()
@@ -74,8 +77,7 @@ class Collections:
         return self.data_dir / INDEX_DIR / f"{cid}-{name}"
 
     def _open(self, row: Mapping[str, Any]) -> Collection:
-        return Collection(self._store, row, self._index_dir(row["cid"], row["name"]), self.device,
-                          self.snapshot_every)
+        return Collection(self._store, row, self._index_dir(row["cid"], row["name"]), self.device, self.snapshot_every)
 
     def _remove_orphan_index_dirs(self) -> None:
         """Index directories of collections deleted by a process that died before removing them."""
@@ -128,8 +130,13 @@ class Collections:
             index_dir = self._index_dir(cid, name)
             if index_dir.exists():  # cids are never reused, but be sure no stale snapshot is picked up
                 shutil.rmtree(index_dir)
-            row = {"cid": cid, "name": name, "config": config.to_dict(), "dimension": embedder.dimension,
-                   "created_at": now}
+            row = {
+                "cid": cid,
+                "name": name,
+                "config": config.to_dict(),
+                "dimension": embedder.dimension,
+                "created_at": now,
+            }
             coll = self._open(row)
             coll._embedder = embedder
             self._collections[name] = coll
@@ -185,7 +192,7 @@ class Collections:
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()
 
-    def __enter__(self) -> "Collections":
+    def __enter__(self) -> Collections:
         return self
 
     def __exit__(self, *exc) -> None:

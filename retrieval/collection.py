@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,16 +35,28 @@ from retrieval.embedder import Embedder, get_embedder
 from retrieval.errors import InvalidArgumentError, NotFoundError
 from retrieval.store import Document, Store, blobs_to_vectors, compile_filter, vectors_to_blobs
 from retrieval.validation import (
-    as_document, check_document, check_k, check_query_text, check_query_vector, check_search_options,
+    as_document,
+    check_document,
+    check_k,
+    check_query_text,
+    check_query_vector,
+    check_search_options,
 )
 
 __all__ = [
-    "Collection", "CollectionConfig", "Document", "Hit", "IngestResult", "SearchResult", "StoredChunk",
+    "Collection",
+    "CollectionConfig",
+    "Document",
+    "Hit",
+    "IngestResult",
+    "SearchResult",
+    "StoredChunk",
     "StoredDocument",
 ]
 
 
 # --- configuration and results -------------------------------------------------------------------
+
 
 @dataclass
 class CollectionConfig:
@@ -67,15 +80,23 @@ class CollectionConfig:
         return self.index.metric
 
     def to_dict(self) -> dict[str, Any]:
-        return {"embedder": self.embedder, "dimension": self.dimension,
-                "index": self.index.to_dict(), "chunker": dataclasses.asdict(self.chunker)}
+        return {
+            "embedder": self.embedder,
+            "dimension": self.dimension,
+            "index": self.index.to_dict(),
+            "chunker": dataclasses.asdict(self.chunker),
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CollectionConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> CollectionConfig:
         names = {f.name for f in dataclasses.fields(ChunkerConfig)}
         chunker = ChunkerConfig(**{k: v for k, v in (d.get("chunker") or {}).items() if k in names})
-        return cls(embedder=d.get("embedder"), dimension=d.get("dimension"),
-                   index=IndexConfig.from_dict(d.get("index") or {}), chunker=chunker)
+        return cls(
+            embedder=d.get("embedder"),
+            dimension=d.get("dimension"),
+            index=IndexConfig.from_dict(d.get("index") or {}),
+            chunker=chunker,
+        )
 
 
 @dataclass
@@ -148,11 +169,11 @@ class _Prepared:
 
 # --- one collection ------------------------------------------------------------------------------
 
+
 class Collection:
     """A named set of documents with its embedder, chunker and vector index. Made by `Collections`."""
 
-    def __init__(self, store: Store, row: Mapping[str, Any], index_dir: Path, device: str | None,
-                 snapshot_every: int):
+    def __init__(self, store: Store, row: Mapping[str, Any], index_dir: Path, device: str | None, snapshot_every: int):
         self._store = store
         self.cid: int = row["cid"]
         self.name: str = row["name"]
@@ -165,8 +186,9 @@ class Collection:
         self._embedder: Embedder | None = None
         self._embedder_lock = threading.Lock()
         self._closed = False
-        self._dix = DurableIndex(store, self.cid, self.name, self.dimension, self.config.index, index_dir,
-                                 snapshot_every)
+        self._dix = DurableIndex(
+            store, self.cid, self.name, self.dimension, self.config.index, index_dir, snapshot_every
+        )
 
     @property
     def restored_from(self) -> str:
@@ -227,8 +249,9 @@ class Collection:
                     f"document {i} (id {doc_id!r}) has no text the tokenizer can index (only control or "
                     "unknown characters?)"
                 )
-            prepared.append(_Prepared(doc_id, doc.text, meta, source, [(c.start, c.end) for c in chunks],
-                                      [c.text for c in chunks]))
+            prepared.append(
+                _Prepared(doc_id, doc.text, meta, source, [(c.start, c.end) for c in chunks], [c.text for c in chunks])
+            )
         texts = [t for p in prepared for t in p.chunk_texts]
         x = self.embedder.embed(texts)  # (n_chunks, d)
         blobs = vectors_to_blobs(x)
@@ -245,8 +268,16 @@ class Collection:
                 for p in prepared:
                     n = len(p.spans)
                     ids, old, replaced = self._store.put_document(
-                        conn, self.cid, p.doc_id, p.text, p.metadata_json, p.source, p.spans, p.chunk_texts,
-                        blobs[offset : offset + n], now,
+                        conn,
+                        self.cid,
+                        p.doc_id,
+                        p.text,
+                        p.metadata_json,
+                        p.source,
+                        p.spans,
+                        p.chunk_texts,
+                        blobs[offset : offset + n],
+                        now,
                     )
                     offset += n
                     new_ids.append(ids)
@@ -270,8 +301,16 @@ class Collection:
         chunks = None
         if row["chunks"] is not None:
             chunks = [StoredChunk(c["chunk_id"], c["text"], c["start"], c["end"]) for c in row["chunks"]]
-        return StoredDocument(row["id"], row["text"], row["metadata"], row["source"], row["chunk_count"], chunks,
-                              row["created_at"], row["updated_at"])
+        return StoredDocument(
+            row["id"],
+            row["text"],
+            row["metadata"],
+            row["source"],
+            row["chunk_count"],
+            chunks,
+            row["created_at"],
+            row["updated_at"],
+        )
 
     def delete_document(self, doc_id: str) -> int:
         """Remove a document from the store and the index; returns how many chunks it had."""
@@ -289,9 +328,15 @@ class Collection:
 
     # --- search ------------------------------------------------------------------------------------
 
-    def search(self, query: str | None = None, vector: np.ndarray | Sequence[float] | None = None, k: int = 10,
-               filter: Mapping[str, Any] | None = None, nprobe: int | None = None,
-               rerank: bool | None = None) -> SearchResult:
+    def search(
+        self,
+        query: str | None = None,
+        vector: np.ndarray | Sequence[float] | None = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        nprobe: int | None = None,
+        rerank: bool | None = None,
+    ) -> SearchResult:
         """The k chunks nearest to a query text (embedded here) or a query vector, best first.
 
         filter: metadata conditions on documents, applied inside the index search (so k hits come back
@@ -328,8 +373,9 @@ class Collection:
                 for i, d in found:
                     r = rows.get(i)
                     assert r is not None, f"index id {i} has no chunk row"
-                    hits.append(Hit(r["doc_id"], i, sign * d, r["text"], r["metadata"], r["source"],
-                                    r["start"], r["end"]))
+                    hits.append(
+                        Hit(r["doc_id"], i, sign * d, r["text"], r["metadata"], r["source"], r["start"], r["end"])
+                    )
         t2 = time.perf_counter()
         return SearchResult(hits, embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3)
 
@@ -341,9 +387,15 @@ class Collection:
         with self._lock:
             state, ntotal = self._dix.state, int(self._dix.index.ntotal)
         return {
-            "name": self.name, "document_count": n_docs, "chunk_count": n_chunks, "index_state": state,
-            "indexed_vectors": ntotal, "dimension": self.dimension, "metric": self.config.metric,
-            "embedder": self.config.embedder, "created_at": self.created_at,
+            "name": self.name,
+            "document_count": n_docs,
+            "chunk_count": n_chunks,
+            "index_state": state,
+            "indexed_vectors": ntotal,
+            "dimension": self.dimension,
+            "metric": self.config.metric,
+            "embedder": self.config.embedder,
+            "created_at": self.created_at,
         }
 
     def retrain(self) -> None:

@@ -30,8 +30,9 @@ log = logging.getLogger("pqrag.collection")
 
 
 class DurableIndex:
-    def __init__(self, store: Store, cid: int, name: str, dimension: int, config: IndexConfig, path: Path,
-                 snapshot_every: int):
+    def __init__(
+        self, store: Store, cid: int, name: str, dimension: int, config: IndexConfig, path: Path, snapshot_every: int
+    ):
         self._store = store
         self.cid = cid
         self.name = name  # for log messages
@@ -56,8 +57,12 @@ class DurableIndex:
             try:
                 return self._replay(CollectionIndex.load(self.path))
             except Exception as exc:  # partial, damaged, from another version, or out of step
-                log.warning("collection %s: index snapshot unusable (%s: %s); rebuilding from the store",
-                            self.name, type(exc).__name__, exc)
+                log.warning(
+                    "collection %s: index snapshot unusable (%s: %s); rebuilding from the store",
+                    self.name,
+                    type(exc).__name__,
+                    exc,
+                )
         return self._rebuild()
 
     def _replay(self, index: CollectionIndex) -> CollectionIndex:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -154,8 +154,7 @@ class Embedder:
     device: "cpu", "cuda", "cuda:1"...; None = CUDA when available.
     """
 
-    def __init__(self, model_path: str | None = None, device: str | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, model_path: str | None = None, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_path = resolve_model_path(model_path)
@@ -192,7 +191,10 @@ class Embedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with self._m.lock:
             x = self._m.model.encode(
-                texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
                 show_progress_bar=False,
             )
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -218,7 +220,8 @@ class Embedder:
         return f"Embedder({self.model_path!r}, device={self.device!r}, d={self.dimension})"
 
 
-def get_embedder(model_path: str | None = None, device: str | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> Embedder:
+def get_embedder(
+    model_path: str | None = None, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Embedder:
     """An Embedder on the process-wide model cache (the first call per (path, device) loads it)."""
     return Embedder(model_path, device=device, batch_size=batch_size)

@@ -19,8 +19,17 @@ except ImportError:  # pragma: no cover
 class FaissIndex:
     """A faiss index with external ids; filters via SearchParameters(sel=IDSelectorBatch)."""
 
-    def __init__(self, kind: str, d: int, metric: str, nlist: int = 0, m: int = 0, nbits: int = 8,
-                 seed: int = 0, device: torch.device | None = None):
+    def __init__(
+        self,
+        kind: str,
+        d: int,
+        metric: str,
+        nlist: int = 0,
+        m: int = 0,
+        nbits: int = 8,
+        seed: int = 0,
+        device: torch.device | None = None,
+    ):
         self.kind, self.d, self.metric, self.nlist = kind, d, metric, nlist
         mt = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
         if kind == "ivfpq":
@@ -42,8 +51,9 @@ class FaissIndex:
 
     def train(self, x: torch.Tensor) -> None:
         if self.kind == "ivfpq" and x.shape[0] < self.nlist:
-            raise ValueError(f"training an IVF index with nlist={self.nlist} needs at least {self.nlist} "
-                             f"vectors, got {x.shape[0]}")
+            raise ValueError(
+                f"training an IVF index with nlist={self.nlist} needs at least {self.nlist} vectors, got {x.shape[0]}"
+            )
         self.index.train(x.cpu().numpy())
 
     def _changed(self) -> None:
@@ -82,10 +92,12 @@ class FaissIndex:
                 short = np.flatnonzero((I >= 0).sum(1) < min(k, len(allowed)))
                 if len(short):  # probed lists held too few allowed vectors: scan every list
                     D[short], I[short] = self.index.search(
-                        qn[short], k, params=faiss.SearchParametersIVF(nprobe=self.nlist, sel=sel))
+                        qn[short], k, params=faiss.SearchParametersIVF(nprobe=self.nlist, sel=sel)
+                    )
         else:
-            D, I = self._search_index(qn, k, faiss.SearchParameters(sel=sel) if sel is not None else None,
-                                      gpu_ok=sel is None)
+            D, I = self._search_index(
+                qn, k, faiss.SearchParameters(sel=sel) if sel is not None else None, gpu_ok=sel is None
+            )
         return self._internal(D, I)
 
     def _internal(self, D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

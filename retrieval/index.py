@@ -74,9 +74,17 @@ class _Index:
 
     kind = ""
 
-    def __init__(self, d: int, metric: str = "ip", backend: str | None = None,
-                 device: str | torch.device | None = None, keep_vectors: bool = False,
-                 vectors_path: str | os.PathLike | None = None, rerank_factor: int = 4, nprobe: int = 1):
+    def __init__(
+        self,
+        d: int,
+        metric: str = "ip",
+        backend: str | None = None,
+        device: str | torch.device | None = None,
+        keep_vectors: bool = False,
+        vectors_path: str | os.PathLike | None = None,
+        rerank_factor: int = 4,
+        nprobe: int = 1,
+    ):
         if not isinstance(d, (int, np.integer)) or d <= 0:
             raise ValueError(f"dimension d must be a positive integer, got {d!r}")
         check_metric(metric)
@@ -84,8 +92,11 @@ class _Index:
             raise ValueError(f"rerank_factor must be an integer >= 1, got {rerank_factor!r}")
         self.d, self.metric = int(d), metric
         self.backend = resolve_backend(backend, device)
-        self.device = torch.device(device) if device is not None else (
-            default_device() if self.backend == "torch" else torch.device("cpu"))
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else (default_device() if self.backend == "torch" else torch.device("cpu"))
+        )
         self.rerank_factor = int(rerank_factor)
         self.nprobe = _check_positive(nprobe, "nprobe")
         self.store = HalfStore(d, vectors_path) if keep_vectors or vectors_path is not None else None
@@ -142,8 +153,9 @@ class _Index:
                 self.store.remove(present)
         return len(present)
 
-    def search(self, xq, k: int, nprobe: int | None = None, allowed=None,
-               rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, xq, k: int, nprobe: int | None = None, allowed=None, rerank: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours of xq (nq, d) -> (D, I) numpy (nq, k), faiss conventions (module docstring).
 
         nprobe: IVF lists to scan (default: the index's nprobe). allowed: int64 ids the results must come
@@ -223,8 +235,17 @@ class PQIndex(_Index):
 
     kind = "pq"
 
-    def __init__(self, d: int, m: int, nbits: int = 8, metric: str = "ip", backend: str | None = None,
-                 device: str | torch.device | None = None, seed: int = 0, **kw):
+    def __init__(
+        self,
+        d: int,
+        m: int,
+        nbits: int = 8,
+        metric: str = "ip",
+        backend: str | None = None,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        **kw,
+    ):
         check_pq_params(d, m, nbits)
         self.m, self.nbits, self.seed = m, nbits, seed
         super().__init__(d, metric, backend, device, **kw)
@@ -240,9 +261,19 @@ class IVFPQIndex(_Index):
 
     kind = "ivfpq"
 
-    def __init__(self, d: int, nlist: int, m: int, nbits: int = 8, metric: str = "ip",
-                 backend: str | None = None, device: str | torch.device | None = None, nprobe: int = 8,
-                 seed: int = 0, **kw):
+    def __init__(
+        self,
+        d: int,
+        nlist: int,
+        m: int,
+        nbits: int = 8,
+        metric: str = "ip",
+        backend: str | None = None,
+        device: str | torch.device | None = None,
+        nprobe: int = 8,
+        seed: int = 0,
+        **kw,
+    ):
         check_pq_params(d, m, nbits)
         self.nlist = _check_positive(nlist, "nlist")
         self.m, self.nbits, self.seed = m, nbits, seed
@@ -250,6 +281,14 @@ class IVFPQIndex(_Index):
 
     def _make_impl(self):
         if self.backend == "faiss":
-            return FaissIndex("ivfpq", self.d, self.metric, nlist=self.nlist, m=self.m, nbits=self.nbits,
-                          seed=self.seed, device=self.device)
+            return FaissIndex(
+                "ivfpq",
+                self.d,
+                self.metric,
+                nlist=self.nlist,
+                m=self.m,
+                nbits=self.nbits,
+                seed=self.seed,
+                device=self.device,
+            )
         return TorchIVFPQ(self.d, self.nlist, self.m, self.nbits, self.metric, self.device, self.seed)

@@ -43,12 +43,12 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, max_block: int = 1 << 21) -
     dists = torch.empty(B, n, dtype=torch.float32, device=x.device)
     ct = centroids.transpose(1, 2)  # (B, d, k)
     for s in range(0, n, chunk):
-        xc = x[:, s:s + chunk]  # (B, c, d)
+        xc = x[:, s : s + chunk]  # (B, c, d)
         # ||x||^2 is constant per point, so argmin only needs ||c||^2 - 2 x.c
         part = torch.baddbmm(c_norm[:, None, :], xc, ct, alpha=-2.0)  # (B, c, k)
         val, lab = part.min(-1)
-        labels[:, s:s + chunk] = lab
-        dists[:, s:s + chunk] = (val + (xc * xc).sum(-1)).clamp_min_(0)
+        labels[:, s : s + chunk] = lab
+        dists[:, s : s + chunk] = (val + (xc * xc).sum(-1)).clamp_min_(0)
     return labels, dists
 
 

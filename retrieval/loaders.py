@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from retrieval.store import Document
 
@@ -65,8 +66,9 @@ def count_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> int:
     return sum(1 for f, _ in iter_files(paths) if f.suffix.lower() in SUPPORTED)
 
 
-def load_documents(paths: str | os.PathLike | Iterable[str | os.PathLike],
-                   on_skip: OnSkip | None = None) -> Iterator[Document]:
+def load_documents(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], on_skip: OnSkip | None = None
+) -> Iterator[Document]:
     """Documents from files and folders, one file at a time (JSON lines one record at a time)."""
     skip = on_skip or (lambda _msg: None)
     for path, root in iter_files(paths):
@@ -78,8 +80,9 @@ def relative_name(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
 
 
-def load_file(path: str | os.PathLike, root: str | os.PathLike | None = None,
-              on_skip: OnSkip | None = None) -> Iterator[Document]:
+def load_file(
+    path: str | os.PathLike, root: str | os.PathLike | None = None, on_skip: OnSkip | None = None
+) -> Iterator[Document]:
     """Documents of one file; ids and "source" are relative to root (default: the file's folder)."""
     path = Path(path)
     root = Path(root) if root is not None else path.parent
@@ -110,12 +113,12 @@ def load_file(path: str | os.PathLike, root: str | os.PathLike | None = None,
 
 # --- JSON ----------------------------------------------------------------------------------------
 
+
 def _is_scalar(v: Any) -> bool:
     return isinstance(v, (str, int, float, bool)) and not (isinstance(v, float) and v != v)
 
 
-def record_to_document(rec: dict[str, Any], default_id: str, base_meta: dict[str, Any],
-                       source: str) -> Document | None:
+def record_to_document(rec: dict[str, Any], default_id: str, base_meta: dict[str, Any], source: str) -> Document | None:
     """A JSON record -> Document (None when it has no text). Text: "title" + blank line + "text"."""
     text = rec.get("text")
     if not isinstance(text, str) or not text.strip():
@@ -134,8 +137,9 @@ def record_to_document(rec: dict[str, Any], default_id: str, base_meta: dict[str
     return Document(id=doc_id, text=text, metadata=meta, source=source)
 
 
-def json_records(path: Path, rel: str, file_type: str, base_meta: dict[str, Any],
-                 skip: OnSkip) -> Iterator[tuple[Any, str, dict[str, Any], str]]:
+def json_records(
+    path: Path, rel: str, file_type: str, base_meta: dict[str, Any], skip: OnSkip
+) -> Iterator[tuple[Any, str, dict[str, Any], str]]:
     """(record, default id, metadata, where) of every parsed record of a .json/.jsonl file; lines that are
     not JSON are reported to skip. Shared with the trainer (llm.data), which reads chat records from them."""
     if file_type == "jsonl":
@@ -162,20 +166,22 @@ def json_records(path: Path, rel: str, file_type: str, base_meta: dict[str, Any]
         yield data, rel, base_meta, rel
 
 
-def _json_documents(path: Path, rel: str, file_type: str, base_meta: dict[str, Any],
-                    skip: OnSkip) -> Iterator[Document]:
+def _json_documents(
+    path: Path, rel: str, file_type: str, base_meta: dict[str, Any], skip: OnSkip
+) -> Iterator[Document]:
     for rec, default_id, meta, where in json_records(path, rel, file_type, base_meta, skip):
         yield from _record(rec, default_id, meta, rel, where, skip)
 
 
-def _record(rec: Any, default_id: str, meta: dict[str, Any], source: str, where: str,
-            skip: OnSkip) -> Iterator[Document]:
+def _record(
+    rec: Any, default_id: str, meta: dict[str, Any], source: str, where: str, skip: OnSkip
+) -> Iterator[Document]:
     if not isinstance(rec, dict):
         skip(f"{where} (not a JSON object)")
         return
     doc = record_to_document(rec, default_id, meta, source)
     if doc is None:
-        skip(f"{where} (no \"text\" field)")
+        skip(f'{where} (no "text" field)')
         return
     yield doc
 
@@ -184,9 +190,41 @@ def _record(rec: Any, default_id: str, meta: dict[str, Any], source: str, where:
 
 _SKIP_TAGS = {"script", "style", "noscript", "template", "svg"}
 _BLOCK_TAGS = {
-    "address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "fieldset", "figcaption", "figure",
-    "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p",
-    "pre", "section", "table", "tr", "ul", "title", "caption", "details", "summary",
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hr",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "table",
+    "tr",
+    "ul",
+    "title",
+    "caption",
+    "details",
+    "summary",
 }
 _SPACES = re.compile(r"[ \t\r\f\v\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")

@@ -26,8 +26,16 @@ class ProductQuantizer:
     centroids: (m, ksub, dsub) float32 tensor on `device` (CUDA when available unless given).
     """
 
-    def __init__(self, d: int, m: int, nbits: int = 8, device: str | torch.device | None = None,
-                 seed: int = 0, niter: int = 25, max_points_per_centroid: int = 256):
+    def __init__(
+        self,
+        d: int,
+        m: int,
+        nbits: int = 8,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        niter: int = 25,
+        max_points_per_centroid: int = 256,
+    ):
         check_pq_params(d, m, nbits)
         self.d, self.m, self.nbits = d, m, nbits
         self.dsub = d // m
@@ -49,12 +57,14 @@ class ProductQuantizer:
         """(n, d) -> (m, n, dsub): one batch entry per sub-space."""
         return x.view(x.shape[0], self.m, self.dsub).transpose(0, 1)
 
-    def train(self, x) -> "ProductQuantizer":
+    def train(self, x) -> ProductQuantizer:
         """Train the m codebooks on x (n, d); needs n >= ksub (>= 39 * ksub for good codebooks)."""
         xt = as_matrix(x, self.d, "training data", device=self.device)
         if xt.shape[0] < self.ksub:
-            raise ValueError(f"training a PQ with nbits={self.nbits} needs at least {self.ksub} vectors, "
-                             f"got {xt.shape[0]} (use a smaller nbits or more data)")
+            raise ValueError(
+                f"training a PQ with nbits={self.nbits} needs at least {self.ksub} vectors, "
+                f"got {xt.shape[0]} (use a smaller nbits or more data)"
+            )
         self.centroids = kmeans(self._split(xt).contiguous(), self.ksub, self.kmeans_config).contiguous()
         return self
 
@@ -67,8 +77,8 @@ class ProductQuantizer:
         c = self._require_trained()
         codes = torch.empty(x.shape[0], self.m, dtype=torch.uint8, device=x.device)
         for s in range(0, x.shape[0], batch):
-            labels, _ = assign(self._split(x[s:s + batch]).contiguous(), c)  # (m, b)
-            codes[s:s + batch] = labels.t().to(torch.uint8)
+            labels, _ = assign(self._split(x[s : s + batch]).contiguous(), c)  # (m, b)
+            codes[s : s + batch] = labels.t().to(torch.uint8)
         return codes
 
     def decode(self, codes) -> np.ndarray:
@@ -135,8 +145,10 @@ def check_pq_params(d: int, m: int, nbits: int) -> None:
     if not isinstance(d, (int, np.integer)) or d <= 0:
         raise ValueError(f"dimension d must be a positive integer, got {d!r}")
     if not isinstance(m, (int, np.integer)) or m <= 0 or d % m != 0:
-        raise ValueError(f"m (number of sub-quantizers) must divide d={d}, got m={m!r}; "
-                         f"valid choices include {[v for v in divisors(d) if d // v >= 2][-6:]}")
+        raise ValueError(
+            f"m (number of sub-quantizers) must divide d={d}, got m={m!r}; "
+            f"valid choices include {[v for v in divisors(d) if d // v >= 2][-6:]}"
+        )
     if not isinstance(nbits, (int, np.integer)) or not 1 <= nbits <= 8:
         raise ValueError(f"nbits must be an integer in [1, 8] (codes are uint8), got {nbits!r}")
 

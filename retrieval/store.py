@@ -25,10 +25,11 @@ import json
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,7 @@ CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (cid, seq);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('schema_version', 1);
 """
 
+
 @dataclass
 class Document:
     """A document to ingest. id None: a UUID is assigned; a known id replaces that document.
@@ -113,8 +115,10 @@ def _scalar_condition(path: str, value: Any, field: str) -> tuple[str, list[Any]
     if isinstance(value, (int, float)):
         if value != value or value in (float("inf"), float("-inf")):
             raise InvalidArgumentError(f"filter on {field!r}: {value!r} is not a finite number; {FILTER_HELP}")
-        return ("(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) = ?)",
-                [path, path, value])
+        return (
+            "(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) = ?)",
+            [path, path, value],
+        )
     if isinstance(value, str):
         return "(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) = ?)", [path, path, value]
     raise InvalidArgumentError(
@@ -142,7 +146,7 @@ def compile_filter(filter: dict[str, Any] | None) -> tuple[str, list[Any]]:
                 raise InvalidArgumentError(
                     f"filter on {key!r} must have exactly one operator, got {sorted(spec)}; {FILTER_HELP}"
                 )
-            (op, value), = spec.items()
+            ((op, value),) = spec.items()
             if op == "$eq":
                 c, p = _scalar_condition(path, value, key)
             elif op == "$in":
@@ -166,6 +170,7 @@ def compile_filter(filter: dict[str, Any] | None) -> tuple[str, list[Any]]:
 
 # --- vectors -------------------------------------------------------------------------------------
 
+
 def vectors_to_blobs(x: np.ndarray) -> list[bytes]:
     """(n, d) float -> n float16 blobs."""
     x16 = np.ascontiguousarray(x, dtype=np.float16)
@@ -181,6 +186,7 @@ def blobs_to_vectors(blobs: list[bytes], d: int) -> np.ndarray:
 
 
 # --- the store -----------------------------------------------------------------------------------
+
 
 class Store:
     """SQLite store at `path`. Methods taking `conn` run inside a `write()` transaction."""
@@ -269,8 +275,9 @@ class Store:
 
     # --- collections -------------------------------------------------------------------------------
 
-    def insert_collection(self, conn: sqlite3.Connection, name: str, config: dict, dimension: int,
-                          created_at: float) -> int:
+    def insert_collection(
+        self, conn: sqlite3.Connection, name: str, config: dict, dimension: int, created_at: float
+    ) -> int:
         cur = conn.execute(
             "INSERT INTO collections (name, config, dimension, created_at) VALUES (?, ?, ?, ?)",
             (name, json.dumps(config, sort_keys=True), dimension, created_at),
@@ -278,12 +285,13 @@ class Store:
         return int(cur.lastrowid)
 
     def collection_rows(self) -> list[dict[str, Any]]:
-        rows = self._reader().execute(
-            "SELECT cid, name, config, dimension, created_at FROM collections ORDER BY name"
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute("SELECT cid, name, config, dimension, created_at FROM collections ORDER BY name")
+            .fetchall()
+        )
         return [
-            {"cid": r[0], "name": r[1], "config": json.loads(r[2]), "dimension": r[3], "created_at": r[4]}
-            for r in rows
+            {"cid": r[0], "name": r[1], "config": json.loads(r[2]), "dimension": r[3], "created_at": r[4]} for r in rows
         ]
 
     def collection_exists(self, conn: sqlite3.Connection, name: str) -> bool:
@@ -296,9 +304,19 @@ class Store:
 
     # --- documents ---------------------------------------------------------------------------------
 
-    def put_document(self, conn: sqlite3.Connection, cid: int, doc_id: str, text: str, metadata: str,
-                     source: str, spans: list[tuple[int, int]], chunk_texts: list[str], blobs: list[bytes],
-                     now: float) -> tuple[np.ndarray, np.ndarray, bool]:
+    def put_document(
+        self,
+        conn: sqlite3.Connection,
+        cid: int,
+        doc_id: str,
+        text: str,
+        metadata: str,
+        source: str,
+        spans: list[tuple[int, int]],
+        chunk_texts: list[str],
+        blobs: list[bytes],
+        now: float,
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
         """Insert or replace one document and its chunks. Returns (new chunk ids, old chunk ids, replaced).
 
         metadata: JSON text. spans: (start, end) per chunk. blobs: float16 vectors per chunk.
@@ -352,8 +370,16 @@ class Store:
             ).fetchone()
             if row is None:
                 return None
-            doc = {"id": doc_id, "text": row[0], "metadata": json.loads(row[1]), "source": row[2],
-                   "chunk_count": row[3], "created_at": row[4], "updated_at": row[5], "chunks": None}
+            doc = {
+                "id": doc_id,
+                "text": row[0],
+                "metadata": json.loads(row[1]),
+                "source": row[2],
+                "chunk_count": row[3],
+                "created_at": row[4],
+                "updated_at": row[5],
+                "chunks": None,
+            }
             if include_chunks:
                 doc["chunks"] = [
                     {"chunk_id": r[0], "start": r[1], "end": r[2], "text": r[3]}
@@ -395,14 +421,21 @@ class Store:
                 f"WHERE c.cid = ? AND c.id IN ({q})",
                 [cid, *part],
             ):
-                out[int(r[0])] = {"doc_id": r[1], "text": r[2], "start": r[3], "end": r[4],
-                                  "metadata": json.loads(r[5]), "source": r[6]}
+                out[int(r[0])] = {
+                    "doc_id": r[1],
+                    "text": r[2],
+                    "start": r[3],
+                    "end": r[4],
+                    "metadata": json.loads(r[5]),
+                    "source": r[6],
+                }
         return out
 
     # --- index rebuild and replay ------------------------------------------------------------------
 
-    def iter_vectors(self, cid: int, d: int, after_seq: int = 0,
-                     batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_vectors(
+        self, cid: int, d: int, after_seq: int = 0, batch: int = 8192
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids (n,), vectors (n, d) float32) of the chunks with id > after_seq, in id order, in batches."""
         conn = self._reader()
         last = after_seq

@@ -26,8 +26,9 @@ from retrieval.vectors import exact_search, merge_topk
 _SCAN_BUDGET = 1 << 18
 
 
-def adc_topk_torch(lut: torch.Tensor, codes: torch.Tensor, k: int, block: int = 1 << 16,
-                   qblock: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def adc_topk_torch(
+    lut: torch.Tensor, codes: torch.Tensor, k: int, block: int = 1 << 16, qblock: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k smallest of dist[q, i] = sum_j lut[q, j, codes[i, j]] (the kernels.pq_adc_topk contract).
 
     lut (nq, m, ksub) float32, codes (n, m) uint8 -> (values (nq, k) ascending, positions (nq, k) int64),
@@ -41,20 +42,20 @@ def adc_topk_torch(lut: torch.Tensor, codes: torch.Tensor, k: int, block: int = 
     out_i = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
     offs = (torch.arange(m, device=dev, dtype=torch.int32) * ksub)[None]  # (1, m)
     for qs in range(0, nq, qblock):
-        lq = lut[qs:qs + qblock]
+        lq = lut[qs : qs + qblock]
         # embedding_bag sums rows of w picked by the m offsets of each code: all queries of the block at once
         # an explicit copy: .contiguous() keeps the odd stride of a size-1 dim, which sends
         # embedding_bag down a ~30x slower path for a single query
         w = torch.empty(m * ksub, lq.shape[0], device=dev)  # (m * ksub, nqb)
         w.copy_(lq.permute(1, 2, 0).reshape(m * ksub, lq.shape[0]))
-        bv, bi = out_v[qs:qs + qblock], out_i[qs:qs + qblock]
+        bv, bi = out_v[qs : qs + qblock], out_i[qs : qs + qblock]
         for s in range(0, n, block):
-            idx = codes[s:s + block].to(torch.int32) + offs  # (b, m)
+            idx = codes[s : s + block].to(torch.int32) + offs  # (b, m)
             dist = F.embedding_bag(idx, w, mode="sum").t()  # (nqb, b)
             v, j = dist.topk(min(k, dist.shape[1]), dim=1, largest=False)  # partial top-k of the block
             bv, bi = merge_topk(bv, bi, v, j + s, k)
-        out_v[qs:qs + qblock, :bv.shape[1]] = bv
-        out_i[qs:qs + qblock, :bi.shape[1]] = bi
+        out_v[qs : qs + qblock, : bv.shape[1]] = bv
+        out_i[qs : qs + qblock, : bi.shape[1]] = bi
     return out_v, out_i
 
 
@@ -164,8 +165,11 @@ class TorchPQ(TorchFlat):
         return pad_results(v, torch.where(p >= 0, self.ids[p.clamp_min(0)], -1), k)
 
     def state_dict(self):
-        return {**{f"pq.{k}": v for k, v in self.pq.state_dict().items()},
-                "codes": self.codes.cpu().numpy(), "ids": self.ids.cpu().numpy()}
+        return {
+            **{f"pq.{k}": v for k, v in self.pq.state_dict().items()},
+            "codes": self.codes.cpu().numpy(),
+            "ids": self.ids.cpu().numpy(),
+        }
 
     def load_state_dict(self, s):
         self.pq.load_state_dict({"centroids": s["pq.centroids"]})
@@ -176,8 +180,17 @@ class TorchPQ(TorchFlat):
 class TorchIVFPQ:
     """Coarse k-means lists; codes/ids/extra stored contiguously sorted by list (CSR `offsets`)."""
 
-    def __init__(self, d: int, nlist: int, m: int, nbits: int, metric: str, device: torch.device, seed: int,
-                 coarse_niter: int = 10):
+    def __init__(
+        self,
+        d: int,
+        nlist: int,
+        m: int,
+        nbits: int,
+        metric: str,
+        device: torch.device,
+        seed: int,
+        coarse_niter: int = 10,
+    ):
         self.d, self.nlist, self.m, self.metric, self.device = d, nlist, m, metric, device
         self.pq = ProductQuantizer(d, m, nbits, device=device, seed=seed)
         # plain L2 k-means for both metrics: faiss trains an "ip" IVF spherically (unit centroids), which
@@ -198,8 +211,9 @@ class TorchIVFPQ:
 
     def train(self, x: torch.Tensor) -> None:
         if x.shape[0] < self.nlist:
-            raise ValueError(f"training an IVF index with nlist={self.nlist} needs at least {self.nlist} "
-                             f"vectors, got {x.shape[0]}")
+            raise ValueError(
+                f"training an IVF index with nlist={self.nlist} needs at least {self.nlist} vectors, got {x.shape[0]}"
+            )
         coarse = kmeans(x, self.nlist, self.coarse_config)
         labels, _ = assign(x[None], coarse[None])
         self.pq.train(x - coarse[labels[0]])  # residual codebooks, like faiss's by_residual
@@ -286,14 +300,15 @@ class TorchIVFPQ:
                     v[short], p[short] = self._scan_subset(lut, coarse_d, sub, short, k)
         return pad_results(v, torch.where(p >= 0, self.ids[p.clamp_min(0)], -1), k)
 
-    def _score(self, lut: torch.Tensor, qi: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor,
-               nq: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(
+        self, lut: torch.Tensor, qi: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor, nq: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Score candidate pairs (query qi, position pos), qi sorted; per-query top-k of the candidates.
 
         lut (nq, m, ksub) -> (dist (nq, k), positions (nq, k)), +inf / -1 where a query had < k candidates.
         """
         _, m, ksub = lut.shape
-        dt = torch.int32 if nq * m * ksub < 2 ** 31 else torch.int64
+        dt = torch.int32 if nq * m * ksub < 2**31 else torch.int64
         offs = (torch.arange(m, device=lut.device, dtype=dt) * ksub)[None]
         idx = self.codes[pos].to(dt) + offs + (qi.to(dt) * (m * ksub))[:, None]  # (total, m)
         w = torch.empty(lut.numel(), 1, device=lut.device)  # (nq * m * ksub, 1) with unit strides
@@ -319,23 +334,23 @@ class TorchIVFPQ:
     def _scan_probed(self, lut, probe, probe_d, mask, k):
         """Scan the nprobe lists of every query (only `mask`ed positions when a filter is given)."""
         nq, nprobe = probe.shape
-        sizes = (self.offsets[probe + 1] - self.offsets[probe])  # (nq, nprobe)
+        sizes = self.offsets[probe + 1] - self.offsets[probe]  # (nq, nprobe)
         per_q = max(1, int(sizes.sum(1).max()))
         qc = max(1, _SCAN_BUDGET // per_q)
         out_v = torch.empty(nq, k, device=self.device)
         out_p = torch.empty(nq, k, dtype=torch.int64, device=self.device)
         for s in range(0, nq, qc):
-            pr, sz = probe[s:s + qc], sizes[s:s + qc]
+            pr, sz = probe[s : s + qc], sizes[s : s + qc]
             lens = sz.reshape(-1)
             seg = torch.repeat_interleave(torch.arange(len(lens), device=self.device), lens)  # (total,)
             within = torch.arange(len(seg), device=self.device) - (lens.cumsum(0) - lens)[seg]
             pos = self.offsets[pr.reshape(-1)][seg] + within
             qi = seg // nprobe
-            bias = probe_d[s:s + qc].reshape(-1)[seg]
+            bias = probe_d[s : s + qc].reshape(-1)[seg]
             if mask is not None:
                 keep = mask[pos]
                 pos, qi, bias = pos[keep], qi[keep], bias[keep]
-            out_v[s:s + qc], out_p[s:s + qc] = self._score(lut[s:s + qc], qi, pos, bias, len(pr), k)
+            out_v[s : s + qc], out_p[s : s + qc] = self._score(lut[s : s + qc], qi, pos, bias, len(pr), k)
         return out_v, out_p
 
     def _scan_subset(self, lut, coarse_d, sub, queries, k):
@@ -345,11 +360,11 @@ class TorchIVFPQ:
         out_v = torch.empty(len(queries), k, device=self.device)
         out_p = torch.empty(len(queries), k, dtype=torch.int64, device=self.device)
         for s in range(0, len(queries), qc):
-            qs = queries[s:s + qc]
+            qs = queries[s : s + qc]
             qi = torch.arange(len(qs), device=self.device).repeat_interleave(len(sub))
             pos = sub.repeat(len(qs))
             bias = coarse_d[qs[qi], lists.repeat(len(qs))]
-            out_v[s:s + qc], out_p[s:s + qc] = self._score(lut[qs], qi, pos, bias, len(qs), k)
+            out_v[s : s + qc], out_p[s : s + qc] = self._score(lut[qs], qi, pos, bias, len(qs), k)
         return out_v, out_p
 
     def _search_grouped(self, lut_ip, probe, probe_d, k):
@@ -385,9 +400,14 @@ class TorchIVFPQ:
 
     def state_dict(self):
         self._consolidate()
-        return {"coarse": self.coarse.cpu().numpy(), "pq.centroids": self.pq.centroids.cpu().numpy(),
-                "codes": self.codes.cpu().numpy(), "ids": self.ids.cpu().numpy(),
-                "extra": self.extra.cpu().numpy(), "offsets": self.offsets.cpu().numpy()}
+        return {
+            "coarse": self.coarse.cpu().numpy(),
+            "pq.centroids": self.pq.centroids.cpu().numpy(),
+            "codes": self.codes.cpu().numpy(),
+            "ids": self.ids.cpu().numpy(),
+            "extra": self.extra.cpu().numpy(),
+            "offsets": self.offsets.cpu().numpy(),
+        }
 
     def load_state_dict(self, s):
         t = lambda a: torch.from_numpy(np.array(a)).to(self.device)  # noqa: E731 (copy, then move)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,9 +28,7 @@ MAX_K = 1000
 
 def validate_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidArgumentError(
-            f"invalid collection name {name!r}: use 1 to 64 letters, digits, '_' or '-'"
-        )
+        raise InvalidArgumentError(f"invalid collection name {name!r}: use 1 to 64 letters, digits, '_' or '-'")
     return name
 
 
@@ -48,10 +47,12 @@ def as_document(doc: Any, position: int) -> Document:
     if isinstance(doc, Mapping):
         unknown = set(doc) - {"id", "text", "metadata", "source"}
         if unknown:
-            raise InvalidArgumentError(f"document {position}: unknown fields {sorted(unknown)}; "
-                                       "use id, text, metadata, source")
-        return Document(id=doc.get("id"), text=doc.get("text"), metadata=doc.get("metadata") or {},
-                        source=doc.get("source") or "")
+            raise InvalidArgumentError(
+                f"document {position}: unknown fields {sorted(unknown)}; use id, text, metadata, source"
+            )
+        return Document(
+            id=doc.get("id"), text=doc.get("text"), metadata=doc.get("metadata") or {}, source=doc.get("source") or ""
+        )
     raise InvalidArgumentError(f"document {position} is a {type(doc).__name__}; pass Document objects or dicts")
 
 
@@ -83,8 +84,9 @@ def check_document(doc: Document, position: int) -> tuple[str, str, str]:
     try:
         meta = json.dumps(dict(doc.metadata), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
-        raise InvalidArgumentError(f"{label}: metadata must be JSON (strings, finite numbers, booleans, "
-                                   f"lists, objects): {exc}") from exc
+        raise InvalidArgumentError(
+            f"{label}: metadata must be JSON (strings, finite numbers, booleans, lists, objects): {exc}"
+        ) from exc
     if utf8_size(meta, f"{label}: the metadata") > MAX_METADATA_BYTES:
         raise InvalidArgumentError(f"{label}: metadata is larger than {MAX_METADATA_BYTES} bytes")
     source = doc.source if doc.source is not None else ""
@@ -102,8 +104,7 @@ def check_k(k: Any) -> int:
 
 def check_search_options(nprobe: Any, rerank: Any) -> tuple[int | None, bool | None]:
     """nprobe: a positive integer or None (the collection's default); rerank: a bool or None."""
-    if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer))
-                               or nprobe < 1):
+    if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1):
         raise InvalidArgumentError(f"nprobe must be a positive integer (or unset), got {nprobe!r}")
     if rerank is not None and not isinstance(rerank, bool):
         raise InvalidArgumentError(f"rerank must be true, false or unset, got {rerank!r}")

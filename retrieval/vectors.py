@@ -41,14 +41,17 @@ class IdLookup:
 
     def _merge(self) -> None:
         if len(self._pk):
-            self._keys, self._vals = self._sorted(np.concatenate([self._keys, self._pk]),
-                                                  np.concatenate([self._vals, self._pv]))
+            self._keys, self._vals = self._sorted(
+                np.concatenate([self._keys, self._pk]), np.concatenate([self._vals, self._pv])
+            )
             self._pk, self._pv = _EMPTY_I64, _EMPTY_I64
 
     def insert(self, keys: np.ndarray, vals: np.ndarray) -> None:
         """Keys must not be present yet (callers check with lookup first)."""
-        self._pk, self._pv = self._sorted(np.concatenate([self._pk, np.asarray(keys, np.int64)]),
-                                          np.concatenate([self._pv, np.asarray(vals, np.int64)]))
+        self._pk, self._pv = self._sorted(
+            np.concatenate([self._pk, np.asarray(keys, np.int64)]),
+            np.concatenate([self._pv, np.asarray(vals, np.int64)]),
+        )
         if len(self._pk) > max(4096, len(self._keys) // 8):
             self._merge()
 
@@ -99,7 +102,7 @@ class HalfStore:
         if self.path is None:
             data = np.zeros((capacity, self.d), dtype=np.float16)
             if self._data is not None:
-                data[:self.n_rows] = self._data[:self.n_rows]
+                data[: self.n_rows] = self._data[: self.n_rows]
             self._data = data
         else:
             if self._data is not None and isinstance(self._data, np.memmap):
@@ -111,7 +114,7 @@ class HalfStore:
                         f.truncate(capacity * self.d * 2)
                 self._data = np.memmap(self.path, dtype=np.float16, mode="r+", shape=(capacity, self.d))
         ids = np.full(capacity, -1, dtype=np.int64)
-        ids[:self.n_rows] = self._row_ids[:self.n_rows]
+        ids[: self.n_rows] = self._row_ids[: self.n_rows]
         self._row_ids = ids
 
     @property
@@ -142,8 +145,8 @@ class HalfStore:
             self._open(max(1024, 2 * self.capacity, self.n_rows + n))
         rows = np.arange(self.n_rows, self.n_rows + n, dtype=np.int64)
         xh = x.detach().to("cpu", torch.float16).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float16)
-        self._data[self.n_rows:self.n_rows + n] = xh
-        self._row_ids[self.n_rows:self.n_rows + n] = ids
+        self._data[self.n_rows : self.n_rows + n] = xh
+        self._row_ids[self.n_rows : self.n_rows + n] = ids
         self.n_rows += n
         self._lookup.insert(ids, rows)
         return rows
@@ -163,15 +166,15 @@ class HalfStore:
 
     def ids(self) -> np.ndarray:
         """Live ids in row order."""
-        r = self._row_ids[:self.n_rows]
+        r = self._row_ids[: self.n_rows]
         return r[r >= 0].copy()
 
     def row_ids(self) -> np.ndarray:
         """(n_rows,) id per row with -1 tombstones (a view: copy before mutating the store)."""
-        return self._row_ids[:self.n_rows]
+        return self._row_ids[: self.n_rows]
 
     def live_rows(self) -> np.ndarray:
-        return np.flatnonzero(self._row_ids[:self.n_rows] >= 0)
+        return np.flatnonzero(self._row_ids[: self.n_rows] >= 0)
 
     def get_rows(self, rows: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """rows (n,) -> float32 tensor (n, d)."""
@@ -190,7 +193,7 @@ class HalfStore:
         """(n_rows, d) float16 rows including tombstoned ones."""
         if self._data is None:
             return np.zeros((0, self.d), np.float16)
-        return self._data[:self.n_rows]
+        return self._data[: self.n_rows]
 
     @property
     def tombstones(self) -> int:
@@ -219,7 +222,7 @@ class HalfStore:
         self._lookup = IdLookup()
         if new_path is not None:
             self._open(len(live))
-            self._row_ids[:len(live)] = ids
+            self._row_ids[: len(live)] = ids
             self.n_rows = len(live)
             self._lookup.insert(ids, np.arange(len(live), dtype=np.int64))
         else:
@@ -262,8 +265,9 @@ def merge_topk(best_d: torch.Tensor, best_i: torch.Tensor, d: torch.Tensor, i: t
     return v, ci.gather(1, p)
 
 
-def exact_search(xq: torch.Tensor, xb, k: int, metric: str, rows: np.ndarray | None = None,
-                 block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_search(
+    xq: torch.Tensor, xb, k: int, metric: str, rows: np.ndarray | None = None, block: int = 1 << 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest rows of xb (numpy float16/float32 or tensor (n, d)) for xq (nq, d), in blocks.
 
     rows: restrict the search to these rows of xb. Returns (dist (nq, k) ascending, rows (nq, k) int64)
@@ -276,9 +280,9 @@ def exact_search(xq: torch.Tensor, xb, k: int, metric: str, rows: np.ndarray | N
     n = xb.shape[0] if rows is None else len(rows)
     block = max(1, min(block, (1 << 24) // max(1, nq)))
     for s in range(0, n, block):
-        r = np.arange(s, min(n, s + block)) if rows is None else rows[s:s + block]
+        r = np.arange(s, min(n, s + block)) if rows is None else rows[s : s + block]
         if rows is None:
-            chunk = xb[s:s + block]
+            chunk = xb[s : s + block]
         else:
             chunk = xb[torch.from_numpy(r).to(xb.device)] if isinstance(xb, torch.Tensor) else xb[r]
         if isinstance(chunk, torch.Tensor):
@@ -292,8 +296,9 @@ def exact_search(xq: torch.Tensor, xb, k: int, metric: str, rows: np.ndarray | N
     return best_d, best_i
 
 
-def rerank(store: HalfStore, xq: torch.Tensor, cand_ids: np.ndarray, k: int, metric: str,
-           qblock: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def rerank(
+    store: HalfStore, xq: torch.Tensor, cand_ids: np.ndarray, k: int, metric: str, qblock: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact distances from the float16 store for candidate ids (nq, k') -> the best k (dist, ids) numpy.
 
     Candidates of -1 or ids missing from the store are dropped (padded with +inf / -1).
@@ -303,18 +308,18 @@ def rerank(store: HalfStore, xq: torch.Tensor, cand_ids: np.ndarray, k: int, met
     out_i = np.full((nq, k), -1, dtype=np.int64)
     rows = store.rows_of(cand_ids)  # (nq, k')
     for s in range(0, nq, qblock):
-        r = rows[s:s + qblock]
+        r = rows[s : s + qblock]
         valid = r >= 0
         vec = store.get_rows(np.where(valid, r, 0).ravel(), xq.device).view(r.shape[0], kc, store.d)
-        q = xq[s:s + qblock]
+        q = xq[s : s + qblock]
         ip = torch.einsum("qkd,qd->qk", vec, q)
         dist = -ip if metric == "ip" else ((vec * vec).sum(-1) - 2 * ip + (q * q).sum(-1)[:, None]).clamp_min_(0)
         dist = dist.masked_fill(torch.from_numpy(~valid).to(dist.device), float("inf"))
         kk = min(k, kc)
         v, p = dist.topk(kk, dim=1, largest=False)
-        ids = np.take_along_axis(cand_ids[s:s + qblock], p.cpu().numpy(), 1)
+        ids = np.take_along_axis(cand_ids[s : s + qblock], p.cpu().numpy(), 1)
         v = v.cpu().numpy()
         ids[~np.isfinite(v)] = -1
-        out_d[s:s + qblock, :kk] = v
-        out_i[s:s + qblock, :kk] = ids
+        out_d[s : s + qblock, :kk] = v
+        out_i[s : s + qblock, :kk] = ids
     return out_d, out_i

@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 DEFAULT_DATA_DIR = os.environ.get("PQRAG_DATA_DIR", "data")
 DEFAULT_SERVER = os.environ.get("PQRAG_SERVER", "localhost:50051")
@@ -44,6 +45,7 @@ def _client(args):
 
 # --- serve ---------------------------------------------------------------------------------------
 
+
 def cmd_serve(args) -> int:
     import asyncio
 
@@ -53,11 +55,18 @@ def cmd_serve(args) -> int:
     model = None if args.no_generator else (args.model or default_model())
     if not args.no_generator and model is None:
         logging.getLogger("pqrag").warning(
-            "no generator: pass --model DIR (or set PQRAG_MODEL); serving retrieval only")
+            "no generator: pass --model DIR (or set PQRAG_MODEL); serving retrieval only"
+        )
     config = ServerConfig(
-        data_dir=args.data_dir, host=args.host, port=args.port, workers=args.workers,
-        metrics_port=args.metrics_port, max_message_bytes=args.max_message_mb * 1024 * 1024,
-        model=model, device=args.device, max_num_seqs=args.max_num_seqs,
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        metrics_port=args.metrics_port,
+        max_message_bytes=args.max_message_mb * 1024 * 1024,
+        model=model,
+        device=args.device,
+        max_num_seqs=args.max_num_seqs,
         kv_cache_memory=args.kv_cache_mb * 1024 * 1024 if args.kv_cache_mb else None,
     )
 
@@ -71,13 +80,21 @@ def cmd_serve(args) -> int:
 
 # --- collections ---------------------------------------------------------------------------------
 
+
 def cmd_collections(args) -> int:
     from service.client import collection_to_dict
 
     with _client(args) as c:
         if args.action == "create":
-            spec = {"kind": args.kind, "m": args.m, "nbits": args.nbits, "nlist": args.nlist,
-                    "nprobe": args.nprobe, "metric": args.metric, "backend": args.backend}
+            spec = {
+                "kind": args.kind,
+                "m": args.m,
+                "nbits": args.nbits,
+                "nlist": args.nlist,
+                "nprobe": args.nprobe,
+                "metric": args.metric,
+                "backend": args.backend,
+            }
             if args.no_rerank:
                 spec["rerank"] = False
             out = collection_to_dict(c.create_collection(args.name, embedder=args.embedder or "", **spec))
@@ -96,7 +113,9 @@ def cmd_collections(args) -> int:
             else:
                 print(f"{'NAME':24} {'DOCS':>8} {'CHUNKS':>8} {'DIM':>5}  INDEX")
                 for x in colls:
-                    print(f"{x['name']:24} {x['documents']:>8} {x['chunks']:>8} {x['dimension']:>5}  {x['index_state']}")
+                    print(
+                        f"{x['name']:24} {x['documents']:>8} {x['chunks']:>8} {x['dimension']:>5}  {x['index_state']}"
+                    )
         elif args.action == "delete":
             c.delete_collection(args.name)
             _print_json({"deleted": args.name}) if args.json else print(f"deleted collection {args.name}")
@@ -104,6 +123,7 @@ def cmd_collections(args) -> int:
 
 
 # --- ingest --------------------------------------------------------------------------------------
+
 
 def cmd_ingest(args) -> int:
     import grpc
@@ -130,8 +150,7 @@ def cmd_ingest(args) -> int:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                     raise
-        bar = tqdm(total=len(files), unit="file", disable=args.json or args.quiet, dynamic_ncols=True,
-                   file=sys.stderr)
+        bar = tqdm(total=len(files), unit="file", disable=args.json or args.quiet, dynamic_ncols=True, file=sys.stderr)
         chunks, ids, replaced, start = 0, [], 0, time.perf_counter()
         try:
             for ack in c.ingest(args.collection, documents()):
@@ -146,14 +165,22 @@ def cmd_ingest(args) -> int:
         finally:
             bar.close()
         elapsed = time.perf_counter() - start
-    summary = {"collection": args.collection, "documents": len(ids), "chunks": chunks, "replaced": replaced,
-               "seconds": round(elapsed, 3), "chunks_per_s": round(chunks / max(elapsed, 1e-9), 2),
-               "skipped": skipped}
+    summary = {
+        "collection": args.collection,
+        "documents": len(ids),
+        "chunks": chunks,
+        "replaced": replaced,
+        "seconds": round(elapsed, 3),
+        "chunks_per_s": round(chunks / max(elapsed, 1e-9), 2),
+        "skipped": skipped,
+    }
     if args.json:
         _print_json(summary)
     else:
-        print(f"ingested {len(ids)} documents ({chunks} chunks, {replaced} replaced) into {args.collection} "
-              f"in {elapsed:.1f}s ({summary['chunks_per_s']} chunks/s)")
+        print(
+            f"ingested {len(ids)} documents ({chunks} chunks, {replaced} replaced) into {args.collection} "
+            f"in {elapsed:.1f}s ({summary['chunks_per_s']} chunks/s)"
+        )
         for path in skipped:
             # The loader reports unsupported files as their bare path and other skips as "path (reason)".
             reason = "" if path.endswith(")") else " (unsupported file type)"
@@ -163,6 +190,7 @@ def cmd_ingest(args) -> int:
 
 # --- search and documents ------------------------------------------------------------------------
 
+
 def cmd_search(args) -> int:
     filt = None
     if args.filter:
@@ -171,8 +199,14 @@ def cmd_search(args) -> int:
         except json.JSONDecodeError as exc:
             raise SystemExit(f"error: --filter is not valid JSON: {exc}")
     with _client(args) as c:
-        resp = c.search_raw(args.collection, args.query, k=args.k, filter=filt, nprobe=args.nprobe,
-                            rerank=False if args.no_rerank else None)
+        resp = c.search_raw(
+            args.collection,
+            args.query,
+            k=args.k,
+            filter=filt,
+            nprobe=args.nprobe,
+            rerank=False if args.no_rerank else None,
+        )
     from service.client import hit_to_dict
 
     hits = [hit_to_dict(h) for h in resp.hits]
@@ -195,9 +229,14 @@ def cmd_documents(args) -> int:
     with _client(args) as c:
         if args.action == "get":
             d = c.get_document(args.collection, args.document_id, include_chunks=args.chunks)
-            out = {"id": d.id, "source": d.source, "metadata": struct_to_dict(d.metadata), "chunk_count": d.chunk_count,
-                   "text": d.text, "chunks": [{"id": ch.id, "start": ch.start, "end": ch.end, "text": ch.text}
-                                              for ch in d.chunks]}
+            out = {
+                "id": d.id,
+                "source": d.source,
+                "metadata": struct_to_dict(d.metadata),
+                "chunk_count": d.chunk_count,
+                "text": d.text,
+                "chunks": [{"id": ch.id, "start": ch.start, "end": ch.end, "text": ch.text} for ch in d.chunks],
+            }
             if args.json:
                 _print_json(out)
             else:
@@ -210,9 +249,15 @@ def cmd_documents(args) -> int:
 
 # --- ask and chat --------------------------------------------------------------------------------
 
+
 def _gen_params(args) -> dict[str, Any]:
-    return {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-            "seed": args.seed, "sampling_top_k": args.top_k_sampling}
+    return {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "sampling_top_k": args.top_k_sampling,
+    }
 
 
 def _filter(args) -> dict | None:
@@ -234,12 +279,16 @@ def _stream_answer(events, out=None) -> dict[str, Any]:
     if result["citations"]:
         out.write("\nsources:\n")
         for c in result["citations"]:
-            out.write(f"  [{c['number']}] {c['source'] or c['doc_id']} (chars {c['start']}-{c['end']}, "
-                      f"score {c['score']:.3f})\n")
+            out.write(
+                f"  [{c['number']}] {c['source'] or c['doc_id']} (chars {c['start']}-{c['end']}, "
+                f"score {c['score']:.3f})\n"
+            )
     f = result["final"]
     if f:
-        out.write(f"({f['completion_tokens']} tokens, {f['finish_reason']}; retrieval {f['retrieval_ms']:.0f} ms, "
-                  f"first token {f['time_to_first_token_ms']:.0f} ms, total {f['total_ms']:.0f} ms)\n")
+        out.write(
+            f"({f['completion_tokens']} tokens, {f['finish_reason']}; retrieval {f['retrieval_ms']:.0f} ms, "
+            f"first token {f['time_to_first_token_ms']:.0f} ms, total {f['total_ms']:.0f} ms)\n"
+        )
     return result
 
 
@@ -301,6 +350,7 @@ def cmd_health(args) -> int:
 
 # --- parser --------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pqrag", description="pqrag: product-quantized retrieval over gRPC")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -322,8 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-mb", type=int, default=16, help="largest request accepted")
     p.add_argument("--log-level", default="info")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--model", help="generator checkpoint directory (config.json, *.safetensors, tokenizer.json); "
-                                   "default $PQRAG_MODEL or the bundled models/pqrag-small")
+    g.add_argument(
+        "--model",
+        help="generator checkpoint directory (config.json, *.safetensors, tokenizer.json); "
+        "default $PQRAG_MODEL or the bundled models/pqrag-small",
+    )
     g.add_argument("--no-generator", action="store_true", help="serve retrieval only (ingestion/search nodes)")
     p.add_argument("--device", help="generator device (default: cuda when available, else cpu)")
     p.add_argument("--kv-cache-mb", type=int, default=None, help="KV-cache memory for the generator")
@@ -376,8 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "get":
             d.add_argument("--chunks", action="store_true", help="include chunks with their character spans")
 
-    for name, help, fn in (("ask", "answer a question from a collection, streaming", cmd_ask),
-                           ("chat", "an interactive conversation over a collection", cmd_chat)):
+    for name, help, fn in (
+        ("ask", "answer a question from a collection, streaming", cmd_ask),
+        ("chat", "an interactive conversation over a collection", cmd_chat),
+    ):
         p = client_cmd(name, help, fn)
         if name == "ask":
             p.add_argument("question")
@@ -394,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Everything after `train` goes to llm.train (`pqrag train --help` shows its options): prefix_chars without "-"
     # keeps this subparser from claiming the trainer's flags.
-    p = sub.add_parser("train", help="train the MoE generator (same options as python -m llm.train)",
-                       add_help=False, prefix_chars="\0")
+    p = sub.add_parser(
+        "train", help="train the MoE generator (same options as python -m llm.train)", add_help=False, prefix_chars="\0"
+    )
     p.add_argument("train_args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_train)
     return parser

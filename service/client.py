@@ -1,18 +1,19 @@
 """A small synchronous client for the pqrag API, used by the CLI, the demo and the tests.
 
-    with Client("localhost:50051") as c:
-        c.create_collection("docs")
-        for ack in c.ingest("docs", [{"id": "a", "text": "..."}]):
-            ...
-        hits = c.search("docs", "what is a list comprehension?", k=5)
-        for event in c.ask_stream("docs", "what is a list comprehension?", max_tokens=64):
-            ...                                     # context, then deltas, then final
-        result = c.ask("docs", "what is a list comprehension?")   # {"answer", "citations", "final"}
+with Client("localhost:50051") as c:
+    c.create_collection("docs")
+    for ack in c.ingest("docs", [{"id": "a", "text": "..."}]):
+        ...
+    hits = c.search("docs", "what is a list comprehension?", k=5)
+    for event in c.ask_stream("docs", "what is a list comprehension?", max_tokens=64):
+        ...                                     # context, then deltas, then final
+    result = c.ask("docs", "what is a list comprehension?")   # {"answer", "citations", "final"}
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,27 +37,48 @@ def document_message(doc: Any) -> documents_pb2.Document:
     """A Document from a dict (id/text/metadata/source) or any object with those attributes."""
     get = doc.get if isinstance(doc, dict) else (lambda k, default=None: getattr(doc, k, default))
     return documents_pb2.Document(
-        id=get("id") or "", text=get("text") or "", metadata=dict_to_struct(get("metadata") or {}),
+        id=get("id") or "",
+        text=get("text") or "",
+        metadata=dict_to_struct(get("metadata") or {}),
         source=get("source") or "",
     )
 
 
 def hit_to_dict(h: search_pb2.Hit) -> dict[str, Any]:
     return {
-        "doc_id": h.document_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text,
-        "metadata": struct_to_dict(h.metadata), "source": h.source, "start": h.start, "end": h.end,
+        "doc_id": h.document_id,
+        "chunk_id": h.chunk_id,
+        "score": h.score,
+        "text": h.text,
+        "metadata": struct_to_dict(h.metadata),
+        "source": h.source,
+        "start": h.start,
+        "end": h.end,
     }
 
 
 def citation_to_dict(c: rag_pb2.Citation) -> dict[str, Any]:
-    return {"number": c.number, "doc_id": c.document_id, "chunk_id": c.chunk_id, "score": c.score,
-            "source": c.source, "start": c.start, "end": c.end, "snippet": c.snippet}
+    return {
+        "number": c.number,
+        "doc_id": c.document_id,
+        "chunk_id": c.chunk_id,
+        "score": c.score,
+        "source": c.source,
+        "start": c.start,
+        "end": c.end,
+        "snippet": c.snippet,
+    }
 
 
 def final_to_dict(f: rag_pb2.AnswerEnd) -> dict[str, Any]:
-    return {"finish_reason": f.finish_reason, "prompt_tokens": f.prompt_tokens,
-            "completion_tokens": f.completion_tokens, "retrieval_ms": f.retrieval_ms,
-            "time_to_first_token_ms": f.time_to_first_token_ms, "total_ms": f.total_ms}
+    return {
+        "finish_reason": f.finish_reason,
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": f.completion_tokens,
+        "retrieval_ms": f.retrieval_ms,
+        "time_to_first_token_ms": f.time_to_first_token_ms,
+        "total_ms": f.total_ms,
+    }
 
 
 def generation_params(**params: Any) -> rag_pb2.GenerationParams:
@@ -68,8 +90,9 @@ def generation_params(**params: Any) -> rag_pb2.GenerationParams:
     return rag_pb2.GenerationParams(stop=list(stop), **{k: v for k, v in params.items() if v is not None})
 
 
-def collect_answer(events: Iterable[rag_pb2.AskResponse],
-                   on_delta: Callable[[str], None] | None = None) -> dict[str, Any]:
+def collect_answer(
+    events: Iterable[rag_pb2.AskResponse], on_delta: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """A whole Ask/Chat stream -> {"answer": str, "citations": [...], "final": {...}}; on_delta sees each text
     delta as it arrives (the CLI streams it to the terminal)."""
     out: dict[str, Any] = {"answer": "", "citations": [], "final": None}
@@ -88,22 +111,36 @@ def collect_answer(events: Iterable[rag_pb2.AskResponse],
 
 def collection_to_dict(c: collections_pb2.Collection) -> dict[str, Any]:
     return {
-        "name": c.name, "embedder": c.embedder or "default", "dimension": c.dimension,
-        "documents": c.document_count, "chunks": c.chunk_count, "index_state": c.index_state,
-        "index": {"kind": c.index.kind, "m": c.index.m, "nbits": c.index.nbits, "nlist": c.index.nlist,
-                  "nprobe": c.index.nprobe, "metric": c.index.metric, "rerank": c.index.rerank},
+        "name": c.name,
+        "embedder": c.embedder or "default",
+        "dimension": c.dimension,
+        "documents": c.document_count,
+        "chunks": c.chunk_count,
+        "index_state": c.index_state,
+        "index": {
+            "kind": c.index.kind,
+            "m": c.index.m,
+            "nbits": c.index.nbits,
+            "nlist": c.index.nlist,
+            "nprobe": c.index.nprobe,
+            "metric": c.index.metric,
+            "rerank": c.index.rerank,
+        },
     }
 
 
 class Client:
-    def __init__(self, target: str = DEFAULT_SERVER, timeout: float | None = 60.0,
-                 max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(
+        self, target: str = DEFAULT_SERVER, timeout: float | None = 60.0, max_message_bytes: int = 64 * 1024 * 1024
+    ):
         self.target = target
         self.timeout = timeout
         self.channel = grpc.insecure_channel(
             target,
-            options=[("grpc.max_send_message_length", max_message_bytes),
-                     ("grpc.max_receive_message_length", max_message_bytes)],
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
         )
         self.collections = collections_pb2_grpc.CollectionsStub(self.channel)
         self.documents = documents_pb2_grpc.DocumentsStub(self.channel)
@@ -114,7 +151,7 @@ class Client:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -131,7 +168,8 @@ class Client:
     def create_collection(self, name: str, embedder: str = "", **index: Any) -> collections_pb2.Collection:
         chunking = {k: index.pop(k) for k in ("chunk_tokens", "overlap_tokens") if k in index}
         coll = collections_pb2.Collection(
-            name=name, embedder=embedder,
+            name=name,
+            embedder=embedder,
             index=collections_pb2.IndexSpec(**{k: v for k, v in index.items() if v is not None}),
             chunking=collections_pb2.ChunkingSpec(**chunking),
         )
@@ -170,8 +208,9 @@ class Client:
 
     def get_document(self, collection: str, document_id: str, include_chunks: bool = False) -> documents_pb2.Document:
         return self.documents.GetDocument(
-            documents_pb2.GetDocumentRequest(collection=collection, document_id=document_id,
-                                             include_chunks=include_chunks),
+            documents_pb2.GetDocumentRequest(
+                collection=collection, document_id=document_id, include_chunks=include_chunks
+            ),
             timeout=self.timeout,
         )
 
@@ -181,9 +220,16 @@ class Client:
         )
 
     # search
-    def search_raw(self, collection: str, text: str | None = None, vector: list[float] | None = None,
-                   k: int | None = 10, filter: dict | None = None, nprobe: int = 0,
-                   rerank: bool | None = None) -> search_pb2.SearchResponse:
+    def search_raw(
+        self,
+        collection: str,
+        text: str | None = None,
+        vector: list[float] | None = None,
+        k: int | None = 10,
+        filter: dict | None = None,
+        nprobe: int = 0,
+        rerank: bool | None = None,
+    ) -> search_pb2.SearchResponse:
         req = search_pb2.SearchRequest(collection=collection, nprobe=nprobe)
         if k is not None:
             req.top_k = k
@@ -209,18 +255,26 @@ class Client:
             req.filter.CopyFrom(dict_to_struct(filter))
         req.params.CopyFrom(generation_params(**params))
 
-    def ask_stream(self, collection: str, question: str, top_k: int | None = None, filter: dict | None = None,
-                   **params: Any):
+    def ask_stream(
+        self, collection: str, question: str, top_k: int | None = None, filter: dict | None = None, **params: Any
+    ):
         """The raw AskResponse stream (a grpc call: iterate it, or .cancel() it). params: GenerationParams fields."""
         req = rag_pb2.AskRequest(collection=collection, question=question)
         self._rag_fields(req, top_k, filter, params)
         return self.rag.Ask(req, timeout=self.timeout)
 
-    def chat_stream(self, collection: str, messages: list[dict[str, str]], top_k: int | None = None,
-                    filter: dict | None = None, **params: Any):
-        req = rag_pb2.ChatRequest(collection=collection, messages=[
-            rag_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages
-        ])
+    def chat_stream(
+        self,
+        collection: str,
+        messages: list[dict[str, str]],
+        top_k: int | None = None,
+        filter: dict | None = None,
+        **params: Any,
+    ):
+        req = rag_pb2.ChatRequest(
+            collection=collection,
+            messages=[rag_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+        )
         self._rag_fields(req, top_k, filter, params)
         return self.rag.Chat(req, timeout=self.timeout)
 

@@ -36,6 +36,7 @@ def require_document_id(doc_id: str) -> str:
 
 # --- collections ---------------------------------------------------------------------------------
 
+
 def collection_config_from_proto(c: collections_pb2.Collection) -> tuple[str, CollectionConfig]:
     name = require_name(c.name)
     index = IndexConfig()
@@ -77,8 +78,14 @@ def collection_to_proto(coll) -> collections_pb2.Collection:
         embedder=cfg.embedder or "",
         dimension=int(stats["dimension"]),
         index=collections_pb2.IndexSpec(
-            kind=ix.kind, m=ix.m or 0, nbits=ix.nbits, nlist=ix.nlist or 0, nprobe=ix.nprobe or 0,
-            metric=ix.metric, backend=ix.backend or "", rerank=bool(ix.rerank),
+            kind=ix.kind,
+            m=ix.m or 0,
+            nbits=ix.nbits,
+            nlist=ix.nlist or 0,
+            nprobe=ix.nprobe or 0,
+            metric=ix.metric,
+            backend=ix.backend or "",
+            rerank=bool(ix.rerank),
         ),
         chunking=collections_pb2.ChunkingSpec(
             chunk_tokens=cfg.chunker.chunk_tokens, overlap_tokens=cfg.chunker.overlap_tokens
@@ -91,6 +98,7 @@ def collection_to_proto(coll) -> collections_pb2.Collection:
 
 
 # --- documents -----------------------------------------------------------------------------------
+
 
 def stream_collection(req: documents_pb2.IngestRequest, current: str, position: int) -> str:
     """The collection a streamed IngestRequest writes to: set on the first, the same (or empty) after."""
@@ -119,12 +127,17 @@ def document_to_proto(doc) -> documents_pb2.Document:
         for c in (doc.chunks or [])
     ]
     return documents_pb2.Document(
-        id=doc.id, text=doc.text, metadata=dict_to_struct(doc.metadata), source=doc.source or "",
-        chunk_count=int(doc.chunk_count), chunks=chunks,
+        id=doc.id,
+        text=doc.text,
+        metadata=dict_to_struct(doc.metadata),
+        source=doc.source or "",
+        chunk_count=int(doc.chunk_count),
+        chunks=chunks,
     )
 
 
 # --- search --------------------------------------------------------------------------------------
+
 
 def search_query_from_proto(req: search_pb2.SearchRequest) -> dict[str, Any]:
     """Keyword arguments for Collection.search, plus the collection name under "collection"."""
@@ -146,8 +159,14 @@ def search_query_from_proto(req: search_pb2.SearchRequest) -> dict[str, Any]:
 def search_result_to_proto(result) -> search_pb2.SearchResponse:
     hits = [
         search_pb2.Hit(
-            document_id=h.doc_id, chunk_id=int(h.chunk_id), score=float(h.score), text=h.text,
-            metadata=dict_to_struct(h.metadata), source=h.source or "", start=int(h.start), end=int(h.end),
+            document_id=h.doc_id,
+            chunk_id=int(h.chunk_id),
+            score=float(h.score),
+            text=h.text,
+            metadata=dict_to_struct(h.metadata),
+            source=h.source or "",
+            start=int(h.start),
+            end=int(h.end),
         )
         for h in result.hits
     ]

@@ -44,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="demo-data")
     parser.add_argument("--port", type=int, default=50051)
-    parser.add_argument("--keep-serving", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep the server up after the demo (default: when run from a terminal)")
+    parser.add_argument(
+        "--keep-serving",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the server up after the demo (default: when run from a terminal)",
+    )
     parser.add_argument("--model", default=None, help="generator checkpoint (default: the bundled model)")
     parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args(argv)
@@ -65,10 +69,15 @@ def main(argv: list[str] | None = None) -> int:
                 client.create_collection(COLLECTION)
                 ingest(client)
             info = client.get_collection(COLLECTION)
-            index = (f"IVF-PQ m={info.index.m}, nbits={info.index.nbits}" if info.index_state == "trained"
-                     else "exact search until there are enough vectors to train the PQ codebooks")
-            print(f"\ncollection {COLLECTION}: {info.document_count} documents, {info.chunk_count} chunks, "
-                  f"index {info.index_state} ({index})\n")
+            index = (
+                f"IVF-PQ m={info.index.m}, nbits={info.index.nbits}"
+                if info.index_state == "trained"
+                else "exact search until there are enough vectors to train the PQ codebooks"
+            )
+            print(
+                f"\ncollection {COLLECTION}: {info.document_count} documents, {info.chunk_count} chunks, "
+                f"index {info.index_state} ({index})\n"
+            )
             for q in QUESTIONS[: 1 if model else len(QUESTIONS)]:
                 if model:
                     print(f"Q: {q}\nA: ", end="", flush=True)

@@ -6,20 +6,34 @@ import subprocess
 import sys
 
 
-def start_server_process(data_dir: str, port: int = 0, host: str = "127.0.0.1",
-                         extra_args: tuple[str, ...] = (), quiet: bool = True) -> tuple[subprocess.Popen, str]:
+def start_server_process(
+    data_dir: str, port: int = 0, host: str = "127.0.0.1", extra_args: tuple[str, ...] = (), quiet: bool = True
+) -> tuple[subprocess.Popen, str]:
     """Returns (process, "HOST:PORT") once the server listens; raises RuntimeError if it exits instead.
 
     The server prints one "pqrag listening on HOST:PORT" line on stdout when it is ready, which also
     reports the port it chose when port is 0.
     """
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--host", host,
-           "--port", str(port), *extra_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *extra_args,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None, text=True)
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"pqrag serve exited with code {proc.returncode} before listening "
-                           f"(is {host}:{port} in use?); command: {' '.join(cmd)}")
+        raise RuntimeError(
+            f"pqrag serve exited with code {proc.returncode} before listening "
+            f"(is {host}:{port} in use?); command: {' '.join(cmd)}"
+        )
     return proc, line.strip().rsplit(" ", 1)[-1]

@@ -7,9 +7,9 @@ Prometheus scrapes it; `registry` is private to the server so tests can start se
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
@@ -20,35 +20,56 @@ class ServerMetrics:
 
     def __post_init__(self) -> None:
         self.requests = Counter(
-            "pqrag_rpc_requests", "RPCs handled, by method and status code",
-            ["method", "code"], registry=self.registry,
+            "pqrag_rpc_requests",
+            "RPCs handled, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "pqrag_rpc_latency_seconds", "RPC latency by method", ["method"], registry=self.registry,
+            "pqrag_rpc_latency_seconds",
+            "RPC latency by method",
+            ["method"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.ingested_documents = Counter(
-            "pqrag_ingested_documents", "Documents stored", ["collection"], registry=self.registry,
+            "pqrag_ingested_documents",
+            "Documents stored",
+            ["collection"],
+            registry=self.registry,
         )
         self.ingested_chunks = Counter(
-            "pqrag_ingested_chunks", "Chunks stored", ["collection"], registry=self.registry,
+            "pqrag_ingested_chunks",
+            "Chunks stored",
+            ["collection"],
+            registry=self.registry,
         )
         self.embed_seconds = Histogram(
-            "pqrag_search_embed_seconds", "Query embedding time", registry=self.registry,
+            "pqrag_search_embed_seconds",
+            "Query embedding time",
+            registry=self.registry,
         )
         self.search_seconds = Histogram(
-            "pqrag_search_index_seconds", "Index search time (after embedding)", registry=self.registry,
+            "pqrag_search_index_seconds",
+            "Index search time (after embedding)",
+            registry=self.registry,
         )
 
         self.rag_retrieval_seconds = Histogram(
-            "pqrag_rag_retrieval_seconds", "Rag: embedding + search before generation", registry=self.registry,
+            "pqrag_rag_retrieval_seconds",
+            "Rag: embedding + search before generation",
+            registry=self.registry,
         )
         self.rag_ttft_seconds = Histogram(
-            "pqrag_rag_time_to_first_token_seconds", "Rag: request start to the first answer text",
-            registry=self.registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            "pqrag_rag_time_to_first_token_seconds",
+            "Rag: request start to the first answer text",
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.rag_total_seconds = Histogram(
-            "pqrag_rag_total_seconds", "Rag: whole answer", registry=self.registry,
+            "pqrag_rag_total_seconds",
+            "Rag: whole answer",
+            registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.generated_tokens = Counter("pqrag_generated_tokens", "Answer tokens generated", registry=self.registry)

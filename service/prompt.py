@@ -37,8 +37,9 @@ class HitLike(Protocol):
 
 class TokenizerLike(Protocol):
     def encode(self, text: str) -> list[int]: ...
-    def apply_chat_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True,
-                            tokenize: bool = False) -> Any: ...
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True, tokenize: bool = False
+    ) -> Any: ...
 
 
 @dataclass
@@ -72,7 +73,7 @@ def merge_hits(hits: Sequence[HitLike]) -> list[Passage]:
         for h in doc_hits:
             if cur is not None and h.start <= cur.end:  # overlapping or touching: extend the passage
                 if h.end > cur.end:
-                    cur.text += h.text[cur.end - h.start:]
+                    cur.text += h.text[cur.end - h.start :]
                     cur.end = h.end
                 if h.score > cur.score:
                     cur.score, cur.chunk_id = h.score, h.chunk_id

@@ -44,10 +44,22 @@ def sampling_params_from_proto(p: rag_pb2.GenerationParams):
     from llm.sampler import SamplingParams
 
     # Greedy unless asked otherwise: a grounded answer should not change from one call to the next.
-    kw: dict[str, Any] = {"max_tokens": p.max_tokens if p.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
-                          "temperature": 0.0}
-    for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-                 "frequency_penalty", "seed", "min_tokens", "ignore_eos"):
+    kw: dict[str, Any] = {
+        "max_tokens": p.max_tokens if p.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
+        "temperature": 0.0,
+    }
+    for name in (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "min_tokens",
+        "ignore_eos",
+    ):
         if p.HasField(name):
             kw[name] = getattr(p, name)
     if p.stop:
@@ -64,7 +76,9 @@ def _query(req: rag_pb2.AskRequest | rag_pb2.ChatRequest, messages: list[dict[st
     if not 1 <= k <= MAX_TOP_K:
         raise InvalidArgumentError(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
     return AskQuery(
-        collection=convert.require_name(req.collection), messages=messages, top_k=k,
+        collection=convert.require_name(req.collection),
+        messages=messages,
+        top_k=k,
         filter=convert.struct_to_dict(req.filter) if req.HasField("filter") else None,
         params=sampling_params_from_proto(req.params),
     )
@@ -91,13 +105,21 @@ def chat_query_from_proto(req: rag_pb2.ChatRequest) -> AskQuery:
 
 
 def citation_protos(passages) -> rag_pb2.Context:
-    return rag_pb2.Context(citations=[
-        rag_pb2.Citation(
-            number=p.number, document_id=p.doc_id, chunk_id=int(p.chunk_id), score=float(p.score),
-            source=p.source or "", start=int(p.start), end=int(p.end), snippet=p.text,
-        )
-        for p in passages
-    ])
+    return rag_pb2.Context(
+        citations=[
+            rag_pb2.Citation(
+                number=p.number,
+                document_id=p.doc_id,
+                chunk_id=int(p.chunk_id),
+                score=float(p.score),
+                source=p.source or "",
+                start=int(p.start),
+                end=int(p.end),
+                snippet=p.text,
+            )
+            for p in passages
+        ]
+    )
 
 
 async def answer(base, llm, q: AskQuery):
@@ -139,7 +161,13 @@ async def answer(base, llm, q: AskQuery):
     total_ms = (time.perf_counter() - start) * 1e3
     ttft_ms = ttft_ms or total_ms  # an answer with no text: its first "token" is the end
     base.metrics.observe_generation(retrieval_ms / 1e3, ttft_ms / 1e3, total_ms / 1e3, n_out)
-    yield rag_pb2.AskResponse(final=rag_pb2.AnswerEnd(
-        finish_reason=finish_reason, prompt_tokens=len(prompt.token_ids), completion_tokens=n_out,
-        retrieval_ms=retrieval_ms, time_to_first_token_ms=ttft_ms, total_ms=total_ms,
-    ))
+    yield rag_pb2.AskResponse(
+        final=rag_pb2.AnswerEnd(
+            finish_reason=finish_reason,
+            prompt_tokens=len(prompt.token_ids),
+            completion_tokens=n_out,
+            retrieval_ms=retrieval_ms,
+            time_to_first_token_ms=ttft_ms,
+            total_ms=total_ms,
+        )
+    )

@@ -15,9 +15,10 @@ import functools
 import inspect
 import logging
 import signal
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -317,8 +318,7 @@ def load_generator(config: ServerConfig):
     except ValueError as exc:  # not started yet: no engine thread to stop
         raise ValueError(f"{config.model}: {exc} (serve it with --no-generator, or give it a pqrag tokenizer)") from exc
     llm.start()
-    log.info("generator %s loaded (%d layers, %d experts)", config.model, llm.config.num_layers,
-             llm.config.num_experts)
+    log.info("generator %s loaded (%d layers, %d experts)", config.model, llm.config.num_layers, llm.config.num_experts)
     return llm
 
 

@@ -4,6 +4,7 @@ TRITON_INTERPRET must be set before any @triton.jit function is defined; kernels
 so setting it here, at collection time, is early enough even when the rest of the suite imported triton already.
 Other test packages are unaffected: on CPU they go through the reference path of the dispatch.
 """
+
 import os
 
 import pytest

@@ -1,4 +1,5 @@
 """Shared helpers for the kernel tests: tolerances, comparisons, random paged caches."""
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,14 @@ def randn(*shape: int, g: torch.Generator, dtype: torch.dtype, device: str) -> t
 
 
 def paged_cache(
-    lens: list[int], block_size: int, hkv: int, d: int, *, g: torch.Generator, dtype: torch.dtype, device: str,
+    lens: list[int],
+    block_size: int,
+    hkv: int,
+    d: int,
+    *,
+    g: torch.Generator,
+    dtype: torch.dtype,
+    device: str,
     spare_blocks: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random caches whose blocks are handed to the sequences in a shuffled order -> k_cache, v_cache, tables, lens.

@@ -2,6 +2,7 @@
 
 On CPU the kernels run in the Triton interpreter on float32; on CUDA natively in fp32, fp16 and bf16.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -48,8 +49,10 @@ def test_forward_and_backward(B, T, S, H, Hkv, D, causal, device, poison):
         k, v = (randn(B, S, Hkv, D, g=g, dtype=dtype, device=device) for _ in range(2))
         do = randn(B, T, H, D, g=g, dtype=dtype, device=device)
         o, ref, grads, ref_grads = _fwd_bwd(
-            lambda q, k, v: fa.flash_attention(q, k, v, causal), lambda q, k, v: R.flash_attention(q, k, v, causal),
-            (q, k, v), do,
+            lambda q, k, v: fa.flash_attention(q, k, v, causal),
+            lambda q, k, v: R.flash_attention(q, k, v, causal),
+            (q, k, v),
+            do,
         )
         assert o.dtype == dtype and o.shape == q.shape
         assert rel_err(o, ref) < TOL[dtype], (dtype, rel_err(o, ref))
@@ -81,7 +84,8 @@ def test_varlen_forward_and_backward(device, poison):
         o, ref, grads, ref_grads = _fwd_bwd(
             lambda q, k, v: fa.flash_attention_varlen(q, k, v, cq, ck, max(lq), max(lk), causal),
             lambda q, k, v: R.flash_attention_varlen(q, k, v, cq, ck, max(lq), max(lk), causal),
-            (q, k, v), do,
+            (q, k, v),
+            do,
         )
         assert rel_err(o, ref) < TOL[torch.float32]
         for name, a, b in zip("qkv", grads, ref_grads):

@@ -3,6 +3,7 @@
 On CPU the kernels run in the Triton interpreter on float32; on CUDA natively in fp32, fp16 and bf16 with the
 production tiles.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,8 +26,12 @@ def _inputs(T, d, Fd, E, topk, *, g, dtype, device, skew=False):
     wg, wu = (randn(E, Fd, d, g=g, dtype=torch.float32, device=device).div_(math.sqrt(d)).to(dtype) for _ in range(2))
     wd = randn(E, d, Fd, g=g, dtype=torch.float32, device=device).div_(math.sqrt(Fd)).to(dtype)
     if skew:  # most tokens on expert 0: one expert spans several blocks, the others are nearly empty
-        ids = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(E - 1, generator=g)[: topk - 1] + 1])
-                           for _ in range(T)])
+        ids = torch.stack(
+            [
+                torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(E - 1, generator=g)[: topk - 1] + 1])
+                for _ in range(T)
+            ]
+        )
     else:
         ids = torch.stack([torch.randperm(E, generator=g)[:topk] for _ in range(T)])
     w = torch.rand(T, topk, generator=g)

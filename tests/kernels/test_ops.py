@@ -1,4 +1,5 @@
 """The dispatch in kernels/ops.py: backend choice, the PQRAG_KERNELS switch, both paths agreeing, no triton needed."""
+
 from __future__ import annotations
 
 import importlib
@@ -61,11 +62,16 @@ def test_every_op_through_the_dispatch(mode, monkeypatch, device):
     f32 = dict(g=g, dtype=torch.float32, device=device)
 
     q, k, v = randn(1, 9, 4, 32, **f32), randn(1, 12, 2, 32, **f32), randn(1, 12, 2, 32, **f32)
-    assert rel_err(kernels.flash_attention(q, k, v), R.flash_attention(q.double(), k.double(), v.double())) < TOL[torch.float32]
+    assert (
+        rel_err(kernels.flash_attention(q, k, v), R.flash_attention(q.double(), k.double(), v.double()))
+        < TOL[torch.float32]
+    )
 
     cq, ck = cu_seqlens([4, 5], device), cu_seqlens([6, 6], device)
     o = kernels.flash_attention_varlen(q[0], k[0], v[0], cq, ck, 5, 6)
-    assert rel_err(o, R.flash_attention_varlen(q[0].double(), k[0].double(), v[0].double(), cq, ck)) < TOL[torch.float32]
+    assert (
+        rel_err(o, R.flash_attention_varlen(q[0].double(), k[0].double(), v[0].double(), cq, ck)) < TOL[torch.float32]
+    )
 
     kc, vc, tables, sl = paged_cache([20, 7], 8, 2, 32, **f32)
     qd = randn(2, 4, 32, **f32)
@@ -87,7 +93,12 @@ def test_every_op_through_the_dispatch(mode, monkeypatch, device):
     values, _ = kernels.pq_adc_topk(lut, codes, 5)
     assert torch.allclose(values.cpu().double(), R.pq_adc_topk(lut.double(), codes, 5)[0].cpu(), atol=1e-5)
 
-    x, wg, wu, wd = randn(7, 32, **f32), randn(3, 48, 32, **f32) / 6, randn(3, 48, 32, **f32) / 6, randn(3, 32, 48, **f32) / 7
+    x, wg, wu, wd = (
+        randn(7, 32, **f32),
+        randn(3, 48, 32, **f32) / 6,
+        randn(3, 48, 32, **f32) / 6,
+        randn(3, 32, 48, **f32) / 7,
+    )
     ids = torch.stack([torch.randperm(3, generator=g)[:2] for _ in range(7)]).to(device)
     w = torch.rand(7, 2, generator=g).to(device)
     ref = R.fused_moe(x.double(), wg.double(), wu.double(), wd.double(), w.double(), ids)

@@ -1,4 +1,5 @@
 """Triton paged decode, paged chunked prefill and the KV-cache write against the float64 references."""
+
 from __future__ import annotations
 
 import importlib
@@ -94,7 +95,10 @@ def test_chunked_prefill_then_decode_matches_dense_attention(device, poison):
     # then decode one token; all against dense causal attention over the full sequence.
     g = gen()
     H, Hkv, D, bs, n = 4, 2, 32, 16, 45
-    q, k, v = randn(n, H, D, g=g, dtype=torch.float32, device=device), *(randn(n, Hkv, D, g=g, dtype=torch.float32, device=device) for _ in range(2))
+    q, k, v = (
+        randn(n, H, D, g=g, dtype=torch.float32, device=device),
+        *(randn(n, Hkv, D, g=g, dtype=torch.float32, device=device) for _ in range(2)),
+    )
     num_blocks = 8
     kc = torch.zeros(num_blocks, bs, Hkv, D, device=device)
     vc = torch.zeros_like(kc)

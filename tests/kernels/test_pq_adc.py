@@ -1,4 +1,5 @@
 """Triton PQ distance scan with per-tile top-k against the float64 reference."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """The plain-torch references against independent formulations: SDPA, dense gathers, brute force."""
+
 from __future__ import annotations
 
 import math
@@ -20,13 +21,20 @@ def _sdpa(q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
     mask = None
     if causal:
         mask = torch.ones(T, S, dtype=torch.bool).tril(S - T)
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    o = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale
+    )
     return o.transpose(1, 2)
 
 
 @pytest.mark.parametrize(
     "B,T,S,H,Hkv,D,causal",
-    [(2, 17, 17, 4, 4, 32, True), (1, 9, 30, 4, 2, 64, True), (2, 13, 21, 8, 2, 32, False), (1, 1, 40, 2, 1, 128, True)],
+    [
+        (2, 17, 17, 4, 4, 32, True),
+        (1, 9, 30, 4, 2, 64, True),
+        (2, 13, 21, 8, 2, 32, False),
+        (1, 1, 40, 2, 1, 128, True),
+    ],
 )
 def test_flash_attention_matches_sdpa(B, T, S, H, Hkv, D, causal):
     g = gen()
@@ -37,7 +45,10 @@ def test_flash_attention_matches_sdpa(B, T, S, H, Hkv, D, causal):
 
 def test_flash_attention_gradients_match_sdpa():
     g = gen()
-    q, k, v = (randn(2, n, h, 32, g=g, dtype=torch.float64, device="cpu").requires_grad_() for n, h in ((11, 4), (19, 2), (19, 2)))
+    q, k, v = (
+        randn(2, n, h, 32, g=g, dtype=torch.float64, device="cpu").requires_grad_()
+        for n, h in ((11, 4), (19, 2), (19, 2))
+    )
     do = randn(2, 11, 4, 32, g=g, dtype=torch.float64, device="cpu")
     ours = torch.autograd.grad(R.flash_attention(q, k, v, True), (q, k, v), do)
     theirs = torch.autograd.grad(_sdpa(q, k, v, True), (q, k, v), do)
@@ -80,7 +91,9 @@ def test_paged_references_match_contiguous_attention():
     o = R.paged_prefill_attention(q, kc, vc, tables, sl, cq)
     dec = R.paged_attention(q[cq[1:] - 1], kc, vc, tables, sl)
     for i, n in enumerate(lens):
-        rows = torch.cat([torch.arange(tables[i, j].item() * bs, tables[i, j].item() * bs + bs) for j in range(tables.shape[1])])[:n]
+        rows = torch.cat(
+            [torch.arange(tables[i, j].item() * bs, tables[i, j].item() * bs + bs) for j in range(tables.shape[1])]
+        )[:n]
         k = kc.reshape(-1, Hkv, D)[rows][None]
         v = vc.reshape(-1, Hkv, D)[rows][None]
         qi = q[cq[i] : cq[i + 1]][None]
@@ -111,7 +124,13 @@ def test_batched_paged_decode_matches_per_sequence(lens, H, Hkv, bs):
     kc, vc, tables, sl = paged_cache(lens, bs, Hkv, 32, g=g, dtype=torch.float64, device="cpu")
     q = randn(len(lens), H, 32, g=g, dtype=torch.float64, device="cpu")
     assert rel_err(R.paged_attention(q, kc, vc, tables, sl), _paged_decode_per_sequence(q, kc, vc, tables, sl)) < 1e-12
-    assert rel_err(R.paged_attention(q, kc, vc, tables, sl, 0.2), _paged_decode_per_sequence(q * 0.2 * math.sqrt(32), kc, vc, tables, sl)) < 1e-12
+    assert (
+        rel_err(
+            R.paged_attention(q, kc, vc, tables, sl, 0.2),
+            _paged_decode_per_sequence(q * 0.2 * math.sqrt(32), kc, vc, tables, sl),
+        )
+        < 1e-12
+    )
 
 
 def test_paged_decode_ignores_garbage_past_each_sequence():

@@ -23,9 +23,18 @@ ATOL = 1e-4
 def random_hf(tie: bool = False, seed: int = 0) -> MixtralForCausalLM:
     torch.manual_seed(seed)
     hc = MixtralConfig(
-        vocab_size=80, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, num_local_experts=3, num_experts_per_tok=2, tie_word_embeddings=tie,
-        max_position_embeddings=128, rope_parameters={"rope_type": "default", "rope_theta": 5000.0},
+        vocab_size=80,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=3,
+        num_experts_per_tok=2,
+        tie_word_embeddings=tie,
+        max_position_embeddings=128,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000.0},
         attn_implementation="eager",
     )
     hf = MixtralForCausalLM(hc).eval()

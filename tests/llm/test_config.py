@@ -31,9 +31,18 @@ def test_transformers_reads_and_writes_the_same_config(tmp_path):
 
 def test_legacy_and_foreign_configs():
     legacy = {  # transformers 4.x / Mistral's release: rope_theta at top level, no head_dim
-        "model_type": "mixtral", "vocab_size": 32000, "hidden_size": 4096, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "num_hidden_layers": 32, "intermediate_size": 14336, "rope_theta": 1e6,
-        "num_local_experts": 8, "num_experts_per_tok": 2, "eos_token_id": [2, 7], "sliding_window": None,
+        "model_type": "mixtral",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "num_hidden_layers": 32,
+        "intermediate_size": 14336,
+        "rope_theta": 1e6,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "eos_token_id": [2, 7],
+        "sliding_window": None,
     }
     cfg = ModelConfig.from_hf_dict(legacy)
     assert (cfg.head_dim, cfg.rope_theta, cfg.eos_token_id, cfg.tie_word_embeddings) == (128, 1e6, 2, False)

@@ -7,8 +7,8 @@ import json
 import os
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from llm.data import (
     BatchSampler,
@@ -24,8 +24,10 @@ from llm.data import (
 )
 from llm.train_config import config_from_dict, load_toml
 
-DOCS = [f"Document {i}: the {w} jumps over the lazy dog while the router balances experts." for i, w in
-        enumerate(["fox", "cat", "cow", "owl", "elk", "bee", "ant", "eel"] * 8)]
+DOCS = [
+    f"Document {i}: the {w} jumps over the lazy dog while the router balances experts."
+    for i, w in enumerate(["fox", "cat", "cow", "owl", "elk", "bee", "ant", "eel"] * 8)
+]
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +103,11 @@ def test_file_texts_reads_txt_md_jsonl(tmp_path):
 
 
 def test_chat_records_are_tokenized_with_the_chat_template(tok, tmp_path):
-    msgs = [{"role": "system", "content": "Answer from the passages."},
-            {"role": "user", "content": "Context:\n[1] the fox jumps<|end|>\n\nQuestion: what jumps?"},
-            {"role": "assistant", "content": "The fox jumps [1]"}]
+    msgs = [
+        {"role": "system", "content": "Answer from the passages."},
+        {"role": "user", "content": "Context:\n[1] the fox jumps<|end|>\n\nQuestion: what jumps?"},
+        {"role": "assistant", "content": "The fox jumps [1]"},
+    ]
     f = tmp_path / "sft.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in [{"messages": msgs}, {"text": "plain doc"}, {"id": 3}]) + "\n")
     docs = list(file_texts([f]))
@@ -121,10 +125,11 @@ def test_chat_records_are_tokenized_with_the_chat_template(tok, tmp_path):
 
 
 def test_chat_records_are_aligned_to_sequence_starts_with_ignored_padding(tok, tmp_path):
-    chats = [ChatRecord(({"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": "fox"}))
-             for i in range(12)]
-    lengths = {len(tok.apply_chat_template(c.messages, add_generation_prompt=False, tokenize=True)) + 1
-               for c in chats}
+    chats = [
+        ChatRecord(({"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": "fox"}))
+        for i in range(12)
+    ]
+    lengths = {len(tok.apply_chat_template(c.messages, add_generation_prompt=False, tokenize=True)) + 1 for c in chats}
     T = max(lengths) + 3  # every record fits a sequence; plain documents in between shift the offsets
     docs = [d for pair in zip(DOCS, chats) for d in pair]
     sh = build_shards(lambda: iter(docs), tok, tmp_path, min_val_tokens=T + 1, val_fraction=0.2, align=T)
@@ -156,8 +161,9 @@ def test_collection_texts_reads_documents_from_the_store(tmp_path):
     with store.write() as conn:
         cid = store.insert_collection(conn, "notes", {}, 4, 0.0)
         for i, text in enumerate(["first document", "second document"]):
-            store.put_document(conn, cid, f"d{i}", text, "{}", "", [(0, len(text))], [text],
-                               [np.zeros(4, np.float16).tobytes()], 0.0)
+            store.put_document(
+                conn, cid, f"d{i}", text, "{}", "", [(0, len(text))], [text], [np.zeros(4, np.float16).tobytes()], 0.0
+            )
     store.close()
     assert list(collection_texts("notes", tmp_path)) == ["first document", "second document"]
     with pytest.raises(CorpusError, match="not found"):
@@ -173,23 +179,24 @@ def test_pydoc_texts_starts_with_topics_then_stdlib_docstrings():
 
     first = [next(it) for _ in range(len(topics) + 3)]
     assert first[0] == topics[sorted(topics)[0]]
-    assert all(isinstance(t, str) and t.strip() for t in first[len(topics):])
+    assert all(isinstance(t, str) and t.strip() for t in first[len(topics) :])
 
 
 # ---- TOML config ----
+
 
 def test_toml_unknown_key_is_named(tmp_path):
     f = tmp_path / "train.toml"
     f.write_text('preset = "tiny"\nwarmup_step = 10\n')
     with pytest.raises(ValueError, match=r"unknown key 'warmup_step' \(did you mean 'warmup_steps'\?\)"):
         load_toml(f)
-    f.write_text('seq_len = 64\n[model]\nnum_expert = 1\n')
+    f.write_text("seq_len = 64\n[model]\nnum_expert = 1\n")
     with pytest.raises(ValueError, match=r"unknown model field 'num_expert' \(did you mean 'num_experts'\?\)"):
         load_toml(f)
     f.write_text('seq_len = "long"\n')
     with pytest.raises(ValueError, match="seq_len must be of type int"):
         load_toml(f)
-    f.write_text('seq_len = 64\nlr = 1\n[model]\nnum_layers = 3\n')
+    f.write_text("seq_len = 64\nlr = 1\n[model]\nnum_layers = 3\n")
     cfg = load_toml(f)
     assert cfg.seq_len == 64 and cfg.lr == 1.0 and cfg.model == {"num_layers": 3}
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
@@ -197,9 +204,11 @@ def test_toml_unknown_key_is_named(tmp_path):
 
 
 def test_assistant_only_loss_masks_chat_prompts(tok, tmp_path):
-    msgs = [{"role": "system", "content": "Answer from the passages."},
-            {"role": "user", "content": "[1] the fox jumps\n\nQuestion: what jumps?"},
-            {"role": "assistant", "content": "The fox jumps [1]"}]
+    msgs = [
+        {"role": "system", "content": "Answer from the passages."},
+        {"role": "user", "content": "[1] the fox jumps\n\nQuestion: what jumps?"},
+        {"role": "assistant", "content": "The fox jumps [1]"},
+    ]
     ids, gen = tok.apply_chat_template(msgs, add_generation_prompt=False, tokenize=True, return_assistant_mask=True)
     assert ids == tok.apply_chat_template(msgs, add_generation_prompt=False, tokenize=True)
     # the flagged tokens are exactly the answer and the <|end|> that stops it
@@ -212,8 +221,16 @@ def test_assistant_only_loss_masks_chat_prompts(tok, tmp_path):
 
     docs = [ChatRecord(tuple(msgs)), "plain doc", ChatRecord(tuple(msgs[1:]))]
     T = 64
-    sh = build_shards(lambda: iter(docs), tok, tmp_path / "a", min_val_tokens=T + 1, val_fraction=0.0, align=T,
-                      assistant_only=True, fingerprint="f")
+    sh = build_shards(
+        lambda: iter(docs),
+        tok,
+        tmp_path / "a",
+        min_val_tokens=T + 1,
+        val_fraction=0.0,
+        align=T,
+        assistant_only=True,
+        fingerprint="f",
+    )
     assert sh.meta["loss_mask"] and sh.meta["key"]["loss"] == "assistant_only"
     toks, flags = np.concatenate([sh.train.tokens, sh.val.tokens]), np.concatenate([sh.train.mask, sh.val.mask])
     assert len(toks) == len(flags)
@@ -223,6 +240,7 @@ def test_assistant_only_loss_masks_chat_prompts(tok, tmp_path):
     assert flags[at : at + len(plain) + 1].all()
     assert not flags[toks == tok.pad_id].any() and not flags[toks == tok.bos_id].any()
     assert flags.sum() == 2 * sum(gen) + len(plain) + 1
+
     def targets(shards):
         ys = [sd.batch(np.arange(sd.num_sequences(T)), T, ignore_id=tok.pad_id)[1] for sd in (shards.train, shards.val)]
         return torch.cat([y.reshape(-1) for y in ys])
@@ -235,8 +253,16 @@ def test_assistant_only_loss_masks_chat_prompts(tok, tmp_path):
     def unread():
         raise AssertionError("the corpus was read again")
 
-    again = build_shards(unread, tok, tmp_path / "a",
-                         min_val_tokens=T + 1, val_fraction=0.0, align=T, assistant_only=True, fingerprint="f")
+    again = build_shards(
+        unread,
+        tok,
+        tmp_path / "a",
+        min_val_tokens=T + 1,
+        val_fraction=0.0,
+        align=T,
+        assistant_only=True,
+        fingerprint="f",
+    )
     np.testing.assert_array_equal(again.train.mask, sh.train.mask)
     # train_on_prompt (assistant_only=False): no masks, every non-PAD target counts
     full = build_shards(lambda: iter(docs), tok, tmp_path / "b", min_val_tokens=T + 1, val_fraction=0.0, align=T)

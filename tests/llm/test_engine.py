@@ -51,7 +51,7 @@ def model(tok):
 
 @pytest.fixture(scope="module")
 def naive(model):
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def greedy(prompt: tuple[int, ...], n: int) -> list[int]:
         ids, out = list(prompt), []
         with torch.no_grad():
@@ -76,11 +76,14 @@ def assert_matches_naive(outs, naive):
         assert o.outputs[0].finish_reason == "length"
 
 
-@pytest.mark.parametrize("kw", [
-    dict(),  # everything in one step
-    dict(max_num_batched_tokens=7),  # chunked prefill: prompts span several steps, beside decodes
-    dict(max_num_seqs=2, enable_prefix_caching=False),  # continuous batching: requests join as others leave
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),  # everything in one step
+        dict(max_num_batched_tokens=7),  # chunked prefill: prompts span several steps, beside decodes
+        dict(max_num_seqs=2, enable_prefix_caching=False),  # continuous batching: requests join as others leave
+    ],
+)
 def test_greedy_equals_naive_loop(model, tok, naive, kw):
     llm = make_llm(model, tok, **kw)
     outs = llm.generate(PROMPTS, GREEDY)
@@ -166,7 +169,9 @@ def test_stop_strings_truncate(model, tok):
     text = base.text
     stop = text[6:9]
     assert len(stop) == 3
-    out = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=[stop, "\x00\x01"]))[0]
+    out = llm.generate(
+        PROMPTS[0], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=[stop, "\x00\x01"])
+    )[0]
     assert out.text == text[: text.find(stop)]
     assert out.outputs[0].finish_reason == "stop" and out.outputs[0].stop_reason == stop
     assert base.token_ids[: len(out.token_ids)] == out.token_ids
@@ -180,8 +185,7 @@ def test_stop_token_ids_and_min_tokens(model, tok, naive):
     stopped = llm.generate([prompt], SamplingParams(temperature=0, stop_token_ids=[first], max_tokens=12))[0]
     assert stopped.token_ids == [first] and stopped.outputs[0].finish_reason == "stop"
     assert stopped.outputs[0].stop_reason == first
-    held = llm.generate([prompt], SamplingParams(temperature=0, stop_token_ids=[first], min_tokens=5,
-                                                 max_tokens=12))[0]
+    held = llm.generate([prompt], SamplingParams(temperature=0, stop_token_ids=[first], min_tokens=5, max_tokens=12))[0]
     assert len(held.token_ids) >= 5 and first not in held.token_ids[:5]
 
 

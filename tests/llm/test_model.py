@@ -58,8 +58,11 @@ def test_overfits_a_batch_with_router_losses():
     for _ in range(15):
         logits, router_logits = model(ids[:, :-1], return_router_logits=True)
         ce = cross_entropy_loss(logits, ids[:, 1:])
-        loss = ce + 0.02 * load_balancing_loss(router_logits, cfg.num_experts, cfg.num_experts_per_tok) \
+        loss = (
+            ce
+            + 0.02 * load_balancing_loss(router_logits, cfg.num_experts, cfg.num_experts_per_tok)
             + 1e-3 * router_z_loss(router_logits)
+        )
         opt.zero_grad()
         loss.backward()
         if not losses:  # every parameter gets a gradient: router, all experts, norms, tied head

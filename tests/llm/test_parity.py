@@ -24,10 +24,19 @@ def make_pair(num_experts=4, top_k=2, kv_heads=2, tie=False, seed=0) -> tuple[Mi
     (the default 0.02 init makes every model look alike) so routing and attention actually matter."""
     torch.manual_seed(seed)
     hc = MixtralConfig(
-        vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=kv_heads, head_dim=16, num_local_experts=num_experts, num_experts_per_tok=top_k,
-        tie_word_embeddings=tie, max_position_embeddings=256,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attn_implementation="eager",
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        head_dim=16,
+        num_local_experts=num_experts,
+        num_experts_per_tok=top_k,
+        tie_word_embeddings=tie,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        attn_implementation="eager",
     )
     hf = MixtralForCausalLM(hc).eval()
     with torch.no_grad():

@@ -25,8 +25,10 @@ def _passages(user: str) -> dict[int, tuple[str, str]]:
     """{number: (topic, text)} of a rendered user turn."""
     context = user.split("\n\nQuestion: ")[0].removeprefix("Context:\n")
     marks = list(_PASSAGE.finditer(context))
-    return {int(m[1]): (m[2], context[m.end(): marks[i + 1].start() if i + 1 < len(marks) else len(context)])
-            for i, m in enumerate(marks)}
+    return {
+        int(m[1]): (m[2], context[m.end() : marks[i + 1].start() if i + 1 < len(marks) else len(context)])
+        for i, m in enumerate(marks)
+    }
 
 
 def test_examples_have_the_server_format_and_cite_the_passage_they_copy(chunks):
@@ -60,8 +62,9 @@ def test_records_round_trip_as_chat_records(chunks, tmp_path):
 
 
 def test_first_sentences_skip_headings_and_grammar():
-    text = ('The "for" statement\n*******************\n\n   for_stmt ::= "for" target_list "in" suite\n\n'
-            "The for statement is used to iterate over the elements of a sequence.\nThe end.  More text here.")
-    assert first_sentences(text) == ("The for statement is used to iterate over the elements of a sequence. "
-                                     "The end.")
+    text = (
+        'The "for" statement\n*******************\n\n   for_stmt ::= "for" target_list "in" suite\n\n'
+        "The for statement is used to iterate over the elements of a sequence.\nThe end.  More text here."
+    )
+    assert first_sentences(text) == ("The for statement is used to iterate over the elements of a sequence. The end.")
     assert first_sentences("   indented code only\n") is None

@@ -20,12 +20,28 @@ from llm.sampler import (
 V = 50
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(n=0), dict(max_tokens=0), dict(min_tokens=-1), dict(min_tokens=5, max_tokens=4), dict(temperature=-0.1),
-    dict(temperature=float("nan")), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-2), dict(min_p=1.5),
-    dict(repetition_penalty=0.0), dict(presence_penalty=3.0), dict(frequency_penalty=-2.5), dict(seed="x"),
-    dict(logprobs=-1), dict(stop=[""]), dict(stop_token_ids=[-1]),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(n=0),
+        dict(max_tokens=0),
+        dict(min_tokens=-1),
+        dict(min_tokens=5, max_tokens=4),
+        dict(temperature=-0.1),
+        dict(temperature=float("nan")),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_k=-2),
+        dict(min_p=1.5),
+        dict(repetition_penalty=0.0),
+        dict(presence_penalty=3.0),
+        dict(frequency_penalty=-2.5),
+        dict(seed="x"),
+        dict(logprobs=-1),
+        dict(stop=[""]),
+        dict(stop_token_ids=[-1]),
+    ],
+)
 def test_params_validation(kwargs):
     with pytest.raises(ValueError, match="SamplingParams"):
         SamplingParams(**kwargs)
@@ -57,11 +73,14 @@ def test_penalties_match_reference():
     prompts = [[1, 2, 3, 3], [4], [5, 6]]
     outputs = [[3, 7, 7, 7], [], [6, 6, 9]]
     rep, pres, freq = [1.3, 1.0, 0.8], [0.5, 0.0, -0.3], [0.2, 1.0, 0.7]
-    params = [SamplingParams(repetition_penalty=r, presence_penalty=p, frequency_penalty=f)
-              for r, p, f in zip(rep, pres, freq)]
+    params = [
+        SamplingParams(repetition_penalty=r, presence_penalty=p, frequency_penalty=f)
+        for r, p, f in zip(rep, pres, freq)
+    ]
     b = make_batch(params, V, prompts, outputs)
-    got = apply_penalties(logits, b.prompt_ids, b.output_ids, b.repetition_penalty, b.presence_penalty,
-                          b.frequency_penalty)
+    got = apply_penalties(
+        logits, b.prompt_ids, b.output_ids, b.repetition_penalty, b.presence_penalty, b.frequency_penalty
+    )
     torch.testing.assert_close(got, ref_penalties(logits, prompts, outputs, rep, pres, freq))
 
 
@@ -79,8 +98,14 @@ def ref_top_k_top_p(row: torch.Tensor, k: int, p: float) -> torch.Tensor:
     return torch.tensor([row[j].item() if j in keep else -math.inf for j in range(row.shape[0])])
 
 
-@pytest.mark.parametrize("ks,ps", [([V, 5, 1, 20], [1.0, 1.0, 1.0, 1.0]), ([V, V, V, V], [0.9, 0.5, 0.01, 1.0]),
-                                   ([10, 3, V, 7], [0.8, 0.3, 0.6, 1.0])])
+@pytest.mark.parametrize(
+    "ks,ps",
+    [
+        ([V, 5, 1, 20], [1.0, 1.0, 1.0, 1.0]),
+        ([V, V, V, V], [0.9, 0.5, 0.01, 1.0]),
+        ([10, 3, V, 7], [0.8, 0.3, 0.6, 1.0]),
+    ],
+)
 def test_top_k_top_p_match_reference(ks, ps):
     logits = torch.randn(4, V, generator=torch.Generator().manual_seed(1)) * 2
     got = apply_top_k_top_p(logits, torch.tensor(ks), torch.tensor(ps))
@@ -114,8 +139,12 @@ def test_random_sample_distribution_and_seeds():
 
 def test_sampler_greedy_banned_and_logprobs():
     logits = torch.randn(4, V, generator=torch.Generator().manual_seed(3))
-    params = [SamplingParams(temperature=0, logprobs=3), SamplingParams(temperature=0.8, top_k=1),
-              SamplingParams(temperature=0), SamplingParams(temperature=1.0, seed=5, logprobs=0)]
+    params = [
+        SamplingParams(temperature=0, logprobs=3),
+        SamplingParams(temperature=0.8, top_k=1),
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=1.0, seed=5, logprobs=0),
+    ]
     best = logits.argmax(-1)
     banned = [[], [], [int(best[2])], []]
     b = make_batch(params, V, generators=[None, None, None, torch.Generator().manual_seed(5)], banned_ids=banned)

@@ -22,9 +22,29 @@ from llm.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 # tiny model, 32-token sequences, batch 4: a step is a few ms; every path (MoE aux loss, eval, sample) runs.
-BASE = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "4", "--vocab-size", "300", "--warmup-steps", "2",
-        "--eval-interval", "4", "--eval-batches", "2", "--sample-tokens", "4", "--threads", "1", "--quiet",
-        "--device", "cpu"]
+BASE = [
+    "--preset",
+    "tiny",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--vocab-size",
+    "300",
+    "--warmup-steps",
+    "2",
+    "--eval-interval",
+    "4",
+    "--eval-batches",
+    "2",
+    "--sample-tokens",
+    "4",
+    "--threads",
+    "1",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +127,34 @@ def _free_port() -> int:
 
 def test_two_ddp_processes_match_one_with_the_same_global_batch(corpus, full_run, tmp_path):
     """torchrun, 2 gloo processes x 2 sequences vs the 1-process run of 4 sequences (same tokenizer, data, seed)."""
-    args = ["--data", str(corpus), "--out", str(tmp_path), "--max-steps", "8", "--grad-accum", "2",
-            "--tokenizer", str(full_run / "tokenizer.json"), *BASE]
+    args = [
+        "--data",
+        str(corpus),
+        "--out",
+        str(tmp_path),
+        "--max-steps",
+        "8",
+        "--grad-accum",
+        "2",
+        "--tokenizer",
+        str(full_run / "tokenizer.json"),
+        *BASE,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "llm.train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "llm.train",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = losses(full_run), losses(tmp_path)
@@ -153,9 +196,15 @@ def test_fine_tuning_on_chat_records_trains_on_the_answers_only(full_run, tmp_pa
     from llm.data import BatchSampler, TokenShard
     from llm.model import cross_entropy_loss
 
-    chats = [{"messages": [{"role": "user", "content": f"[1] The {w} statement binds names.\n\nQuestion: {w}?"},
-                           {"role": "assistant", "content": f"The {w} statement binds names. [1]"}]}
-             for w in ["global", "nonlocal", "import", "def", "class", "for", "with", "try"] * 3]
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": f"[1] The {w} statement binds names.\n\nQuestion: {w}?"},
+                {"role": "assistant", "content": f"The {w} statement binds names. [1]"},
+            ]
+        }
+        for w in ["global", "nonlocal", "import", "def", "class", "for", "with", "try"] * 3
+    ]
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(c) + "\n" for c in chats))
     out = tmp_path / "out"
@@ -167,8 +216,9 @@ def test_fine_tuning_on_chat_records_trains_on_the_answers_only(full_run, tmp_pa
     idx = BatchSampler(masked.num_sequences(32), 4, seed=1337).next_indices()
     model = load_model(full_run)
     with torch.no_grad():
-        want, every = (cross_entropy_loss(model(x), y).item() for x, y in (masked.batch(idx, 32),
-                                                                            unmasked.batch(idx, 32)))
+        want, every = (
+            cross_entropy_loss(model(x), y).item() for x, y in (masked.batch(idx, 32), unmasked.batch(idx, 32))
+        )
     first = read_metrics(out / "metrics.jsonl")[0]
     assert abs(first["ce_loss"] - want) < 1e-5 and abs(want - every) > 1e-3, (first["ce_loss"], want, every)
 
@@ -187,6 +237,7 @@ def test_init_from_refuses_shape_changes(corpus, full_run, tmp_path):
 
 
 # ---- pieces ----
+
 
 def test_router_losses_match_moe_load_balancing_loss_on_one_process():
     torch.manual_seed(0)
@@ -216,6 +267,7 @@ def test_param_groups_skip_norms_and_embeddings():
 
 
 # ---- bad input fails before any long work ----
+
 
 def test_empty_corpus_is_a_clear_error(tmp_path):
     (tmp_path / "c").mkdir()

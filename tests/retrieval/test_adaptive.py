@@ -77,8 +77,8 @@ def test_exact_search_cache_follows_adds_removes_and_compaction(monkeypatch):
     live = np.zeros(0, np.int64)
     rng = np.random.default_rng(0)
     for step in range(6):  # searches between every change: a stale float32 copy would return wrong ids
-        new = ids[step * 500:(step + 1) * 500]
-        ci.add(x[step * 500:(step + 1) * 500], new)
+        new = ids[step * 500 : (step + 1) * 500]
+        ci.add(x[step * 500 : (step + 1) * 500], new)
         live = np.concatenate([live, new])
         gone = rng.choice(live, 2200 if step == 4 else 40, replace=False)  # step 4: compacts (in memory)
         ci.remove(gone)

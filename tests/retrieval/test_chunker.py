@@ -134,10 +134,16 @@ def test_chunk_spans_with_a_toy_tokenizer_hit_the_size_limit():
     assert spans[-1][1] == 1000
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"chunk_tokens": 0}, {"chunk_tokens": 10, "overlap_tokens": 10}, {"overlap_tokens": -1},
-    {"min_fill": 0.0}, {"chunk_tokens": 1.5},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"chunk_tokens": 0},
+        {"chunk_tokens": 10, "overlap_tokens": 10},
+        {"overlap_tokens": -1},
+        {"min_fill": 0.0},
+        {"chunk_tokens": 1.5},
+    ],
+)
 def test_config_validation(kwargs):
     with pytest.raises(InvalidArgumentError):
         ChunkerConfig(**kwargs)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from retrieval.adaptive import IndexConfig
-from retrieval.chunker import ChunkerConfig
 from retrieval.catalog import Collections
+from retrieval.chunker import ChunkerConfig
 from retrieval.collection import CollectionConfig, Document, SearchResult
 from retrieval.embedder import get_embedder
 from retrieval.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
@@ -26,8 +26,10 @@ TOPICS = {
     "violin": "She tuned the violin, rosined the bow and played a slow sonata by Bach.",
     "python": "Python list comprehensions build a new list by applying an expression to each item.",
 }
-WORDS = ("amber basalt cedar delta ember fjord garnet harbor island jasper kelp lagoon meadow nectar orchid "
-         "pumice quartz river saffron tundra umber valley willow xenon yarrow zephyr").split()
+WORDS = (
+    "amber basalt cedar delta ember fjord garnet harbor island jasper kelp lagoon meadow nectar orchid "
+    "pumice quartz river saffron tundra umber valley willow xenon yarrow zephyr"
+).split()
 
 
 def unique_text(i: int, n_sentences: int = 1) -> str:
@@ -51,12 +53,19 @@ def colls(tmp_path, embedder):
 
 
 def topic_docs():
-    return [Document(id=k, text=v, metadata={"topic": k, "lang": "en" if k != "violin" else "de",
-                                               "n": i, "even": i % 2 == 0}, source=f"src/{k}.txt")
-            for i, (k, v) in enumerate(TOPICS.items())]
+    return [
+        Document(
+            id=k,
+            text=v,
+            metadata={"topic": k, "lang": "en" if k != "violin" else "de", "n": i, "even": i % 2 == 0},
+            source=f"src/{k}.txt",
+        )
+        for i, (k, v) in enumerate(TOPICS.items())
+    ]
 
 
 # --- manager ---------------------------------------------------------------------------------------
+
 
 def test_create_get_list_delete(colls, tmp_path):
     a = colls.create("alpha")
@@ -104,6 +113,7 @@ def test_one_process_per_data_dir(colls, tmp_path):
 
 
 # --- ingest, get, delete, search -------------------------------------------------------------------
+
 
 def test_ingest_and_search(colls):
     coll = colls.create("docs")
@@ -214,14 +224,26 @@ def test_validation_changes_nothing(colls):
     before = coll.stats()
     bad_batches = [
         ([Document(id="ok", text="fine"), Document(id="e", text="   ")], InvalidArgumentError, "empty text"),
-        ([Document(id="ok", text="fine"), Document(id="big", text="a" * (MAX_TEXT_BYTES + 1))],
-         ResourceExhaustedError, "byte limit"),
-        ([Document(id="ok", text="fine"), Document(id="m", text="t", metadata={"x": float("nan")})],
-         InvalidArgumentError, "metadata"),
-        ([Document(id="ok", text="fine"), Document(id="m", text="t", metadata={"x": {1, 2}})],
-         InvalidArgumentError, "metadata"),
-        ([Document(id="ok", text="fine"), Document(id="s", text="bad \ud800 surrogate")],
-         InvalidArgumentError, "Unicode"),
+        (
+            [Document(id="ok", text="fine"), Document(id="big", text="a" * (MAX_TEXT_BYTES + 1))],
+            ResourceExhaustedError,
+            "byte limit",
+        ),
+        (
+            [Document(id="ok", text="fine"), Document(id="m", text="t", metadata={"x": float("nan")})],
+            InvalidArgumentError,
+            "metadata",
+        ),
+        (
+            [Document(id="ok", text="fine"), Document(id="m", text="t", metadata={"x": {1, 2}})],
+            InvalidArgumentError,
+            "metadata",
+        ),
+        (
+            [Document(id="ok", text="fine"), Document(id="s", text="bad \ud800 surrogate")],
+            InvalidArgumentError,
+            "Unicode",
+        ),
         ([Document(id="ok", text="fine"), Document(id=5, text="t")], InvalidArgumentError, "id must be a string"),
         ([Document(id="ok", text="fine"), {"id": "d", "body": "t"}], InvalidArgumentError, "unknown fields"),
         ([Document(id="ok", text="fine"), Document(id="c", text="\x00\x01")], InvalidArgumentError, "tokenizer"),
@@ -230,19 +252,28 @@ def test_validation_changes_nothing(colls):
         with pytest.raises(exc, match=msg):
             coll.ingest(batch)
     after = coll.stats()
-    assert (after["document_count"], after["chunk_count"], after["indexed_vectors"]) == \
-        (before["document_count"], before["chunk_count"], before["indexed_vectors"]) == (2, 2, 2)
+    assert (
+        (after["document_count"], after["chunk_count"], after["indexed_vectors"])
+        == (before["document_count"], before["chunk_count"], before["indexed_vectors"])
+        == (2, 2, 2)
+    )
     with pytest.raises(NotFoundError):
         coll.get_document("ok")
 
     for kwargs, msg in [
-        ({"query": "q", "k": 0}, "1..1000"), ({"query": "q", "k": 1001}, "1..1000"),
-        ({"query": "q", "k": True}, "1..1000"), ({"query": "q", "k": 2.5}, "1..1000"),
-        ({"query": "  "}, "empty"), ({}, "exactly one"),
+        ({"query": "q", "k": 0}, "1..1000"),
+        ({"query": "q", "k": 1001}, "1..1000"),
+        ({"query": "q", "k": True}, "1..1000"),
+        ({"query": "q", "k": 2.5}, "1..1000"),
+        ({"query": "  "}, "empty"),
+        ({}, "exactly one"),
         ({"query": "q", "vector": [0.0] * 384}, "exactly one"),
-        ({"vector": [0.1] * 383}, "384 values"), ({"vector": [[0.1] * 384] * 2}, "384 values"),
-        ({"vector": [float("nan")] * 384}, "NaN"), ({"vector": ["a"] * 384}, "list of numbers"),
-        ({"query": "q", "nprobe": 0}, "nprobe"), ({"query": "q", "rerank": "yes"}, "rerank"),
+        ({"vector": [0.1] * 383}, "384 values"),
+        ({"vector": [[0.1] * 384] * 2}, "384 values"),
+        ({"vector": [float("nan")] * 384}, "NaN"),
+        ({"vector": ["a"] * 384}, "list of numbers"),
+        ({"query": "q", "nprobe": 0}, "nprobe"),
+        ({"query": "q", "rerank": "yes"}, "rerank"),
         ({"query": "q", "filter": "lang=en"}, "must be an object"),
     ]:
         with pytest.raises(InvalidArgumentError, match=msg):
@@ -278,8 +309,9 @@ def test_concurrent_ingest_and_search(colls):
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)] + \
-        [threading.Thread(target=reader) for _ in range(2)]
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)] + [
+        threading.Thread(target=reader) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -290,6 +322,7 @@ def test_concurrent_ingest_and_search(colls):
 
 
 # --- persistence -----------------------------------------------------------------------------------
+
 
 def search_by_vectors(coll, qv, **kw):
     return [[(h.chunk_id, round(h.score, 4)) for h in coll.search(vector=v, k=4, **kw)] for v in qv]
@@ -417,8 +450,14 @@ def test_acknowledged_documents_survive_sigkill(tmp_path, embedder):
     with Collections(data, device="cpu") as colls:
         colls.create("crash", CollectionConfig(chunker=ChunkerConfig(chunk_tokens=24, overlap_tokens=4)))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     acked: dict[str, int | None] = {}  # doc id -> acknowledged chunk count (None: deleted)
     in_flight: list[str] = []  # documents of the last operation announced (maybe cut off by the kill)
     n_acks = 0

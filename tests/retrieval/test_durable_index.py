@@ -18,8 +18,9 @@ def _cid(store):
 def _put(store, cid, doc_id, n, seed):
     x = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
     with store.write() as conn:
-        ids, old, _ = store.put_document(conn, cid, doc_id, "t" * n, "{}", "", [(i, i + 1) for i in range(n)],
-                                         ["t"] * n, vectors_to_blobs(x), 0.0)
+        ids, old, _ = store.put_document(
+            conn, cid, doc_id, "t" * n, "{}", "", [(i, i + 1) for i in range(n)], ["t"] * n, vectors_to_blobs(x), 0.0
+        )
     return ids, old, x.astype(np.float16).astype(np.float32)
 
 

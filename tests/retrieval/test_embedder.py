@@ -25,8 +25,11 @@ def test_normalised_float32_output(embedder):
 
 def test_embeddings_carry_meaning(embedder):
     q, near, far = embedder.embed(
-        ["How do I bake bread at home?", "A simple recipe for homemade bread in the oven.",
-         "The central bank raised interest rates by half a point."]
+        [
+            "How do I bake bread at home?",
+            "A simple recipe for homemade bread in the oven.",
+            "The central bank raised interest rates by half a point.",
+        ]
     )
     assert q @ near > q @ far + 0.2
 

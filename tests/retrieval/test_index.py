@@ -155,9 +155,11 @@ def test_adc_topk_torch_matches_brute_force():
 @pytest.mark.parametrize("cls", ["flat", "pq", "ivfpq"])
 def test_ids_remove_and_padding(backend, cls):
     x = clustered(1200, 16, k=8, seed=5)
-    make = {"flat": lambda: FlatIndex(16, "l2", backend=backend),
-            "pq": lambda: PQIndex(16, 4, 4, "l2", backend=backend, keep_vectors=True),
-            "ivfpq": lambda: IVFPQIndex(16, 4, 4, 4, "l2", backend=backend, nprobe=4, keep_vectors=True)}[cls]
+    make = {
+        "flat": lambda: FlatIndex(16, "l2", backend=backend),
+        "pq": lambda: PQIndex(16, 4, 4, "l2", backend=backend, keep_vectors=True),
+        "ivfpq": lambda: IVFPQIndex(16, 4, 4, 4, "l2", backend=backend, nprobe=4, keep_vectors=True),
+    }[cls]
     idx = make()
     idx.train(x)
     ids = 1000 + 7 * np.arange(len(x))

@@ -35,7 +35,9 @@ def tree(tmp_path):
     lines.insert(2, "{not json")
     lines.insert(3, "")
     (root / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (root / "list.json").write_text(json.dumps([{"text": "first"}, {"text": "second", "id": "L2"}, 3]), encoding="utf-8")
+    (root / "list.json").write_text(
+        json.dumps([{"text": "first"}, {"text": "second", "id": "L2"}, 3]), encoding="utf-8"
+    )
     (root / "one.json").write_text(json.dumps({"text": "single object", "kind": "note"}), encoding="utf-8")
     (root / "bad.json").write_text("{", encoding="utf-8")
     return root
@@ -46,10 +48,19 @@ def test_folder_is_streamed_into_documents(tree):
     gen = load_documents(tree, on_skip=skipped.append)
     assert isinstance(gen, types.GeneratorType)  # streamed, not a list
     docs = {d.id: d for d in gen}
-    assert sorted(docs) == sorted([
-        "a.txt", "sub/b.md", "sub/deeper/page.html", "beir-1", "7", "corpus.jsonl#6",
-        "list.json#0", "L2", "one.json",
-    ])
+    assert sorted(docs) == sorted(
+        [
+            "a.txt",
+            "sub/b.md",
+            "sub/deeper/page.html",
+            "beir-1",
+            "7",
+            "corpus.jsonl#6",
+            "list.json#0",
+            "L2",
+            "one.json",
+        ]
+    )
     assert docs["a.txt"].text == "Plain text file.\n"
     assert docs["a.txt"].metadata == {"source": "a.txt", "file_type": "txt"}
     assert docs["sub/b.md"].source == "sub/b.md" and docs["sub/b.md"].metadata["file_type"] == "md"
@@ -61,8 +72,14 @@ def test_folder_is_streamed_into_documents(tree):
 
     beir = docs["beir-1"]
     assert beir.text == "Doc One\n\nBody one."
-    assert beir.metadata == {"year": 2020, "lang": "en", "title": "Doc One", "source": "corpus.jsonl",
-                             "file_type": "jsonl", "line": 1}
+    assert beir.metadata == {
+        "year": 2020,
+        "lang": "en",
+        "title": "Doc One",
+        "source": "corpus.jsonl",
+        "file_type": "jsonl",
+        "line": 1,
+    }
     seven = docs["7"]
     assert seven.metadata == {"score": 0.5, "ok": True, "source": "corpus.jsonl", "file_type": "jsonl", "line": 2}
     assert docs["corpus.jsonl#6"].text == "No id, uses the line."
@@ -72,11 +89,15 @@ def test_folder_is_streamed_into_documents(tree):
     # Unsupported files are reported by path, other skips with a reason; hidden entries are ignored.
     assert "image.png" in skipped and "notes.pdf" in skipped
     reasons = [s for s in skipped if " (" in s]
-    assert sorted(reasons) == sorted([
-        "empty.txt (no text)", "corpus.jsonl:3 (invalid JSON: Expecting property name enclosed in double quotes)",
-        'corpus.jsonl:5 (no "text" field)', "list.json[2] (not a JSON object)",
-        "bad.json (invalid JSON: Expecting property name enclosed in double quotes)",
-    ])
+    assert sorted(reasons) == sorted(
+        [
+            "empty.txt (no text)",
+            "corpus.jsonl:3 (invalid JSON: Expecting property name enclosed in double quotes)",
+            'corpus.jsonl:5 (no "text" field)',
+            "list.json[2] (not a JSON object)",
+            "bad.json (invalid JSON: Expecting property name enclosed in double quotes)",
+        ]
+    )
     assert not any("hidden" in s or ".git" in s for s in skipped)
 
 
@@ -100,4 +121,6 @@ def test_load_file_reports_unsupported(tree):
 def test_html_to_text_keeps_blocks_and_pre():
     title, text = html_to_text(HTML)
     assert title == "The Page"
-    assert text == "The Page\n\nHeading\n\nFirst & bold paragraph.\n\ndef f():\n    return 1\n\none\n\ntwo\n\nline\nbreak"
+    assert (
+        text == "The Page\n\nHeading\n\nFirst & bold paragraph.\n\ndef f():\n    return 1\n\none\n\ntwo\n\nline\nbreak"
+    )

@@ -31,7 +31,7 @@ def test_reconstruction_error_close_to_faiss(data, trained):
     fpq.train(xt)
     theirs = float(((xv - fpq.decode(fpq.compute_codes(xv))) ** 2).sum(1).mean())
     assert ours <= theirs * 1.03, (ours, theirs)
-    assert ours < 0.5 * float((xv ** 2).sum(1).mean())  # and far better than nothing
+    assert ours < 0.5 * float((xv**2).sum(1).mean())  # and far better than nothing
 
 
 def test_encode_decode_shapes_and_exact_codewords(trained):

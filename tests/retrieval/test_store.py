@@ -16,8 +16,16 @@ def put(store, cid, doc_id, n_chunks, metadata=None, seed=0):
     x = np.random.default_rng(seed).standard_normal((n_chunks, D)).astype(np.float32)
     with store.write() as conn:
         return store.put_document(
-            conn, cid, doc_id, text, json.dumps(metadata or {}), f"src/{doc_id}", spans,
-            [text[s:e] for s, e in spans], vectors_to_blobs(x), time.time(),
+            conn,
+            cid,
+            doc_id,
+            text,
+            json.dumps(metadata or {}),
+            f"src/{doc_id}",
+            spans,
+            [text[s:e] for s, e in spans],
+            vectors_to_blobs(x),
+            time.time(),
         )
 
 
@@ -119,6 +127,7 @@ def test_delete_document_and_collection(store):
 
 # --- filters -------------------------------------------------------------------------------------
 
+
 def allowed_docs(store, cid, flt):
     where, params = compile_filter(flt)
     ids = store.allowed_ids(cid, where, params)
@@ -157,21 +166,24 @@ def test_filters_select_documents(store):
     assert len(store.allowed_ids(cid, *compile_filter({"lang": "en"}))) == 4  # chunks, not documents
 
 
-@pytest.mark.parametrize("flt,msg", [
-    ({"year": {"$gt": 3}}, "unknown filter operator '\\$gt'"),
-    ({"tag": ["a", "b"]}, "not supported"),
-    ({"tag": {"a": 1}}, "unknown filter operator"),
-    ({"tag": {"$in": "a"}}, "non-empty list"),
-    ({"tag": {"$in": []}}, "non-empty list"),
-    ({"tag": {"$in": [["a"]]}}, "not supported"),
-    ({"tag": {"$eq": "a", "$in": ["a"]}}, "exactly one operator"),
-    ({"tag": None}, "not supported"),
-    ({"x": float("nan")}, "finite"),
-    ({"bad field": 1}, "bad filter field name"),
-    ({'x"); DROP TABLE chunks; --': 1}, "bad filter field name"),
-    ({"": 1}, "bad filter field name"),
-    (["lang", "en"], "must be an object"),
-])
+@pytest.mark.parametrize(
+    "flt,msg",
+    [
+        ({"year": {"$gt": 3}}, "unknown filter operator '\\$gt'"),
+        ({"tag": ["a", "b"]}, "not supported"),
+        ({"tag": {"a": 1}}, "unknown filter operator"),
+        ({"tag": {"$in": "a"}}, "non-empty list"),
+        ({"tag": {"$in": []}}, "non-empty list"),
+        ({"tag": {"$in": [["a"]]}}, "not supported"),
+        ({"tag": {"$eq": "a", "$in": ["a"]}}, "exactly one operator"),
+        ({"tag": None}, "not supported"),
+        ({"x": float("nan")}, "finite"),
+        ({"bad field": 1}, "bad filter field name"),
+        ({'x"); DROP TABLE chunks; --': 1}, "bad filter field name"),
+        ({"": 1}, "bad filter field name"),
+        (["lang", "en"], "must be an object"),
+    ],
+)
 def test_bad_filters_say_what_is_supported(flt, msg):
     with pytest.raises(InvalidArgumentError, match=msg) as info:
         compile_filter(flt)

@@ -4,8 +4,16 @@ import pytest
 from retrieval.errors import InvalidArgumentError, ResourceExhaustedError
 from retrieval.store import Document
 from retrieval.validation import (
-    MAX_K, MAX_QUERY_BYTES, MAX_TEXT_BYTES, as_document, check_document, check_k, check_query_text,
-    check_query_vector, check_search_options, validate_name,
+    MAX_K,
+    MAX_QUERY_BYTES,
+    MAX_TEXT_BYTES,
+    as_document,
+    check_document,
+    check_k,
+    check_query_text,
+    check_query_vector,
+    check_search_options,
+    validate_name,
 )
 
 
@@ -35,17 +43,20 @@ def test_check_document_normalises_and_fills_an_id():
     assert check_document(Document(id="x", text="t", metadata={}, source="s.md"), 0) == ("x", "{}", "s.md")
 
 
-@pytest.mark.parametrize("doc, err, match", [
-    (Document(id="a", text="  \n"), InvalidArgumentError, "empty text"),
-    (Document(id="a", text=None), InvalidArgumentError, "text must be a string"),
-    (Document(id=" ", text="t"), InvalidArgumentError, "not only spaces"),
-    (Document(id="a", text="a" * (MAX_TEXT_BYTES + 1)), ResourceExhaustedError, "split it"),
-    (Document(id="a", text="bad \ud800 surrogate"), InvalidArgumentError, "not valid Unicode"),
-    (Document(id="a", text="t", metadata={"x": float("nan")}), InvalidArgumentError, "finite numbers"),
-    (Document(id="a", text="t", metadata={1: "x"}), InvalidArgumentError, "keys must be strings"),
-    (Document(id="a", text="t", metadata=[1]), InvalidArgumentError, "metadata must be an object"),
-    (Document(id="a", text="t", source=5), InvalidArgumentError, "source must be a string"),
-])
+@pytest.mark.parametrize(
+    "doc, err, match",
+    [
+        (Document(id="a", text="  \n"), InvalidArgumentError, "empty text"),
+        (Document(id="a", text=None), InvalidArgumentError, "text must be a string"),
+        (Document(id=" ", text="t"), InvalidArgumentError, "not only spaces"),
+        (Document(id="a", text="a" * (MAX_TEXT_BYTES + 1)), ResourceExhaustedError, "split it"),
+        (Document(id="a", text="bad \ud800 surrogate"), InvalidArgumentError, "not valid Unicode"),
+        (Document(id="a", text="t", metadata={"x": float("nan")}), InvalidArgumentError, "finite numbers"),
+        (Document(id="a", text="t", metadata={1: "x"}), InvalidArgumentError, "keys must be strings"),
+        (Document(id="a", text="t", metadata=[1]), InvalidArgumentError, "metadata must be an object"),
+        (Document(id="a", text="t", source=5), InvalidArgumentError, "source must be a string"),
+    ],
+)
 def test_check_document_rejects(doc, err, match):
     with pytest.raises(err, match=match):
         check_document(doc, 7)

@@ -10,7 +10,7 @@ def test_id_lookup_insert_lookup_delete():
     rng = np.random.default_rng(0)
     keys = rng.permutation(100000)[:20000].astype(np.int64)
     for s in range(0, len(keys), 700):  # many small inserts: pending part and merges
-        lk.insert(keys[s:s + 700], np.arange(s, min(s + 700, len(keys))))
+        lk.insert(keys[s : s + 700], np.arange(s, min(s + 700, len(keys))))
     assert len(lk) == len(keys)
     probe = np.concatenate([keys[::37], [-1, 100001]])
     got = lk.lookup(probe)

@@ -38,7 +38,7 @@ class ServerThread:
         shutdown(self.server)
         self.collections.close()
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         self._ready.wait(60)
         if self._error is not None:

@@ -31,8 +31,9 @@ def test_cli_end_to_end(server, capsys):
     assert set(hits[0]) >= {"doc_id", "chunk_id", "score", "text", "metadata"}
     assert hits[0]["doc_id"] == "planets" and hits[0]["metadata"]["topic"] == "astronomy"
 
-    hits = run_json(capsys, "search", "animal", "--collection", "docs", "-k", "5",
-                    "--filter", '{"topic": {"$in": ["biology"]}}', *s)
+    hits = run_json(
+        capsys, "search", "animal", "--collection", "docs", "-k", "5", "--filter", '{"topic": {"$in": ["biology"]}}', *s
+    )
     assert {h["doc_id"] for h in hits} == {"octopus", "honeybee", "penguin"}
 
     # HTML is reduced to its text: no markup, no script or style contents.

@@ -18,7 +18,10 @@ N_DOCS = 400
 def make_docs():
     for i in range(N_DOCS):
         # Several sentences so that some documents have more than one chunk.
-        yield {"id": f"doc-{i:04d}", "text": " ".join(f"Document {i} sentence {j} about topic {i % 17}." for j in range(1 + i % 60))}
+        yield {
+            "id": f"doc-{i:04d}",
+            "text": " ".join(f"Document {i} sentence {j} about topic {i % 17}." for j in range(1 + i % 60)),
+        }
 
 
 def test_acknowledged_documents_survive_sigkill(tmp_path):

@@ -58,8 +58,11 @@ def test_passages_are_numbered_by_score_and_rendered_in_the_prompt(tok):
 
 def test_context_is_trimmed_by_score_to_fit_the_window(tok):
     long_doc = " ".join(f"word{i}" for i in range(400))
-    hits = [H("big", 1, 0.5, long_doc, "big.txt", 0, len(long_doc)), hit("small", 2, 0.9, 0, 17),
-            hit("low", 3, 0.1, 18, 36)]
+    hits = [
+        H("big", 1, 0.5, long_doc, "big.txt", 0, len(long_doc)),
+        hit("small", 2, 0.9, 0, 17),
+        hit("low", 3, 0.1, 18, 36),
+    ]
     budget = 256
     p = build_prompt(tok, [{"role": "user", "content": "q?"}], hits, budget + 64, 64)
     assert len(p.token_ids) <= budget
@@ -74,8 +77,11 @@ def test_a_question_that_cannot_fit_is_refused_with_the_numbers(tok):
 
 
 def test_conversation_query_reads_the_previous_user_turn():
-    msgs = [{"role": "user", "content": "How do I sort a list?"}, {"role": "assistant", "content": "Use sorted."},
-            {"role": "user", "content": "And in reverse?"}]
+    msgs = [
+        {"role": "user", "content": "How do I sort a list?"},
+        {"role": "assistant", "content": "Use sorted."},
+        {"role": "user", "content": "And in reverse?"},
+    ]
     assert conversation_query(msgs) == "How do I sort a list?\nAnd in reverse?"
     assert conversation_query(msgs[:1]) == "How do I sort a list?"
     with pytest.raises(ValueError):

@@ -13,14 +13,30 @@ import pytest
 from tests.service.conftest import ServerThread
 
 DOCS = [
-    {"id": "volcano", "text": "Volcanoes erupt when magma rises through the crust; lava flows and ash clouds follow.",
-     "source": "geo.txt", "metadata": {"topic": "geology"}},
-    {"id": "bread", "text": "Sourdough bread rises thanks to wild yeast in the starter; bake it in a hot Dutch oven.",
-     "source": "bread.md", "metadata": {"topic": "cooking"}},
-    {"id": "chess", "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp chess positions.",
-     "source": "chess.html", "metadata": {"topic": "games"}},
-    {"id": "saturn", "text": "Saturn's rings are made of ice and rock; the planet has more than eighty moons.",
-     "source": "planets.json", "metadata": {"topic": "space"}},
+    {
+        "id": "volcano",
+        "text": "Volcanoes erupt when magma rises through the crust; lava flows and ash clouds follow.",
+        "source": "geo.txt",
+        "metadata": {"topic": "geology"},
+    },
+    {
+        "id": "bread",
+        "text": "Sourdough bread rises thanks to wild yeast in the starter; bake it in a hot Dutch oven.",
+        "source": "bread.md",
+        "metadata": {"topic": "cooking"},
+    },
+    {
+        "id": "chess",
+        "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp chess positions.",
+        "source": "chess.html",
+        "metadata": {"topic": "games"},
+    },
+    {
+        "id": "saturn",
+        "text": "Saturn's rings are made of ice and rock; the planet has more than eighty moons.",
+        "source": "planets.json",
+        "metadata": {"topic": "space"},
+    },
 ]
 
 
@@ -49,8 +65,7 @@ def wait_for(pred, timeout=20.0):
 
 def test_ask_streams_citations_then_deltas_then_final(rag_server):
     with rag_server.client(timeout=120) as c:
-        events = list(c.ask_stream("kb", "What makes sourdough bread rise?", top_k=2, max_tokens=12,
-                                   ignore_eos=True))
+        events = list(c.ask_stream("kb", "What makes sourdough bread rise?", top_k=2, max_tokens=12, ignore_eos=True))
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "context" and kinds[-1] == "final" and set(kinds[1:-1]) == {"delta"}
     cites = events[0].context.citations
@@ -68,9 +83,16 @@ def test_ask_is_deterministic_for_greedy_and_chat_uses_the_conversation(rag_serv
         a = c.ask("kb", "How many moons does Saturn have?", max_tokens=10, ignore_eos=True)
         b = c.ask("kb", "How many moons does Saturn have?", max_tokens=10, ignore_eos=True)
         assert a["answer"] == b["answer"] and a["citations"][0]["doc_id"] == "saturn"
-        chat = c.chat("kb", [{"role": "user", "content": "Tell me about the Sicilian Defence."},
-                             {"role": "assistant", "content": "It is a chess opening."},
-                             {"role": "user", "content": "What does it answer 1.e4 with?"}], top_k=1, max_tokens=5)
+        chat = c.chat(
+            "kb",
+            [
+                {"role": "user", "content": "Tell me about the Sicilian Defence."},
+                {"role": "assistant", "content": "It is a chess opening."},
+                {"role": "user", "content": "What does it answer 1.e4 with?"},
+            ],
+            top_k=1,
+            max_tokens=5,
+        )
     assert [x["doc_id"] for x in chat["citations"]] == ["chess"]
     assert chat["final"]["completion_tokens"] <= 5
 
@@ -99,8 +121,12 @@ def test_concurrent_asks_and_an_ingest_all_complete(rag_server):
     def ask(i):
         try:
             with rag_server.client(timeout=120) as c:
-                results[i] = c.ask("kb", ["volcano lava", "chess opening", "saturn rings", "bread yeast"][i % 4],
-                                   max_tokens=16, ignore_eos=True)
+                results[i] = c.ask(
+                    "kb",
+                    ["volcano lava", "chess opening", "saturn rings", "bread yeast"][i % 4],
+                    max_tokens=16,
+                    ignore_eos=True,
+                )
         except Exception as exc:  # reported below
             errors.append(exc)
 
@@ -123,14 +149,17 @@ def test_concurrent_asks_and_an_ingest_all_complete(rag_server):
         assert results[i]["final"]["completion_tokens"] == 16 and results[i]["citations"]
 
 
-@pytest.mark.parametrize("kwargs, code, message", [
-    ({"question": "   "}, grpc.StatusCode.INVALID_ARGUMENT, "question is empty"),
-    ({"collection": "nope"}, grpc.StatusCode.NOT_FOUND, "nope"),
-    ({"top_k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 50"),
-    ({"top_k": 51}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 50"),
-    ({"max_tokens": 600}, grpc.StatusCode.INVALID_ARGUMENT, "window of 512"),
-    ({"temperature": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
-])
+@pytest.mark.parametrize(
+    "kwargs, code, message",
+    [
+        ({"question": "   "}, grpc.StatusCode.INVALID_ARGUMENT, "question is empty"),
+        ({"collection": "nope"}, grpc.StatusCode.NOT_FOUND, "nope"),
+        ({"top_k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 50"),
+        ({"top_k": 51}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 50"),
+        ({"max_tokens": 600}, grpc.StatusCode.INVALID_ARGUMENT, "window of 512"),
+        ({"temperature": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+    ],
+)
 def test_bad_ask_input_gets_a_clear_status_and_the_server_keeps_serving(rag_server, kwargs, code, message):
     args = {"collection": "kb", "question": "What is lava?", **kwargs}
     with rag_server.client(timeout=60) as c:
@@ -142,10 +171,14 @@ def test_bad_ask_input_gets_a_clear_status_and_the_server_keeps_serving(rag_serv
 
 def test_bad_chat_input(rag_server):
     with rag_server.client(timeout=60) as c:
-        for messages, msg in (([], "messages is empty"),
-                              ([{"role": "robot", "content": "hi"}], "role must be one of"),
-                              ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-                               "last message must be the user's")):
+        for messages, msg in (
+            ([], "messages is empty"),
+            ([{"role": "robot", "content": "hi"}], "role must be one of"),
+            (
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                "last message must be the user's",
+            ),
+        ):
             with pytest.raises(grpc.RpcError) as e:
                 c.chat("kb", messages)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and msg in e.value.details()
@@ -169,8 +202,10 @@ def test_cli_ask_json_and_streaming(rag_server, capsys):
     from service.cli import main
 
     s = ["--server", rag_server.target]
-    assert main(["ask", "Why do volcanoes erupt?", "--collection", "kb", "-k", "2", "--max-tokens", "6", "--json",
-                 *s]) == 0
+    assert (
+        main(["ask", "Why do volcanoes erupt?", "--collection", "kb", "-k", "2", "--max-tokens", "6", "--json", *s])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"answer", "citations", "final"}
     assert out["citations"][0]["doc_id"] == "volcano" and out["final"]["completion_tokens"] <= 6

@@ -10,14 +10,30 @@ from service.server import SERVICE_NAMES
 from tests.service.conftest import ServerThread
 
 DOCS = [
-    {"id": "volcano", "text": "Volcanoes erupt when magma rises through the crust; lava flows and ash clouds follow.",
-     "metadata": {"topic": "geology", "lang": "en"}, "source": "geo.txt"},
-    {"id": "bread", "text": "Sourdough bread rises thanks to wild yeast in the starter; bake it in a hot Dutch oven.",
-     "metadata": {"topic": "cooking", "lang": "en"}, "source": "bread.md"},
-    {"id": "chess", "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp chess positions.",
-     "metadata": {"topic": "games", "lang": "en"}, "source": "chess.html"},
-    {"id": "pain", "text": "Le pain au levain lève grâce aux levures sauvages; on le cuit dans une cocotte très chaude.",
-     "metadata": {"topic": "cooking", "lang": "fr"}, "source": "pain.md"},
+    {
+        "id": "volcano",
+        "text": "Volcanoes erupt when magma rises through the crust; lava flows and ash clouds follow.",
+        "metadata": {"topic": "geology", "lang": "en"},
+        "source": "geo.txt",
+    },
+    {
+        "id": "bread",
+        "text": "Sourdough bread rises thanks to wild yeast in the starter; bake it in a hot Dutch oven.",
+        "metadata": {"topic": "cooking", "lang": "en"},
+        "source": "bread.md",
+    },
+    {
+        "id": "chess",
+        "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp chess positions.",
+        "metadata": {"topic": "games", "lang": "en"},
+        "source": "chess.html",
+    },
+    {
+        "id": "pain",
+        "text": "Le pain au levain lève grâce aux levures sauvages; on le cuit dans une cocotte très chaude.",
+        "metadata": {"topic": "cooking", "lang": "fr"},
+        "source": "pain.md",
+    },
 ]
 
 
@@ -103,9 +119,9 @@ def test_ingest_search_get_delete(client):
     # Character spans cite the document exactly.
     doc = client.get_document("kb", "volcano", include_chunks=True)
     assert doc.chunk_count == len(doc.chunks) >= 1
-    assert doc.text[hits[0]["start"]:hits[0]["end"]] == hits[0]["text"]
+    assert doc.text[hits[0]["start"] : hits[0]["end"]] == hits[0]["text"]
     for ch in doc.chunks:
-        assert doc.text[ch.start:ch.end] == ch.text
+        assert doc.text[ch.start : ch.end] == ch.text
 
     info = client.get_collection("kb")
     assert info.document_count == len(DOCS) and info.chunk_count == sum(a.chunk_count for a in acks)
@@ -207,8 +223,10 @@ def test_mixed_collections_in_one_stream_rejected(client):
 
     client.create_collection("a")
     client.create_collection("b")
-    reqs = [documents_pb2.IngestRequest(collection="a", document=documents_pb2.Document(id="1", text="one")),
-            documents_pb2.IngestRequest(collection="b", document=documents_pb2.Document(id="2", text="two"))]
+    reqs = [
+        documents_pb2.IngestRequest(collection="a", document=documents_pb2.Document(id="1", text="one")),
+        documents_pb2.IngestRequest(collection="b", document=documents_pb2.Document(id="2", text="two")),
+    ]
     with pytest.raises(grpc.RpcError) as e:
         client.documents.Ingest(iter(reqs))
     assert code_of(e) == grpc.StatusCode.INVALID_ARGUMENT and "one stream per collection" in e.value.details()
@@ -219,8 +237,14 @@ def test_restart_restores_collections_and_trained_index(tmp_path):
     srv = ServerThread(data).start()
     # A tiny index config so that 660 chunks (>= 39 per centroid x 16) are enough to train the quantizers.
     words = ["river", "mountain", "violin", "galaxy", "protein", "harbour", "glacier", "algebra", "tulip", "engine"]
-    docs = [{"id": f"d{i}", "text": f"Note {i} about the {words[i % 10]} and the {words[(i * 7 + 3) % 10]}, "
-             f"variant {i // 10}.", "metadata": {"n": i % 3}} for i in range(660)]
+    docs = [
+        {
+            "id": f"d{i}",
+            "text": f"Note {i} about the {words[i % 10]} and the {words[(i * 7 + 3) % 10]}, variant {i // 10}.",
+            "metadata": {"n": i % 3},
+        }
+        for i in range(660)
+    ]
     try:
         with srv.client(timeout=300) as c:
             c.create_collection("big", nbits=4, m=48, nlist=4, nprobe=4)
