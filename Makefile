@@ -7,7 +7,7 @@ DATA_DIR ?= demo-data
 # CPU torch wheel that lies on these machines; the range in pyproject.toml then needs no download.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test demo serve proto bench-retrieval bench-kernels bench-engine bench-rag bench-rag-quality default-model default-model-sft gpu-check kernels-compat clean
+.PHONY: venv lint test demo serve proto bench-retrieval bench-kernels bench-engine bench-rag bench-rag-quality default-model default-model-sft gpu-check kernels-compat clean
 
 venv: $(BIN)/.installed
 
@@ -20,6 +20,14 @@ $(BIN)/.installed: pyproject.toml
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# Style (ruff lint + format check) and the shape of the house (ARCHITECTURE.md): import-linter's layering
+# contracts in pyproject.toml, no private names used across modules, no module past ~500 lines.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 # Regenerate the committed gRPC stubs from proto/ (tests/service/test_proto_stubs.py fails when they are stale).
 proto: venv

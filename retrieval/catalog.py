@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from retrieval.adaptive import IndexConfig
 from retrieval.chunker import ChunkerConfig
 from retrieval.collection import Collection, CollectionConfig
 from retrieval.embedder import get_embedder, resolve_model_path
-from retrieval.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from retrieval.store import Store
 from retrieval.validation import validate_name
 

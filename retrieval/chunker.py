@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.errors import InvalidArgumentError
+from common.errors import InvalidArgumentError
 
 # Boundary strength before token t (higher is a better place to cut).
 INSIDE_WORD, WORD, LINE, SENTENCE, PARAGRAPH = 0, 1, 2, 3, 4

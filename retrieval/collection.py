@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import InvalidArgumentError, NotFoundError
 from retrieval.adaptive import IndexConfig
 from retrieval.chunker import Chunker, ChunkerConfig
 from retrieval.durable_index import DurableIndex
 from retrieval.embedder import Embedder, get_embedder
-from retrieval.errors import InvalidArgumentError, NotFoundError
 from retrieval.store import Document, Store, blobs_to_vectors, compile_filter, vectors_to_blobs
 from retrieval.validation import (
     as_document,

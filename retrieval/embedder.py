@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.errors import InvalidArgumentError
+from common.errors import InvalidArgumentError
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_BATCH_SIZE = 64

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import InvalidArgumentError
+from common.errors import InvalidArgumentError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (

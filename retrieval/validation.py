@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import InvalidArgumentError, ResourceExhaustedError
+from common.errors import InvalidArgumentError, ResourceExhaustedError
 from retrieval.store import Document
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

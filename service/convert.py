@@ -2,7 +2,7 @@
 
 Validation here covers what only the wire format can get wrong (unset fields, a collection named
 differently mid-stream); everything about values is checked once, in the domain, and comes back as a
-`retrieval.errors` exception that the servicer maps to a status code.
+`common.errors` exception that the servicer maps to a status code.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from common.errors import InvalidArgumentError
 from pqrag.v1 import collections_pb2, documents_pb2, search_pb2
 from retrieval.adaptive import IndexConfig
 from retrieval.chunker import ChunkerConfig
 from retrieval.collection import CollectionConfig, Document
-from retrieval.errors import InvalidArgumentError
 from service.structs import dict_to_struct, struct_to_dict
 
 EMPTY = empty_pb2.Empty()

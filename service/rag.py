@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import InvalidArgumentError, ResourceExhaustedError
 from pqrag.v1 import rag_pb2
-from retrieval.errors import InvalidArgumentError, ResourceExhaustedError
 from service import convert
 from service.prompt import build_prompt, conversation_query
 

@@ -24,6 +24,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    PqragError,
+    ResourceExhaustedError,
+)
 from pqrag.v1 import (
     collections_pb2,
     collections_pb2_grpc,
@@ -35,13 +42,6 @@ from pqrag.v1 import (
     search_pb2_grpc,
 )
 from retrieval.catalog import Collections
-from retrieval.errors import (
-    AlreadyExistsError,
-    InvalidArgumentError,
-    NotFoundError,
-    ResourceExhaustedError,
-    RetrievalError,
-)
 from service import convert
 from service.metrics import ServerMetrics
 from service.rag import GeneratorUnavailableError, answer, ask_query_from_proto, chat_query_from_proto
@@ -229,7 +229,7 @@ class DocumentsServicer(_Base, documents_pb2_grpc.DocumentsServicer):
         coll = await self.run(self.collections.get, collection_name)
         try:
             results = await self.run(coll.ingest, batch)
-        except RetrievalError as exc:
+        except PqragError as exc:
             if not position:
                 raise
             # Earlier batches were acknowledged and stay stored; say so, so the client resumes right.

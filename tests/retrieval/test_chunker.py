@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pytest
 
+from common.errors import InvalidArgumentError
 from retrieval.chunker import (
     INSIDE_WORD,
     LINE,
@@ -15,7 +16,6 @@ from retrieval.chunker import (
     chunk_spans,
 )
 from retrieval.embedder import get_embedder
-from retrieval.errors import InvalidArgumentError
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from retrieval.adaptive import IndexConfig
 from retrieval.catalog import Collections
 from retrieval.chunker import ChunkerConfig
 from retrieval.collection import CollectionConfig, Document, SearchResult
 from retrieval.embedder import get_embedder
-from retrieval.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from retrieval.validation import MAX_TEXT_BYTES
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,8 +3,8 @@ import threading
 import numpy as np
 import pytest
 
+from common.errors import InvalidArgumentError
 from retrieval.embedder import Embedder, default_model_path, get_embedder, resolve_model_path
-from retrieval.errors import InvalidArgumentError
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from retrieval.errors import InvalidArgumentError
+from common.errors import InvalidArgumentError
 from retrieval.store import Store, blobs_to_vectors, compile_filter, vectors_to_blobs
 
 D = 8

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from retrieval.errors import InvalidArgumentError, ResourceExhaustedError
+from common.errors import InvalidArgumentError, ResourceExhaustedError
 from retrieval.store import Document
 from retrieval.validation import (
     MAX_K,

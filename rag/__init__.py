@@ -1,0 +1,1 @@
+"""RAG: passages, prompt building, citation numbering and the answer pipeline (retrieval + the generator)."""
