@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import math
 import os
 import sys
@@ -107,7 +108,7 @@ def copy_bandwidth(dev: torch.device) -> float:
     n = int(COPY_GIB * 2**30) // 2
     src = torch.empty(n, dtype=torch.bfloat16, device=dev).normal_()
     dst = torch.empty_like(src)
-    ms = _bench_ms(lambda: dst.copy_(src), rep=50)
+    ms = _bench_ms(functools.partial(dst.copy_, src), rep=50)
     del src, dst
     torch.cuda.empty_cache()
     return 2 * n * 2 / (ms * 1e-3) / 1e9
@@ -115,6 +116,15 @@ def copy_bandwidth(dev: torch.device) -> float:
 
 # ---------------------------------------------------------------------------------------------------------------
 # sections
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    # SDPA wants (B, H, T, D): transposed views of the same (B, T, H, D) storage, the layout its flash backend reads
+    # natively.
+    o = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal
+    )
+    return o.transpose(1, 2)
 
 
 def bench_flash(rep: Report, quick: bool, dev: torch.device) -> None:
@@ -140,24 +150,20 @@ def bench_flash(rep: Report, quick: bool, dev: torch.device) -> None:
                     xs = [t.clone().requires_grad_() for t in (q, k, v)]
                     try:
                         if impl == "triton":
-                            f = lambda: kernels.flash_attention(*xs, causal=causal)  # noqa: E731
+                            f = functools.partial(kernels.flash_attention, *xs, causal=causal)
                             ctx = contextlib.nullcontext()
                         else:
-                            # SDPA wants (B, H, T, D): transposed views of the same (B, T, H, D) storage, the layout
-                            # its flash backend reads natively.
                             ctx = sdpa_kernel(SDPBackend.FLASH_ATTENTION)
-                            f = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
-                                *(t.transpose(1, 2) for t in xs), is_causal=causal
-                            ).transpose(1, 2)
+                            f = functools.partial(_sdpa, *xs, causal=causal)
                         with ctx:
                             with torch.no_grad():
                                 ms = _bench_ms(f)
                             res[(impl, "fwd")] = fwd_flops / (ms * 1e-3) / 1e12
                             o = f()
-                            gr = lambda: torch.autograd.grad(o, xs, do, retain_graph=True)  # noqa: E731
+                            gr = functools.partial(torch.autograd.grad, o, xs, do, retain_graph=True)
                             ms = _bench_ms(gr)
                             res[(impl, "bwd")] = 2.5 * fwd_flops / (ms * 1e-3) / 1e12
-                            del o
+                            del o, gr, f  # the partials hold the graph and inputs
                     except Exception as e:  # keep the table going; the cell says why
                         errs.append(f"{impl}: {_err(e)}")
                         res.setdefault((impl, "fwd"), None)
@@ -192,7 +198,7 @@ def bench_paged(rep: Report, quick: bool, dev: torch.device, copy_gbs: float) ->
                 tables = torch.randperm(N * nblk, device=dev, generator=g).view(N, nblk).to(torch.int32)
                 lens = torch.full((N,), ctx, dtype=torch.int32, device=dev)
                 q = torch.randn(N, H, D, device=dev, dtype=torch.bfloat16, generator=g)
-                ms = _bench_ms(lambda: kernels.paged_attention(q, kc, vc, tables, lens))
+                ms = _bench_ms(functools.partial(kernels.paged_attention, q, kc, vc, tables, lens))
                 gbs = 2 * N * ctx * Hkv * D * 2 / (ms * 1e-3) / 1e9
                 rep.row([str(N), str(ctx), _fmt(ms, 3), _fmt(gbs, 0), f"{gbs / copy_gbs:.0%}"])
                 del kc, vc, tables, lens, q
@@ -212,7 +218,7 @@ def bench_pq(rep: Report, quick: bool, dev: torch.device, copy_gbs: float) -> No
             g = torch.Generator(device=dev).manual_seed(0)
             lut = torch.randn(nq, m, 256, device=dev, generator=g)
             codes = torch.randint(0, 256, (n, m), device=dev, dtype=torch.uint8, generator=g)
-            ms = _bench_ms(lambda: kernels.pq_adc_topk(lut, codes, k))
+            ms = _bench_ms(functools.partial(kernels.pq_adc_topk, lut, codes, k))
             gbs = n * m / (ms * 1e-3) / 1e9
             # Each query rescans the codes, mostly from L2 when queries share a tile; GB/s counts one pass.
             rep.row([str(nq), str(m), f"{n:,}", str(k), _fmt(ms, 3), _fmt(gbs, 0), f"{gbs / copy_gbs:.0%}"])
@@ -269,10 +275,10 @@ def bench_moe(rep: Report, quick: bool, dev: torch.device) -> None:
             out = kernels.fused_moe(*args)
             base = _grouped_loop(*args)
             err = ((out.float() - base.float()).norm() / base.float().norm()).item()
-            ms_t = _bench_ms(lambda: kernels.fused_moe(*args))
-            ms_g = _bench_ms(lambda: _grouped_loop(*args))
+            ms_t = _bench_ms(functools.partial(kernels.fused_moe, *args))
+            ms_g = _bench_ms(functools.partial(_grouped_loop, *args))
             # The reference upcasts every expert's weights to fp32 per call: slow, timed with few repetitions.
-            ms_r = _bench_ms(lambda: reference.fused_moe(*args), rep=20) if T <= 2048 else None
+            ms_r = _bench_ms(functools.partial(reference.fused_moe, *args), rep=20) if T <= 2048 else None
             flops = 2 * T * topk * 3 * d * Fd
             rep.row(
                 [

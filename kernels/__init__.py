@@ -1,13 +1,12 @@
-"""Attention, paged-KV and PQ-scan kernels: Triton on CUDA, plain torch elsewhere (see kernels/ops.py).
+"""Attention, paged-KV, PQ-scan and MoE kernels: Triton on CUDA, plain torch elsewhere (see kernels/ops.py).
 
 This package imports nothing else of pqrag, and triton only lazily, so it works on machines without triton.
 
-`kernels.flash_attention` and `kernels.paged_attention` are the dispatching functions, although modules of the same
-names hold the Triton implementations; reach those with importlib.import_module("kernels.flash_attention").
+- ops.py: the public ops and the one dispatch point (PQRAG_KERNELS) between Triton and the references;
+- checks.py: the ops' argument checks, run once before the dispatch;
+- reference.py: the plain-torch references (the CPU path and the tests' ground truth);
+- triton/: the Triton kernels and their host wrappers.
 """
-
-import sys
-import types
 
 from kernels.ops import (
     backend,
@@ -32,15 +31,3 @@ __all__ = [
     "triton_available",
     "write_kv",
 ]
-
-
-class _Package(types.ModuleType):
-    # Importing the submodule kernels.flash_attention makes the import system run
-    # setattr(kernels, "flash_attention", <module>), which would shadow the function for every caller.
-    def __setattr__(self, name: str, value: object) -> None:
-        if isinstance(value, types.ModuleType) and name in __all__:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -1,19 +1,25 @@
-"""The one dispatch point: Triton kernels for CUDA tensors, plain-torch references (kernels/reference.py) elsewhere.
+"""The one dispatch point: Triton kernels (kernels/triton/) for CUDA tensors, plain-torch references
+(kernels/reference.py) elsewhere.
 
-Environment switch `PQRAG_KERNELS` (read at every call, so tests can flip it):
-- `auto` (default): Triton when the tensors are on CUDA and triton imports, the reference otherwise;
-- `triton`: always the Triton kernels (CPU tensors need TRITON_INTERPRET=1 set before triton is first imported);
+Every op checks its arguments once (kernels/checks.py), then picks a backend, following the environment switch
+`PQRAG_KERNELS` (read at every call, so tests can flip it):
+- `auto` (default): Triton when the tensors are on CUDA, triton imports and the kernel covers the call; the reference
+  otherwise (on the same device). The kernels cover fp16 / bf16 / fp32 and head dims 16-256 (powers of two); float64,
+  other head dims, pq_adc_topk past k = 1024 and the rest each Triton module's `unsupported()` names run the reference;
+- `triton`: always the Triton kernels (CPU tensors need TRITON_INTERPRET=1 set before triton is first imported); a call
+  the kernel does not cover is a ValueError;
 - `reference`: always the references, also on CUDA.
+Nothing else chooses: the Triton wrappers never fall back to the reference themselves.
 
-Triton is imported lazily, so `import kernels` works where triton is missing (macOS, CPU-only installs). The
-implementation modules share names with these functions (kernels/flash_attention.py defines flash_attention), so they
-are loaded with importlib.import_module, never `from kernels import flash_attention`, which yields the function.
+Triton is imported lazily (kernels/triton/ is imported only once Triton is chosen), so `import kernels` works where
+triton is missing (macOS, CPU-only installs).
 
-Public signatures (shapes in brackets; all kernels accept fp16 / bf16 on GPU, fp32 everywhere, fp64 in the references):
+Public signatures (shapes in brackets; the references also take fp64):
 
     flash_attention(q, k, v, causal=True, softmax_scale=None) -> o
-        q [B, T, H, D], k/v [B, S, Hkv, D], H % Hkv == 0, D in {16, 32, 64, 128, 256}. Causal masks are bottom-right
-        aligned: query i sees keys j <= i + S - T. Differentiable (dq, dk, dv).
+        q [B, T, H, D], k/v [B, S, Hkv, D], H % Hkv == 0 (the Triton kernels take D in {16, 32, 64, 128, 256}). Causal
+        masks are bottom-right aligned: query i sees keys j <= i + S - T; rows that see no key output zeros.
+        softmax_scale defaults to 1 / sqrt(D) (all attention ops). Differentiable (dq, dk, dv).
     flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
                            causal=True, softmax_scale=None) -> o
         q [total_q, H, D], k/v [total_k, Hkv, D], cu_seqlens [batch + 1] int32. Differentiable.
@@ -42,12 +48,11 @@ Public signatures (shapes in brackets; all kernels accept fp16 / bf16 on GPU, fp
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 
 import torch
 
-from kernels import reference
+from kernels import checks, reference
 
 __all__ = [
     "backend",
@@ -78,9 +83,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _mode() -> str:
+    return os.environ.get(_ENV, "auto").strip().lower() or "auto"
+
+
 def backend(*tensors: torch.Tensor) -> str:
     """'triton' or 'reference' for a call on these tensors, following PQRAG_KERNELS."""
-    mode = os.environ.get(_ENV, "auto").strip().lower() or "auto"
+    mode = _mode()
     if mode == "reference":
         return "reference"
     if mode == "triton":
@@ -94,14 +103,29 @@ def backend(*tensors: torch.Tensor) -> str:
     return "triton" if tensors[0].is_cuda and triton_available() else "reference"
 
 
+def _covered(why_not: str | None) -> bool:
+    """Whether the Triton kernel takes a call that backend() gave to Triton; `why_not` is its module's unsupported().
+
+    A call it does not cover runs the reference under PQRAG_KERNELS=auto and is an error under PQRAG_KERNELS=triton,
+    which promises the kernels.
+    """
+    if why_not is None:
+        return True
+    if _mode() == "triton":
+        raise ValueError(f"{_ENV}=triton, but {why_not} (set {_ENV}=auto to run the reference instead)")
+    return False
+
+
 def flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, softmax_scale: float | None = None
 ) -> torch.Tensor:
-    if backend(q) == "reference":
-        return reference.flash_attention(q, k, v, causal, softmax_scale)
-    fa = importlib.import_module("kernels.flash_attention")
+    checks.flash_attention(q, k, v)
+    if backend(q) == "triton":
+        from kernels.triton import flash_attention as fa
 
-    return fa.flash_attention(q, k, v, causal, softmax_scale)
+        if _covered(fa.unsupported(q)):
+            return fa.flash_attention(q, k, v, causal, softmax_scale)
+    return reference.flash_attention(q, k, v, causal, softmax_scale)
 
 
 def flash_attention_varlen(
@@ -115,12 +139,14 @@ def flash_attention_varlen(
     causal: bool = True,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
+    checks.flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k)
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
-    if backend(q) == "reference":
-        return reference.flash_attention_varlen(*args)
-    fa = importlib.import_module("kernels.flash_attention")
+    if backend(q) == "triton":
+        from kernels.triton import flash_attention as fa
 
-    return fa.flash_attention_varlen(*args)
+        if _covered(fa.unsupported(q)):
+            return fa.flash_attention_varlen(*args)
+    return reference.flash_attention_varlen(*args)
 
 
 def paged_attention(
@@ -131,11 +157,15 @@ def paged_attention(
     seq_lens: torch.Tensor,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
-    if backend(q) == "reference":
-        return reference.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale)
-    pa = importlib.import_module("kernels.paged_attention")
+    checks.paged_attention(q, k_cache, v_cache, block_tables, seq_lens)
+    checks.paged_decode(q, seq_lens)
+    args = (q, k_cache, v_cache, block_tables, seq_lens, softmax_scale)
+    if backend(q) == "triton":
+        from kernels.triton import paged_attention as pa
 
-    return pa.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale)
+        if _covered(pa.unsupported(q, k_cache, v_cache)):
+            return pa.paged_attention(*args)
+    return reference.paged_attention(*args)
 
 
 def paged_prefill_attention(
@@ -149,30 +179,37 @@ def paged_prefill_attention(
     causal: bool = True,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
+    checks.paged_attention(q, k_cache, v_cache, block_tables, seq_lens)
+    checks.paged_prefill(seq_lens, cu_seqlens_q)
     args = (q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, max_seqlen_q, causal, softmax_scale)
-    if backend(q) == "reference":
-        return reference.paged_prefill_attention(*args)
-    pa = importlib.import_module("kernels.paged_attention")
+    if backend(q) == "triton":
+        from kernels.triton import paged_attention as pa
 
-    return pa.paged_prefill_attention(*args)
+        if _covered(pa.unsupported(q, k_cache, v_cache)):
+            return pa.paged_prefill_attention(*args)
+    return reference.paged_prefill_attention(*args)
 
 
 def write_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
-    if backend(k_cache) == "reference":
-        return reference.write_kv(k, v, k_cache, v_cache, slot_mapping)
-    pa = importlib.import_module("kernels.paged_attention")
+    checks.write_kv(k, v, k_cache, v_cache, slot_mapping)
+    if backend(k_cache) == "triton":
+        from kernels.triton import write_kv as wkv
 
-    return pa.write_kv(k, v, k_cache, v_cache, slot_mapping)
+        if _covered(wkv.unsupported(k, k_cache, v_cache)):
+            return wkv.write_kv(k, v, k_cache, v_cache, slot_mapping)
+    return reference.write_kv(k, v, k_cache, v_cache, slot_mapping)
 
 
 def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend(lut) == "reference":
-        return reference.pq_adc_topk(lut, codes, k)
-    pq_adc = importlib.import_module("kernels.pq_adc")
+    checks.pq_adc_topk(lut, codes, k)
+    if backend(lut) == "triton":
+        from kernels.triton import pq_adc
 
-    return pq_adc.pq_adc_topk(lut, codes, k)
+        if _covered(pq_adc.unsupported(codes, k)):
+            return pq_adc.pq_adc_topk(lut, codes, k)
+    return reference.pq_adc_topk(lut, codes, k)
 
 
 def fused_moe(
@@ -183,8 +220,11 @@ def fused_moe(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
 ) -> torch.Tensor:
-    if backend(x) == "reference":
-        return reference.fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids)
-    fm = importlib.import_module("kernels.fused_moe")
+    args = (x, w_gate, w_up, w_down, topk_weights, topk_ids)
+    checks.fused_moe(*args)
+    if backend(x) == "triton":
+        from kernels.triton import fused_moe as fm
 
-    return fm.fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids)
+        if _covered(fm.unsupported(x)):
+            return fm.fused_moe(*args)
+    return reference.fused_moe(*args)

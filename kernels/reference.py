@@ -1,12 +1,13 @@
 """Plain-torch references for every kernel in kernels/, with the same signatures.
 
 They are the ground truth for the Triton tests (run in float64 there) and the CPU execution path chosen by the
-dispatch in kernels/ops.py. They favour clarity over speed but avoid Python loops over tokens: the T x S score
-matrix is materialised here, which is fine for the CPU path and small test shapes. The two that run on every CPU
-decode step are batched so that a step costs a few dozen tensor ops whatever the batch: paged_attention over
-sequences (one padded gather, a loop over KV heads only), fused_moe over tokens (one sort, a loop over experts).
-The prefill references still loop over sequences: each one's T x S work dwarfs the loop, and padding T across
-sequences would cost B x T_max x S_max memory.
+dispatch in kernels/ops.py, which has checked the arguments (kernels/checks.py) before they get here. They favour
+clarity over speed but avoid Python loops over tokens: the T x S score matrix is materialised here, which is fine for
+the CPU path and small test shapes. The two that run on every CPU decode step are batched so that a step costs a few
+dozen tensor ops whatever the batch: paged_attention over sequences (one padded gather, a loop over KV heads only),
+fused_moe over tokens (one sort, a loop over experts). The prefill references still loop over sequences: each one's
+T x S work dwarfs the loop, and padding T across sequences would cost B x T_max x S_max memory. pq_adc_topk is the
+exception to "slow on purpose": it is retrieval's CPU search path, a blocked embedding_bag scan.
 
 Conventions shared with the kernels:
 - causal masks are aligned to the bottom right: with T queries over S keys, query i sees keys j <= i + S - T;
@@ -16,10 +17,10 @@ Conventions shared with the kernels:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from kernels import checks
 
 __all__ = [
     "flash_attention",
@@ -38,7 +39,8 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _softmax_rows(s: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim of scores where masked keys are already -inf; a row with no visible key -> zeros."""
-    m = s.amax(dim=-1, keepdim=True)
+    # The shift m cancels out of the softmax: detached, autograd does not differentiate through the max.
+    m = s.amax(dim=-1, keepdim=True).detach()
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     p = torch.exp(s - m)
     l = p.sum(dim=-1, keepdim=True)
@@ -46,21 +48,22 @@ def _softmax_rows(s: torch.Tensor) -> torch.Tensor:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """Masked softmax attention for one group of heads.
+    """Masked softmax attention over a batch of sequences of equal lengths.
 
-    q (T, H, D), k/v (S, Hkv, D), mask (T, S) bool (True = visible) or None -> (T, H, D) in the accumulation dtype.
+    q (B, T, H, D), k/v (B, S, Hkv, D), mask (T, S) bool (True = visible) or None -> (B, T, H, D) in the
+    accumulation dtype.
     """
-    T, H, D = q.shape
-    S, Hkv, _ = k.shape
+    B, T, H, D = q.shape
+    Hkv = k.shape[2]
     group = H // Hkv
     acc = _acc_dtype(q.dtype)
-    qf = q.to(acc).view(T, Hkv, group, D)
-    s = torch.einsum("tkgd,skd->kgts", qf, k.to(acc)) * scale  # (Hkv, group, T, S)
+    qf = q.to(acc).reshape(B, T, Hkv, group, D)  # GQA: query heads h*group .. h*group+group-1 read kv head h
+    s = torch.einsum("btkgd,bskd->bkgts", qf, k.to(acc)) * scale  # (B, Hkv, group, T, S)
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
     p = _softmax_rows(s)
-    o = torch.einsum("kgts,skd->tkgd", p, v.to(acc))
-    return o.reshape(T, H, D)
+    o = torch.einsum("bkgts,bskd->btkgd", p, v.to(acc))
+    return o.reshape(B, T, H, D)
 
 
 def _causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
@@ -69,36 +72,13 @@ def _causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
     return j <= i + (S - T)  # (T, S), bottom-right aligned
 
 
-def _check_heads(H: int, Hkv: int) -> None:
-    if Hkv == 0 or H % Hkv != 0:
-        raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({Hkv})")
-
-
 def flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, softmax_scale: float | None = None
 ) -> torch.Tensor:
     """q (B, T, H, D), k/v (B, S, Hkv, D) -> o (B, T, H, D). Differentiable through plain autograd."""
-    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
-        raise ValueError(
-            f"expected q (B, T, H, D) and k, v (B, S, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    B, T, H, D = q.shape
-    S, Hkv = k.shape[1], k.shape[2]
-    _check_heads(H, Hkv)
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
-    acc = _acc_dtype(q.dtype)
-    group = H // Hkv
-    qf = q.to(acc).view(B, T, Hkv, group, D)
-    s = torch.einsum("btkgd,bskd->bkgts", qf, k.to(acc)) * scale  # (B, Hkv, group, T, S)
-    if causal:
-        s = s.masked_fill(~_causal_mask(T, S, q.device), float("-inf"))
-    m = s.amax(dim=-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
-    p = torch.exp(s - m)
-    l = p.sum(dim=-1, keepdim=True)
-    p = p / torch.where(l > 0, l, torch.ones_like(l))
-    o = torch.einsum("bkgts,bskd->btkgd", p, v.to(acc))
-    return o.reshape(B, T, H, D).to(q.dtype)
+    T, S, D = q.shape[1], k.shape[1], q.shape[-1]
+    mask = _causal_mask(T, S, q.device) if causal else None
+    return _attend(q, k, v, mask, checks.softmax_scale(softmax_scale, D)).to(q.dtype)
 
 
 def flash_attention_varlen(
@@ -112,24 +92,21 @@ def flash_attention_varlen(
     causal: bool = True,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
-    """Packed sequences: q (total_q, H, D), k/v (total_k, Hkv, D), cu_seqlens (batch + 1,) int32 -> (total_q, H, D)."""
-    if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape:
-        raise ValueError(
-            f"expected q (total_q, H, D) and k, v (total_k, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}"
-        )
-    _check_heads(q.shape[1], k.shape[1])
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    """Packed sequences: q (total_q, H, D), k/v (total_k, Hkv, D), cu_seqlens (batch + 1,) int32 -> (total_q, H, D).
+
+    max_seqlen_* are accepted for the signature's sake: the lengths are read on the host here anyway.
+    """
+    scale = checks.softmax_scale(softmax_scale, q.shape[-1])
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
-    if len(cq) != len(ck):
-        raise ValueError("cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1)")
     out = torch.zeros(q.shape, dtype=_acc_dtype(q.dtype), device=q.device)
     for b in range(len(cq) - 1):
         T, S = cq[b + 1] - cq[b], ck[b + 1] - ck[b]
         if T == 0:
             continue
         mask = _causal_mask(T, S, q.device) if causal else None
-        out[cq[b] : cq[b + 1]] = _attend(q[cq[b] : cq[b + 1]], k[ck[b] : ck[b + 1]], v[ck[b] : ck[b + 1]], mask, scale)
+        qs, ks = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
+        out[qs] = _attend(q[None, qs], k[None, ks], v[None, ks], mask, scale)[0]
     return out.to(q.dtype)
 
 
@@ -156,12 +133,7 @@ def paged_attention(
     longest sequence, and slots j >= seq_lens[i] are masked out. A loop over sequences made that N small attention
     calls per layer instead. Padding costs at most N x (S_max + block_size) x Hkv x D per K and V.
     """
-    if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(
-            f"expected q (N, H, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(q.shape)}, {tuple(k_cache.shape)}"
-        )
-    _check_heads(q.shape[1], k_cache.shape[2])
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scale = checks.softmax_scale(softmax_scale, q.shape[-1])
     N, H, D = q.shape
     bs, Hkv = k_cache.shape[1], k_cache.shape[2]
     group = H // Hkv
@@ -211,27 +183,21 @@ def paged_prefill_attention(
     token t of sequence i (0-based in its chunk) sees keys j <= seq_lens[i] - query_len[i] + t when causal, all
     seq_lens[i] keys otherwise. Decode is the case query_len == 1.
     """
-    if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(
-            f"expected q (total_q, H, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(q.shape)}, {tuple(k_cache.shape)}"
-        )
-    _check_heads(q.shape[1], k_cache.shape[2])
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scale = checks.softmax_scale(softmax_scale, q.shape[-1])
     cq = cu_seqlens_q.tolist()
     lens = seq_lens.tolist()
-    if len(cq) != len(lens) + 1:
-        raise ValueError(f"cu_seqlens_q must have len(seq_lens) + 1 = {len(lens) + 1} entries, got {len(cq)}")
     out = torch.zeros(q.shape, dtype=_acc_dtype(q.dtype), device=q.device)
     for i, n in enumerate(lens):
         T = cq[i + 1] - cq[i]
         if T == 0:
             continue
+        # A data check the kernels cannot afford (a device sync); the lengths are on the host here anyway.
         if T > n:
             raise ValueError(f"sequence {i}: query_len {T} exceeds seq_len {n} (seq_lens must include the new tokens)")
         k = _gather_paged(k_cache, block_tables[i], n)
         v = _gather_paged(v_cache, block_tables[i], n)
         mask = _causal_mask(T, n, q.device) if causal else None
-        out[cq[i] : cq[i + 1]] = _attend(q[cq[i] : cq[i + 1]], k, v, mask, scale)
+        out[cq[i] : cq[i + 1]] = _attend(q[None, cq[i] : cq[i + 1]], k[None], v[None], mask, scale)[0]
     return out.to(q.dtype)
 
 
@@ -242,14 +208,6 @@ def write_kv(
 
     Negative slots (padding tokens) are skipped.
     """
-    if k.dim() != 3 or v.shape != k.shape or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(
-            f"expected k, v (N, Hkv, D) and caches (num_blocks, block_size, Hkv, D); got {tuple(k.shape)}, {tuple(k_cache.shape)}"
-        )
-    if k.shape[1:] != k_cache.shape[2:]:
-        raise ValueError(
-            f"k/v heads and head dim {tuple(k.shape[1:])} do not match the cache {tuple(k_cache.shape[2:])}"
-        )
     slots = slot_mapping.long()
     # Filter only when there is padding (one host read): boolean-mask indexing of slots, k and v on every call cost
     # more than the writes themselves on the CPU decode path, where padding never occurs.
@@ -263,35 +221,41 @@ def write_kv(
 
 
 def pq_adc_topk(
-    lut: torch.Tensor, codes: torch.Tensor, k: int, chunk: int = 65536
+    lut: torch.Tensor, codes: torch.Tensor, k: int, block: int = 1 << 16, qblock: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k smallest dist[q, i] = sum_j lut[q, j, codes[i, j]].
 
     lut (nq, m, ksub) float, codes (n, m) uint8 -> values (nq, k) ascending (float32, float64 if lut is float64),
-    indices (nq, k) int64; +inf / -1 padding when n < k. Scans codes in chunks so memory stays O(nq * (chunk + k)).
+    positions (nq, k) int64; +inf / -1 padding when n < k. Queries go in blocks of `qblock` so the (m * ksub, qblock)
+    table stays in cache; codes in blocks of `block` with a running top-k, so the (nq, n) distance matrix is never
+    materialised.
     """
-    if lut.dim() != 3 or codes.dim() != 2 or codes.shape[1] != lut.shape[1]:
-        raise ValueError(f"expected lut (nq, m, ksub) and codes (n, m); got {tuple(lut.shape)}, {tuple(codes.shape)}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
     nq, m, ksub = lut.shape
     n = codes.shape[0]
+    dev = lut.device
     vdt = torch.float64 if lut.dtype == torch.float64 else torch.float32
-    best_v = torch.full((nq, k), float("inf"), dtype=vdt, device=lut.device)
-    best_i = torch.full((nq, k), -1, dtype=torch.int64, device=lut.device)
-    lutf = lut.to(vdt)
-    sub = torch.arange(m, device=lut.device) * ksub  # offset of each sub-quantizer's table
-    flat = lutf.reshape(nq, m * ksub)
-    for start in range(0, n, chunk):
-        c = codes[start : start + chunk].long() + sub  # (nc, m) indices into flat
-        d = flat[:, c].sum(dim=-1)  # (nq, nc)
-        idx = torch.arange(start, start + c.shape[0], device=lut.device).expand(nq, -1)
-        allv = torch.cat([best_v, d], dim=1)
-        alli = torch.cat([best_i, idx], dim=1)
-        kk = min(k, allv.shape[1])
-        v_, pos = torch.topk(allv, kk, dim=1, largest=False, sorted=True)
-        best_v[:, :kk], best_i[:, :kk] = v_, alli.gather(1, pos)
-    return best_v, best_i
+    out_v = torch.full((nq, k), float("inf"), dtype=vdt, device=dev)
+    out_i = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
+    offs = (torch.arange(m, device=dev, dtype=torch.int32) * ksub)[None]  # (1, m) each sub-quantizer's first row
+    for qs in range(0, nq, qblock):
+        lq = lut[qs : qs + qblock]
+        # embedding_bag sums rows of w picked by the m offsets of each code: all queries of the block at once
+        # an explicit copy: .contiguous() keeps the odd stride of a size-1 dim, which sends
+        # embedding_bag down a ~30x slower path for a single query
+        w = torch.empty(m * ksub, lq.shape[0], dtype=vdt, device=dev)  # (m * ksub, nqb)
+        w.copy_(lq.permute(1, 2, 0).reshape(m * ksub, lq.shape[0]))
+        bv, bi = out_v[qs : qs + qblock], out_i[qs : qs + qblock]
+        for s in range(0, n, block):
+            idx = codes[s : s + block].to(torch.int32) + offs  # (b, m)
+            dist = F.embedding_bag(idx, w, mode="sum").t()  # (nqb, b)
+            v, j = dist.topk(min(k, dist.shape[1]), dim=1, largest=False)  # partial top-k of the block
+            # merge with the running top-k: the k smallest of both candidate sets
+            cand_v, cand_i = torch.cat([bv, v], 1), torch.cat([bi, j + s], 1)
+            bv, p = cand_v.topk(min(k, cand_v.shape[1]), dim=1, largest=False)
+            bi = cand_i.gather(1, p)
+        out_v[qs : qs + qblock, : bv.shape[1]] = bv
+        out_i[qs : qs + qblock, : bi.shape[1]] = bi
+    return out_v, out_i
 
 
 def fused_moe(
@@ -308,15 +272,7 @@ def fused_moe(
     topk_ids (T, topk) int -> out (T, d) = sum_k w[t, k] * down_e(silu(gate_e(x_t)) * up_e(x_t)), e = topk_ids[t, k].
     Ids outside [0, E) contribute nothing.
     """
-    if x.dim() != 2 or w_gate.dim() != 3 or w_up.shape != w_gate.shape or w_down.dim() != 3:
-        raise ValueError(
-            f"expected x (T, d), w_gate/w_up (E, F, d), w_down (E, d, F); got {tuple(x.shape)}, {tuple(w_gate.shape)}, {tuple(w_down.shape)}"
-        )
-    E, Fdim, d = w_gate.shape
-    if w_down.shape != (E, d, Fdim) or x.shape[1] != d:
-        raise ValueError(
-            f"w_down must be (E, d, F) = {(E, d, Fdim)} and x (T, {d}); got {tuple(w_down.shape)}, {tuple(x.shape)}"
-        )
+    E = w_gate.shape[0]
     acc = _acc_dtype(x.dtype)
     out = torch.zeros(x.shape, dtype=acc, device=x.device)
     topk = topk_ids.shape[1]

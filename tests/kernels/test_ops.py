@@ -41,10 +41,13 @@ def test_switch_forces_either_path(monkeypatch):
 
 
 def test_package_functions_survive_submodule_imports():
-    # kernels/flash_attention.py shares its name with the re-exported function; importing it must not shadow it.
-    for name in ("flash_attention", "paged_attention", "pq_adc", "fused_moe", "reference"):
+    # The Triton modules share names with the ops (kernels/triton/flash_attention.py); importing them, or any module
+    # of the package, must not shadow the functions kernels re-exports.
+    names = ["kernels.reference", "kernels.checks"]
+    names += [f"kernels.triton.{m}" for m in ("flash_attention", "paged_attention", "write_kv", "pq_adc", "fused_moe")]
+    for name in names:
         try:
-            importlib.import_module(f"kernels.{name}")
+            importlib.import_module(name)
         except ImportError:  # triton missing: nothing to shadow
             pass
     assert kernels.flash_attention is ops.flash_attention
@@ -103,6 +106,37 @@ def test_every_op_through_the_dispatch(mode, monkeypatch, device):
     w = torch.rand(7, 2, generator=g).to(device)
     ref = R.fused_moe(x.double(), wg.double(), wu.double(), wd.double(), w.double(), ids)
     assert rel_err(kernels.fused_moe(x, wg, wu, wd, w, ids), ref) < TOL[torch.float32]
+
+
+def test_uncovered_calls_fail_when_triton_is_forced(device, force_triton):
+    # Head dim 8, float64 and k past the scan's limit are the references' alone: PQRAG_KERNELS=triton promises the
+    # kernels, so the dispatch says why instead of quietly running the reference.
+    q = torch.zeros(1, 3, 2, 8, device=device)
+    with pytest.raises(ValueError, match="head dim"):
+        kernels.flash_attention(q, q, q)
+    x = torch.zeros(3, 16, dtype=torch.float64, device=device)
+    w = torch.zeros(2, 16, 16, dtype=torch.float64, device=device)
+    ids = torch.zeros(3, 1, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match="float64"):
+        kernels.fused_moe(x, w, w, w, torch.ones(3, 1, device=device), ids)
+    codes = torch.zeros(10, 4, dtype=torch.uint8, device=device)
+    with pytest.raises(ValueError, match="k="):
+        kernels.pq_adc_topk(torch.zeros(1, 4, 16, device=device), codes, 2000)
+
+
+def test_auto_runs_the_reference_for_uncovered_calls(monkeypatch, device):
+    # With Triton chosen (as on CUDA), a call the kernel does not cover runs the reference; a covered one the kernel.
+    pytest.importorskip("triton")
+    monkeypatch.setenv("PQRAG_KERNELS", "auto")
+    monkeypatch.setattr(ops, "backend", lambda *tensors: "triton")
+    calls = []
+    monkeypatch.setattr(R, "flash_attention", lambda *args: calls.append(args) or args[0])
+    g = gen()
+    q8 = randn(1, 5, 2, 8, g=g, dtype=torch.float32, device=device)
+    assert kernels.flash_attention(q8, q8, q8) is q8 and len(calls) == 1
+    q32 = randn(1, 5, 2, 32, g=g, dtype=torch.float32, device=device)
+    o = kernels.flash_attention(q32, q32, q32)
+    assert len(calls) == 1 and o.shape == q32.shape and torch.isfinite(o).all()
 
 
 def test_reference_path_is_differentiable(monkeypatch):

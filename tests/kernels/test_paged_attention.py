@@ -1,4 +1,5 @@
-"""Triton paged decode, paged chunked prefill and the KV-cache write against the float64 references."""
+"""Triton paged decode and paged chunked prefill (kernels/triton/paged_attention.py) against the float64 references;
+with the cache write (write_kv.py), the serving sequence of chunks then a decode step."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from tests.kernels.conftest import CUDA
 from tests.kernels.helpers import TOL, cu_seqlens, dtypes, gen, paged_cache, randn, rel_err
 
 pytest.importorskip("triton")
-pa = importlib.import_module("kernels.paged_attention")
+pa = importlib.import_module("kernels.triton.paged_attention")
+split = importlib.import_module("kernels.triton.paged_split")
+wkv = importlib.import_module("kernels.triton.write_kv")
 
 
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -76,20 +79,6 @@ def test_prefill_without_max_seqlen_and_custom_scale(device):
     assert rel_err(o, ref) < TOL[torch.float32]
 
 
-def test_write_kv(device):
-    # Slots in any order, a padding slot (-1), untouched slots must keep their previous contents.
-    g = gen()
-    for dtype in dtypes(device):
-        kc = randn(5, 6, 2, 32, g=g, dtype=dtype, device=device)
-        vc = randn(5, 6, 2, 32, g=g, dtype=dtype, device=device)
-        k, v = (randn(7, 2, 32, g=g, dtype=dtype, device=device) for _ in range(2))
-        slots = torch.tensor([13, 0, -1, 29, 6, 7, 22], device=device)
-        kr, vr = kc.clone(), vc.clone()
-        pa.write_kv(k, v, kc, vc, slots)
-        R.write_kv(k, v, kr, vr, slots)
-        assert torch.equal(kc, kr) and torch.equal(vc, vr)
-
-
 def test_chunked_prefill_then_decode_matches_dense_attention(device, poison):
     # The serving sequence: write a prompt chunk by chunk into shuffled blocks, attend each chunk over its prefix,
     # then decode one token; all against dense causal attention over the full sequence.
@@ -107,27 +96,20 @@ def test_chunked_prefill_then_decode_matches_dense_attention(device, poison):
     for start, end in [(0, 20), (20, 44)]:
         pos = torch.arange(start, end, device=device)
         slots = table[0, pos // bs].long() * bs + pos % bs
-        pa.write_kv(k[start:end], v[start:end], kc, vc, slots)
+        wkv.write_kv(k[start:end], v[start:end], kc, vc, slots)
         sl = torch.tensor([end], dtype=torch.int32, device=device)
         cq = torch.tensor([0, end - start], dtype=torch.int32, device=device)
         out[start:end] = pa.paged_prefill_attention(q[start:end], kc, vc, table, sl, cq, end - start)
     slot = table[0, 44 // bs].long() * bs + 44 % bs
-    pa.write_kv(k[44:], v[44:], kc, vc, slot[None])
+    wkv.write_kv(k[44:], v[44:], kc, vc, slot[None])
     out[44:] = pa.paged_attention(q[44:], kc, vc, table, torch.tensor([n], dtype=torch.int32, device=device))
     ref = R.flash_attention(q[None].double(), k[None].double(), v[None].double(), True)[0]
     assert rel_err(out, ref) < TOL[torch.float32]
 
 
-def test_split_plan_covers_every_key():
-    for programs, max_ctx in [(1, 32768), (8, 4096), (512, 4096), (3, 100), (1, 1)]:
-        splits, partition = pa._split_plan(programs, max_ctx, torch.device("cpu"), None)
-        assert splits >= 1 and partition % pa._PARTITION_ALIGN == 0
-        assert splits * partition >= max_ctx > (splits - 1) * partition or max_ctx <= partition
-
-
 def test_gpu_configs_respect_hardware_constraints():
     # Power-of-two key tiles of at least 16 (tl.dot), dividing the split-K partition size.
-    for configs, align in [(pa._gpu_configs(), pa._GPU_PARTITION_ALIGN), (pa._interp_configs(), 16)]:
+    for configs, align in [(pa.gpu_configs(), split.GPU_PARTITION_ALIGN), (pa.interp_configs(), 16)]:
         for cfg in configs:
             b = cfg.kwargs["BLOCK_N"]
             assert b >= 16 and b & (b - 1) == 0 and align % b == 0, cfg

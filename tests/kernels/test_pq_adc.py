@@ -1,4 +1,4 @@
-"""Triton PQ distance scan with per-tile top-k against the float64 reference."""
+"""Triton PQ distance scan with per-tile top-k (kernels/triton/pq_adc.py) against the float64 reference."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import importlib
 import pytest
 import torch
 
+import kernels
 from kernels import reference as R
 from tests.kernels.conftest import CUDA
 from tests.kernels.helpers import gen, randn
 
 pytest.importorskip("triton")
-pq = importlib.import_module("kernels.pq_adc")
+pq = importlib.import_module("kernels.triton.pq_adc")
 
 
 def _check(lut: torch.Tensor, codes: torch.Tensor, k: int) -> None:
@@ -53,14 +54,24 @@ def test_duplicate_codes_and_strided_lut(device, poison):
     _check(lut, codes, 25)
 
 
-def test_empty_inputs_and_bad_codes(device):
+def test_empty_inputs_and_bad_codes(device, force_triton):
     lut = torch.zeros(2, 4, 16, device=device)
     v, i = pq.pq_adc_topk(lut, torch.zeros(0, 4, dtype=torch.uint8, device=device), 3)
     assert torch.isinf(v).all() and (i == -1).all()
+    # Bad codes are rejected once, by the dispatch's checks (kernels/checks.py), whichever backend runs.
     with pytest.raises(ValueError):
-        pq.pq_adc_topk(lut, torch.zeros(5, 4, dtype=torch.int32, device=device), 3)
+        kernels.pq_adc_topk(lut, torch.zeros(5, 4, dtype=torch.int32, device=device), 3)
     with pytest.raises(ValueError):
-        pq.pq_adc_topk(lut, torch.zeros(5, 3, dtype=torch.uint8, device=device), 3)
+        kernels.pq_adc_topk(lut, torch.zeros(5, 3, dtype=torch.uint8, device=device), 3)
+
+
+def test_coverage():
+    # k past MAX_K and databases past one launch's grid are not the kernel's: the dispatch runs the reference.
+    codes = torch.zeros(100, 4, dtype=torch.uint8)
+    assert pq.unsupported(codes, pq.MAX_K) is None
+    assert "k=" in pq.unsupported(codes, pq.MAX_K + 1)
+    huge = codes[:1].expand(2**31, 4)  # a stride-0 view: no memory
+    assert "grid" in pq.unsupported(huge, 10)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")

@@ -187,12 +187,33 @@ def test_pq_reference_matches_brute_force():
     lut = randn(nq, m, ksub, g=g, dtype=torch.float64, device="cpu")
     codes = torch.randint(0, ksub, (n, m), generator=g, dtype=torch.uint8)
     dist = torch.stack([sum(lut[q, j, codes[:, j].long()] for j in range(m)) for q in range(nq)])  # (nq, n)
-    values, indices = R.pq_adc_topk(lut, codes, k, chunk=128)
+    values, indices = R.pq_adc_topk(lut, codes, k, block=128)
     ref_v, _ = dist.sort(dim=1)
     assert torch.allclose(values, ref_v[:, :k])
     assert torch.allclose(dist.gather(1, indices), values)
     v2, i2 = R.pq_adc_topk(lut, codes[:5], 8)
     assert torch.isinf(v2[:, 5:]).all() and (i2[:, 5:] == -1).all() and (i2[:, :5] >= 0).all()
+
+
+def test_pq_reference_blocks_queries_and_codes():
+    # nq > qblock and n > block: several query blocks, each merging a running top-k over several code blocks; a
+    # single query goes through the explicit-copy path of the table; float32 tables give float32 values.
+    g = gen()
+    lut = torch.rand(70, 4, 16, generator=g)
+    codes = torch.randint(0, 16, (300, 4), dtype=torch.uint8, generator=g)
+    v, i = R.pq_adc_topk(lut, codes, 5, block=64, qblock=32)
+    full = lut[:, torch.arange(4)[None, :], codes.long()].sum(-1)  # (nq, n)
+    want = full.topk(5, largest=False)
+    assert v.dtype == torch.float32 and i.dtype == torch.int64
+    torch.testing.assert_close(v, want.values)
+    torch.testing.assert_close(full.gather(1, i), want.values)
+    v1, i1 = R.pq_adc_topk(lut[3:4], codes, 5, block=64)
+    torch.testing.assert_close(v1, want.values[3:4])
+    torch.testing.assert_close(full[3:4].gather(1, i1), want.values[3:4])
+    v, i = R.pq_adc_topk(lut[:2], codes[:3], 5)  # n < k: padding
+    assert (i[:, 3:] == -1).all() and torch.isinf(v[:, 3:]).all()
+    v0, i0 = R.pq_adc_topk(lut[:2], codes, 0)
+    assert v0.shape == i0.shape == (2, 0)
 
 
 def test_fused_moe_reference_matches_dense_mixture():

@@ -18,6 +18,16 @@ import os
 import triton
 
 
+def tile_configs(specs: list[tuple], names: tuple[str, str]) -> list[triton.Config]:
+    """(a, b, warps, stages) tuples -> triton.Configs setting the two tile sizes `names` to a and b."""
+    return [triton.Config({names[0]: a, names[1]: b}, num_warps=w, num_stages=s) for a, b, w, s in specs]
+
+
+def bucket(n: int) -> int:
+    # Autotune key: a power of two, so varying lengths or token counts do not re-tune on every call.
+    return max(16, triton.next_power_of_2(int(n)))
+
+
 def _bench(kernel_call, quantiles):
     rep = float(os.environ.get("PQRAG_TUNE_MS", "40"))
     return triton.testing.do_bench(kernel_call, warmup=max(1.0, rep / 4), rep=rep, quantiles=quantiles)

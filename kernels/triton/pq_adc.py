@@ -11,7 +11,8 @@ nq x n distance matrix:
    keys, which orders by distance and then index, and unpacked.
 
 The query index is the fastest-varying grid axis, so programs that share a tile of codes run together and the codes
-come from HBM about once.
+come from HBM about once. Larger k and databases past one launch's grid are not covered (`unsupported`): the dispatch
+runs the reference, the blocked torch scan of kernels/reference.py, for them.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _alloc
+from kernels.triton import _alloc
+from kernels.triton._launch import INTERPRET, last_dim_contiguous
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-_MAX_K = 1024  # larger k goes through the reference (chunked torch) on the same device
+MAX_K = 1024  # the sort network of a tile grows with k; larger k runs the reference on the same device
 _M_CHUNK = 16  # bytes of a code row loaded at once
+_MAX_TILES = 65535  # CUDA's limit on the second grid axis
 
 
 @triton.jit
@@ -98,38 +100,36 @@ def _unpack(keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return values, idx
 
 
+def _block_n(k: int) -> tuple[int, int]:
+    """-> (K_P, BLOCK_N): the top-k kept per tile (a power of two >= k) and codes per tile (4 x that at least)."""
+    k_p = max(16, triton.next_power_of_2(k))
+    return k_p, max(64 if INTERPRET else 1024, 4 * k_p)
+
+
+def unsupported(codes: torch.Tensor, k: int) -> str | None:
+    """Why the kernel cannot take this scan (checked arguments), or None."""
+    n = codes.shape[0]
+    if k > MAX_K:
+        return f"the Triton ADC scan keeps at most k={MAX_K} per query; got k={k}"
+    if n >= 2**31 or triton.cdiv(n, _block_n(k)[1]) > _MAX_TILES:
+        return f"{n} codes exceed one Triton ADC scan's grid"
+    return None
+
+
 def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """lut (nq, m, ksub) float32, codes (n, m) uint8 -> the k smallest distances (nq, k) float32 ascending and their
-    positions (nq, k) int64; +inf / -1 padding when n < k."""
-    if lut.dim() != 3 or codes.dim() != 2 or codes.shape[1] != lut.shape[1]:
-        raise ValueError(f"expected lut (nq, m, ksub) and codes (n, m); got {tuple(lut.shape)}, {tuple(codes.shape)}")
-    if codes.dtype != torch.uint8:
-        raise ValueError(f"codes must be uint8; got {codes.dtype}")
-    if lut.shape[2] > 256:
-        raise ValueError(f"uint8 codes index at most 256 centroids per sub-quantizer; lut has ksub={lut.shape[2]}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    positions (nq, k) int64; +inf / -1 padding when n < k. The arguments of kernels.pq_adc_topk, checked."""
     nq, m, ksub = lut.shape
     n = codes.shape[0]
-    if n >= 2**31:
-        raise ValueError(f"at most 2**31 - 1 codes per scan; got {n} (split the database)")
-    if k > _MAX_K:
-        from kernels import reference
-
-        return reference.pq_adc_topk(lut.float(), codes, k)
     values = torch.full((nq, k), float("inf"), device=lut.device, dtype=torch.float32)
     indices = torch.full((nq, k), -1, device=lut.device, dtype=torch.int64)
     if nq == 0 or n == 0 or k == 0:
         return values, indices
     lut = lut.float()
-    lut = lut if lut.stride(-1) == 1 else lut.contiguous()
-    codes = codes if codes.stride(-1) == 1 else codes.contiguous()
+    lut, codes = last_dim_contiguous(lut), last_dim_contiguous(codes)
 
-    k_p = max(16, triton.next_power_of_2(k))
-    block_n = max(64 if _INTERPRET else 1024, 4 * k_p)
+    k_p, block_n = _block_n(k)
     n_tiles = triton.cdiv(n, block_n)
-    if n_tiles > 65535:
-        raise ValueError(f"{n} codes exceed one scan's grid; split the database into chunks of < {65535 * block_n}")
     keys = _alloc.empty((nq, n_tiles * k_p), torch.int64, lut.device)
     _scan_kernel[(nq, n_tiles)](
         lut,

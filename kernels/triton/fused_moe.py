@@ -15,29 +15,24 @@ out[t] = sum_k w[t, k] * w_down[e] @ (silu(w_gate[e] @ x_t) * (w_up[e] @ x_t)), 
 
 The block index is the fastest grid axis: consecutive programs share an expert's weight tile, so expert weights
 come from HBM about once even when many blocks use the same expert.
+
+The kernels compute in float16, bfloat16 and float32 (`unsupported`); the dispatch runs float64 through the
+reference.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels import _alloc, _tuning
+from kernels.triton import _alloc, _tuning
+from kernels.triton._launch import INTERPRET, last_dim_contiguous, precision, unsupported_dtype
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _cfgs(specs: list[tuple]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s) for n, k, w, s in specs]
-
-
-# (BLOCK_N, BLOCK_K, warps, stages) around the tiles vLLM's fused_moe uses on H100-class parts; _prune drops those
+# (BLOCK_N, BLOCK_K, warps, stages) around the tiles vLLM's fused_moe uses on H100-class parts; prune drops those
 # whose fp32 accumulators or pipelined shared-memory tiles would not fit for the BLOCK_M of the call. The first
 # (smallest) fits every BLOCK_M and dtype: the one used when PQRAG_TUNE_CONFIGS=1 skips the tuning (see _tuning.py).
-_GPU_CONFIGS = _cfgs(
+GPU_CONFIGS = _tuning.tile_configs(
     [
         (64, 32, 4, 3),
         (64, 64, 4, 4),
@@ -47,14 +42,20 @@ _GPU_CONFIGS = _cfgs(
         (128, 128, 8, 3),
         (256, 64, 8, 3),
         (128, 32, 8, 3),
-    ]
+    ],
+    ("BLOCK_N", "BLOCK_K"),
 )
 # One small config under the interpreter; BLOCK_N != BLOCK_K so a swapped stride shows up.
-_INTERP_CONFIGS = _cfgs([(32, 16, 4, 1)])
-_CONFIGS = _INTERP_CONFIGS if _INTERPRET else _GPU_CONFIGS
+INTERP_CONFIGS = _tuning.tile_configs([(32, 16, 4, 1)], ("BLOCK_N", "BLOCK_K"))
+_CONFIGS = INTERP_CONFIGS if INTERPRET else GPU_CONFIGS
 
 
-def _prune(configs, named_args, **kwargs):
+def unsupported(x: torch.Tensor) -> str | None:
+    """Why the kernels cannot take these activations (checked arguments), or None."""
+    return unsupported_dtype(x.dtype, "x and the expert weights")
+
+
+def prune(configs, named_args, **kwargs):
     bm = kwargs.get("BLOCK_M", named_args.get("BLOCK_M", 64))
     n_acc = kwargs.get("N_ACC", named_args.get("N_ACC", 1))
     elt = 4 if kwargs.get("PRECISION", named_args.get("PRECISION")) == "ieee" else 2
@@ -72,7 +73,7 @@ def _prune(configs, named_args, **kwargs):
 _TUNE_KEY = ["TUNE_ROWS", "N", "K", "BLOCK_M", "PRECISION"]
 
 
-@_tuning.autotune(configs=_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@_tuning.autotune(configs=_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": prune})
 @triton.jit
 def _gate_up_kernel(
     X,
@@ -133,7 +134,7 @@ def _gate_up_kernel(
     tl.store(h_ptrs, h.to(H.dtype.element_ty), mask=n_ok[None, :])
 
 
-@_tuning.autotune(configs=_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@_tuning.autotune(configs=_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": prune})
 @triton.jit
 def _down_kernel(
     H,
@@ -190,10 +191,10 @@ def _down_kernel(
 # host side
 
 
-def _block_m(n_assign: int, num_experts: int) -> int:
-    # Rows per block from the mean tokens per expert: small blocks waste less on padding at decode, large ones
-    # reuse each weight tile over more rows at prefill. tl.dot needs >= 16.
-    if _INTERPRET:
+def block_rows(n_assign: int, num_experts: int) -> int:
+    """BLOCK_M from the mean tokens per expert: small blocks waste less on padding at decode, large ones reuse each
+    weight tile over more rows at prefill. tl.dot needs >= 16."""
+    if INTERPRET:
         return 16
     avg = n_assign / max(1, num_experts)
     return 16 if avg <= 16 else 32 if avg <= 48 else 64 if avg <= 512 else 128
@@ -225,88 +226,33 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch
     return sorted_ids, block_expert
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 gets exact products (the tests compare at 1e-4); fp16 / bf16 ignore the setting.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _bucket(n: int) -> int:
-    # Autotune key: a power of two so varying token counts do not re-tune on every call.
-    return max(16, triton.next_power_of_2(int(n)))
-
-
-def _check(x, w_gate, w_up, w_down, topk_weights, topk_ids) -> None:
-    if x.dim() != 2 or w_gate.dim() != 3 or w_up.shape != w_gate.shape or w_down.dim() != 3:
-        raise ValueError(
-            f"expected x (T, d), w_gate/w_up (E, F, d), w_down (E, d, F); got {tuple(x.shape)}, "
-            f"{tuple(w_gate.shape)}, {tuple(w_down.shape)}"
-        )
-    E, Fdim, d = w_gate.shape
-    if w_down.shape != (E, d, Fdim) or x.shape[1] != d:
-        raise ValueError(
-            f"w_down must be (E, d, F) = {(E, d, Fdim)} and x (T, {d}); got {tuple(w_down.shape)}, {tuple(x.shape)}"
-        )
-    if topk_ids.dim() != 2 or topk_weights.shape != topk_ids.shape or topk_ids.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"topk_ids and topk_weights must both be (T, topk) with T = {x.shape[0]}; got "
-            f"{tuple(topk_ids.shape)}, {tuple(topk_weights.shape)}"
-        )
-    if not (x.dtype == w_gate.dtype == w_up.dtype == w_down.dtype):
-        raise ValueError(
-            f"x and the expert weights must share a dtype; got {x.dtype}, {w_gate.dtype}, {w_up.dtype}, {w_down.dtype}"
-        )
-    if topk_ids.dtype.is_floating_point or not topk_weights.dtype.is_floating_point:
-        raise ValueError(
-            f"topk_ids must be integers and topk_weights floats; got {topk_ids.dtype}, {topk_weights.dtype}"
-        )
-
-
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def fused_moe(
-    x: torch.Tensor,
-    w_gate: torch.Tensor,
-    w_up: torch.Tensor,
-    w_down: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-) -> torch.Tensor:
+def fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids, block_m: int | None = None) -> torch.Tensor:
     """x (T, d); w_gate, w_up (E, F, d), w_down (E, d, F) (nn.Linear layout); topk_weights (T, topk) float,
-    topk_ids (T, topk) int -> (T, d) in x's dtype. Ids outside [0, E) contribute nothing, as in the reference."""
-    return _fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids)
+    topk_ids (T, topk) int -> (T, d) in x's dtype. Ids outside [0, E) contribute nothing, as in the reference.
 
-
-def _fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids, block_m: int | None = None) -> torch.Tensor:
-    _check(x, w_gate, w_up, w_down, topk_weights, topk_ids)
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):  # float64: the reference on the same device
-        from kernels import reference
-
-        return reference.fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids)
+    The arguments of kernels.fused_moe, checked; block_m overrides block_rows (tests).
+    """
     T, d = x.shape
     E, Fdim, _ = w_gate.shape
     topk = topk_ids.shape[1]
     n = T * topk
-    if n == 0 or d == 0:
-        return torch.zeros(T, d, dtype=x.dtype, device=x.device)
-    if Fdim == 0:
+    if n == 0 or d == 0 or Fdim == 0:
         return torch.zeros(T, d, dtype=x.dtype, device=x.device)
     # Invalid ids go to expert 0 with weight 0: no host-side check (a sync), same result as skipping them.
     ok = (topk_ids >= 0) & (topk_ids < E)
     ids = torch.where(ok, topk_ids, 0)
     weights = torch.where(ok, topk_weights, 0).reshape(-1).float()  # (N,) fp32, as the reference multiplies
-    w_gate, w_up, w_down = (_last_dim_contiguous(w) for w in (w_gate, w_up, w_down))
+    w_gate, w_up, w_down = (last_dim_contiguous(w) for w in (w_gate, w_up, w_down))
     if w_gate.stride() != w_up.stride():
         w_gate, w_up = w_gate.contiguous(), w_up.contiguous()
-    bm = block_m or _block_m(n, E)
+    bm = block_m or block_rows(n, E)
     sorted_ids, block_expert = align(ids, E, bm)
     rows = sorted_ids.numel()
-    precision = _precision(x.dtype)
+    dot_precision = precision(x.dtype)
     h = _alloc.empty((rows, Fdim), x.dtype, x.device)  # (padded rows, F)
     y = _alloc.empty((n, d), torch.float32, x.device)  # (T * topk, d) weighted expert outputs
     n_blocks = block_expert.numel()
-    tune_rows = _bucket(n)
+    tune_rows = _tuning.bucket(n)
     _gate_up_kernel[lambda meta: (n_blocks, triton.cdiv(Fdim, meta["BLOCK_N"]))](
         x,
         w_gate,
@@ -327,7 +273,7 @@ def _fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids, block_m: int | N
         TOPK=topk,
         N_ACC=2,
         BLOCK_M=bm,
-        PRECISION=precision,
+        PRECISION=dot_precision,
     )
     _down_kernel[lambda meta: (n_blocks, triton.cdiv(d, meta["BLOCK_N"]))](
         h,
@@ -347,6 +293,6 @@ def _fused_moe(x, w_gate, w_up, w_down, topk_weights, topk_ids, block_m: int | N
         y.stride(0),
         N_ACC=1,
         BLOCK_M=bm,
-        PRECISION=precision,
+        PRECISION=dot_precision,
     )
     return y.view(T, topk, d).sum(1).to(x.dtype)
