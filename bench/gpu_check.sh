@@ -70,7 +70,7 @@ print(f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SM
 '
 
 # --- 2. kernel tests on CUDA ---------------------------------------------------------------------------------
-# One config per kernel (the smallest, see kernels/_tuning.py) and short tuning: on a fresh box the suite is
+# One config per kernel (the smallest, see kernels/triton/_tuning.py) and short tuning: on a fresh box the suite is
 # dominated by Triton compiling every config for every constexpr combination, which alone would take the budget.
 PQRAG_TUNE_CONFIGS=1 PQRAG_TUNE_MS=2 TAIL_LINES=30 \
     step pytest-kernels 170 "grep -E '(passed|failed|error)' | tail -n 1" -- \
@@ -90,7 +90,7 @@ step retrieval 45 "grep '^| ' | tail -n 2 | cut -d'|' -f2,5,6" -- "$PY" - <<'EOF
 import os, time
 import numpy as np
 import torch
-from retrieval.index import IVFPQIndex, PQIndex
+from retrieval.vector_index import IndexConfig, VectorIndex
 
 dev = os.environ.get("RG_DEVICE", "cuda")
 n, nq, d, k = int(os.environ.get("RG_N", 200_000)), int(os.environ.get("RG_NQ", 1000)), 384, 10
@@ -105,13 +105,15 @@ gt = (xq_t @ xb_t.T).topk(k, dim=1).indices.cpu().numpy()
 print(f"{n} x {d} synthetic vectors, {nq} queries, k={k}, device {dev}\n")
 print("| index | build s | search ms (batched) | queries/s | recall@10 |\n|---|---:|---:|---:|---:|")
 nlist = 1024 if n >= 100_000 else 64
-for name, make in (("PQ m=48", lambda: PQIndex(d, 48, 8, "ip", backend="torch", device=dev)),
-                   (f"IVF-PQ m=48 nlist={nlist} nprobe=32",
-                    lambda: IVFPQIndex(d, nlist, 48, 8, "ip", backend="torch", device=dev, nprobe=32))):
+# The collections' own index (VectorIndex) with the torch backend, re-ranking off so the ADC scan is what is timed;
+# min_points_per_centroid=1 lets it train on the first add, and at most 256 vectors per centroid are used.
+base = dict(m=48, nbits=8, metric="ip", backend="torch", device=dev, rerank=False, min_points_per_centroid=1)
+for name, cfg in (("PQ m=48", IndexConfig(kind="pq", **base)),
+                  (f"IVF-PQ m=48 nlist={nlist} nprobe=32", IndexConfig(kind="ivfpq", nlist=nlist, nprobe=32, **base))):
     t = time.perf_counter()
-    idx = make()
-    idx.train(xb[: min(n, 60_000)])
-    idx.add(xb)
+    idx = VectorIndex(d, cfg)
+    idx.add(xb, np.arange(n))
+    assert idx.is_trained
     build = time.perf_counter() - t
     idx.search(xq[:8], k)  # compile / autotune outside the timing
     if dev == "cuda":

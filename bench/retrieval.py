@@ -40,8 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import faiss  # noqa: E402
 
-from retrieval.adaptive import CollectionIndex, IndexConfig, auto_nprobe  # noqa: E402
-from retrieval.index import IVFPQIndex, PQIndex  # noqa: E402
+from retrieval.vector_index import IndexConfig, VectorIndex, auto_nprobe  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 SCIFACT = "/work/shared/data/scifact"
@@ -148,8 +147,21 @@ def faiss_bytes(index) -> float:
     return len(faiss.serialize_index(index)) / index.ntotal
 
 
-def own_bytes(index) -> float:
-    return sum(np.asarray(v).nbytes for v in index.state_dict().values()) / index.ntotal
+def own_bytes(index: VectorIndex) -> float:
+    return index.index_bytes() / index.ntotal
+
+
+def build(kind: str, backend: str, xb: np.ndarray, m: int, nbits: int, nlist: int, nprobe: int, rf: int) -> VectorIndex:
+    """The product's index (VectorIndex) over xb with a fixed configuration, trained on all of xb (the add that
+    crosses min_train_size trains it; smaller sets are trained explicitly)."""
+    config = IndexConfig(
+        kind=kind, m=m, nbits=nbits, nlist=nlist, nprobe=nprobe, backend=backend, rerank_factor=rf, retrain_growth=None
+    )
+    idx = VectorIndex(xb.shape[1], config)
+    idx.add(xb)
+    if not idx.is_trained:
+        idx.retrain()
+    return idx
 
 
 def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
@@ -184,37 +196,28 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
     for kind in ("pq", "ivfpq"):
         set_threads(args.threads)
         t = time.perf_counter()
-        if kind == "pq":
-            idx = PQIndex(D, m, nbits, "ip", backend="torch", keep_vectors=True, rerank_factor=rf)
-        else:
-            idx = IVFPQIndex(
-                D, nlist, m, nbits, "ip", backend="torch", nprobe=nprobe, keep_vectors=True, rerank_factor=rf
-            )
-        idx.train(xb)
-        idx.add(xb)
-        build = time.perf_counter() - t
+        idx = build(kind, "torch", xb, m, nbits, nlist, nprobe, rf)
+        build_s = time.perf_counter() - t
         own[kind] = idx
         label = "own PQ" if kind == "pq" else "own IVF-PQ"
         params = f"m={m}" if kind == "pq" else f"m={m} nlist={nlist} nprobe={nprobe}"
-        add_row(label, build, own_bytes(idx), lambda q, i=idx: i.search(q, k, rerank=False), params)
+        add_row(label, build_s, own_bytes(idx), lambda q, i=idx: i.search(q, k, rerank=False), params)
         add_row(
             label + " +rerank",
-            build,
+            build_s,
             own_bytes(idx) + 2 * D,
             lambda q, i=idx: i.search(q, k, rerank=True),
             params + f" k'={rf * k}",
         )
 
-    # the CPU default: the same facade with the faiss backend (what CollectionIndex uses on this machine)
+    # the CPU default: the same index with the faiss backend (what a collection uses on this machine)
     set_threads(args.threads)
     t = time.perf_counter()
-    fb = IVFPQIndex(D, nlist, m, nbits, "ip", backend="faiss", nprobe=nprobe, keep_vectors=True, rerank_factor=rf)
-    fb.train(xb)
-    fb.add(xb)
+    fb = build("ivfpq", "faiss", xb, m, nbits, nlist, nprobe, rf)
     add_row(
         "IVF-PQ +rerank, faiss backend",
         time.perf_counter() - t,
-        len(faiss.serialize_index(fb._impl.index)) / n + 2 * D,
+        own_bytes(fb) + 2 * D,
         lambda q: fb.search(q, k, rerank=True),
         f"m={m} nlist={nlist} nprobe={nprobe} k'={rf * k}",
     )
@@ -255,7 +258,7 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
             "M=32 efC=40 efS=64",
         )
 
-    # nprobe sweep of the own IVF-PQ (+rerank): the data behind CollectionIndex's automatic nprobe
+    # nprobe sweep of the own IVF-PQ (+rerank): the data behind VectorIndex's automatic nprobe
     sweep = []
     set_threads(args.threads)
     for p in sorted({8, 16, 32, 64, auto_nprobe(nlist), nlist // 8} - {0}):
@@ -314,14 +317,14 @@ def run_scifact(args) -> list[dict]:
         print(f"  {name:<44} nDCG@10 {nd:.4f}  recall@100 {rc:.4f}", flush=True)
 
     add("exact (flat ip)", exact_topk(xb, xq, 100))
-    # SciFact has 5,183 docs, below CollectionIndex's automatic training threshold (39 * 256 = 9,984),
+    # SciFact has 5,183 docs, below VectorIndex's automatic training threshold (39 * 256 = 9,984),
     # so the product would search it exactly; retrain() forces the PQ index to measure its quality anyway.
     for kind, backend in (("pq", "torch"), ("ivfpq", "torch"), ("ivfpq", "faiss")):
-        ci = CollectionIndex(D, IndexConfig(kind=kind, backend=backend))
+        ci = VectorIndex(D, IndexConfig(kind=kind, backend=backend))
         ci.add(xb, ids)
         ci.retrain()
-        label = f"CollectionIndex {kind} ({backend}, m=48" + (
-            f", nlist={ci.index.nlist}, nprobe={ci.nprobe})" if kind == "ivfpq" else ")"
+        label = f"VectorIndex {kind} ({backend}, m=48" + (
+            f", nlist={ci.stats()['nlist']}, nprobe={ci.nprobe})" if kind == "ivfpq" else ")"
         )
         add(label, ci.search(xq, 100, rerank=False)[1])
         add(label + " +rerank", ci.search(xq, 100)[1])

@@ -5,35 +5,41 @@
         colls.get("notes").search("what is ...?", k=5)
 
 One process at a time owns a data directory (an exclusive flock on data_dir/LOCK). Opening it opens the SQLite
-store and every collection (each index restored from its snapshot plus the store, see durable_index.py) and
+store and every collection (each index restored from its snapshot plus the store, see recovery.py) and
 removes index directories left by a collection whose deletion was interrupted. The manager's lock guards its
 name table only; a collection's own work runs under that collection's lock.
+
+`document_texts` and `collection_version` read a collection without owning the directory (the trainer does, while
+a server may own it).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import fcntl
 import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from common.checks import optional_positive_int, positive_int
 from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
-from retrieval.adaptive import IndexConfig
 from retrieval.chunker import ChunkerConfig
 from retrieval.collection import Collection, CollectionConfig
-from retrieval.embedder import get_embedder, resolve_model_path
-from retrieval.store import Store
+from retrieval.embedder import Embedder, get_embedder, resolve_model_path
+from retrieval.store import Store, StoreReader
 from retrieval.validation import validate_name
+from retrieval.vector_index import IndexConfig
 
-__all__ = ["Collections", "DB_FILE", "INDEX_DIR"]
+__all__ = ["Collections", "DB_FILE", "INDEX_DIR", "MAX_PAGE_SIZE", "collection_version", "document_texts"]
 
 DB_FILE = "pqrag.sqlite3"
 INDEX_DIR = "indexes"
+MAX_PAGE_SIZE = 1000  # collections per list_page: the default and the most one page may hold
 
 
 class Collections:
@@ -45,8 +51,7 @@ class Collections:
     """
 
     def __init__(self, data_dir: str | os.PathLike, device: str | None = None, snapshot_every: int = 10_000):
-        if snapshot_every < 1:
-            raise ValueError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        snapshot_every = positive_int(snapshot_every, "snapshot_every")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / INDEX_DIR).mkdir(exist_ok=True)
@@ -76,8 +81,9 @@ class Collections:
     def _index_dir(self, cid: int, name: str) -> Path:
         return self.data_dir / INDEX_DIR / f"{cid}-{name}"
 
-    def _open(self, row: Mapping[str, Any]) -> Collection:
-        return Collection(self._store, row, self._index_dir(row["cid"], row["name"]), self.device, self.snapshot_every)
+    def _open(self, row: Mapping[str, Any], embedder: Embedder | None = None) -> Collection:
+        index_dir = self._index_dir(row["cid"], row["name"])
+        return Collection(self._store, row, index_dir, self.device, self.snapshot_every, embedder)
 
     def _remove_orphan_index_dirs(self) -> None:
         """Index directories of collections deleted by a process that died before removing them."""
@@ -137,8 +143,7 @@ class Collections:
                 "dimension": embedder.dimension,
                 "created_at": now,
             }
-            coll = self._open(row)
-            coll._embedder = embedder
+            coll = self._open(row, embedder)
             self._collections[name] = coll
         return coll
 
@@ -159,6 +164,21 @@ class Collections:
     def names(self) -> list[str]:
         return [c.name for c in self.list()]
 
+    def list_page(self, page_size: int | None = None, page_token: str = "") -> tuple[list[Collection], str]:
+        """One page of collections by name, and the token of the next page ("" after the last one).
+
+        page_size: 1..MAX_PAGE_SIZE (None: MAX_PAGE_SIZE). page_token: "" for the first page, else the token the
+        previous page returned: the last name on it, so collections created or deleted between pages skip nothing.
+        """
+        size = optional_positive_int(page_size, "page_size", MAX_PAGE_SIZE) or MAX_PAGE_SIZE
+        if not isinstance(page_token, str):
+            raise InvalidArgumentError(f"page_token must be a string, got {type(page_token).__name__}")
+        colls = self.list()
+        start = bisect.bisect_right([c.name for c in colls], page_token) if page_token else 0
+        page = colls[start : start + size]
+        more = start + size < len(colls)
+        return page, (page[-1].name if more else "")
+
     def __contains__(self, name: object) -> bool:
         with self._lock:
             return name in self._collections
@@ -170,10 +190,7 @@ class Collections:
             coll = self._collections.get(name)
             if coll is None:
                 raise NotFoundError(f"collection {name!r} not found")
-            with coll._lock:  # waits for the collection's in-flight write or search
-                with self._store.write() as conn:
-                    self._store.delete_collection(conn, coll.cid)
-                coll._closed = True
+            coll.drop()  # waits for the collection's in-flight write or search
             del self._collections[name]
         # After the commit: a crash before this leaves an orphan directory, removed at the next open.
         shutil.rmtree(coll.index_dir, ignore_errors=True)
@@ -197,3 +214,39 @@ class Collections:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --- reading a collection without owning the data directory ----------------------------------------------------
+
+
+def _reader(data_dir: str | os.PathLike, collection: str) -> tuple[StoreReader, int]:
+    db = Path(data_dir) / DB_FILE
+    if not db.exists():
+        raise NotFoundError(f"no pqrag store at {db} (is it the data directory `pqrag serve` uses?)")
+    reader = StoreReader(db)
+    cid = reader.collection_cid(collection)
+    if cid is None:
+        names = reader.collection_names()
+        reader.close()
+        raise NotFoundError(f"collection {collection!r} not found in {db}; it has {names}")
+    return reader, cid
+
+
+def document_texts(data_dir: str | os.PathLike, collection: str) -> Iterator[str]:
+    """The whole texts of a collection's documents (not its chunks: chunks overlap, documents do not), in document
+    id order. Read-only, so it works while a server owns the data directory (the trainer's --from-collection).
+    A missing store or collection raises NotFoundError here, before the first text is read."""
+    reader, cid = _reader(data_dir, collection)
+
+    def texts() -> Iterator[str]:
+        with reader:
+            yield from reader.document_texts(cid)
+
+    return texts()
+
+
+def collection_version(data_dir: str | os.PathLike, collection: str) -> str:
+    """A string that changes whenever the collection's documents may have changed (cache keys of derived data)."""
+    reader, _ = _reader(data_dir, collection)
+    with reader:
+        return f"{(Path(data_dir) / DB_FILE).resolve()}:{collection}:{reader.last_seq()}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.checks import is_int, positive_int
 from common.errors import InvalidArgumentError
 
 # Boundary strength before token t (higher is a better place to cut).
@@ -39,9 +40,8 @@ class ChunkerConfig:
     min_fill: float = 0.5
 
     def __post_init__(self) -> None:
-        if not isinstance(self.chunk_tokens, int) or self.chunk_tokens < 1:
-            raise InvalidArgumentError(f"chunk_tokens must be a positive integer, got {self.chunk_tokens!r}")
-        if not isinstance(self.overlap_tokens, int) or not 0 <= self.overlap_tokens < self.chunk_tokens:
+        positive_int(self.chunk_tokens, "chunk_tokens")
+        if not is_int(self.overlap_tokens) or not 0 <= self.overlap_tokens < self.chunk_tokens:
             raise InvalidArgumentError(
                 f"overlap_tokens must be in 0..chunk_tokens-1 ({self.chunk_tokens - 1}), got {self.overlap_tokens!r}"
             )

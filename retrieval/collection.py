@@ -8,8 +8,10 @@
 
 SQLite (store.py) is the source of truth. An ingestion validates, chunks and embeds every document first,
 then commits them (durably) before it touches the index, so a crash at any point loses nothing acknowledged;
-the vector index (durable_index.DurableIndex) is derived from the stored float16 vectors and brought back in
-step on open. The embedder is only loaded when the collection first needs to embed.
+the vector index (vector_index.VectorIndex) is derived from the stored float16 vectors and brought back in
+step on open (recovery.py). The embedder is only loaded when the collection first needs to embed.
+
+User input is checked here, once, as it enters (validation.py, common.checks); the layers below assert.
 
 Thread safety: every public method may be called from any thread. Each collection has a lock that guards its
 index (held for the SQLite write and the index update of an ingestion, and for a search; never while
@@ -19,9 +21,10 @@ embedding).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,33 +32,28 @@ from typing import Any
 import numpy as np
 
 from common.errors import InvalidArgumentError, NotFoundError
-from retrieval.adaptive import IndexConfig
+from retrieval import recovery
 from retrieval.chunker import Chunker, ChunkerConfig
-from retrieval.durable_index import DurableIndex
 from retrieval.embedder import Embedder, get_embedder
-from retrieval.store import Document, Store, blobs_to_vectors, compile_filter, vectors_to_blobs
+from retrieval.filters import compile_filter
+from retrieval.store import Store, blobs_to_vectors, vectors_to_blobs
+from retrieval.types import Document, Hit, IngestResult, SearchParams, SearchResult, StoredChunk, StoredDocument
 from retrieval.validation import (
     as_document,
     check_document,
-    check_k,
+    check_document_id,
     check_query_text,
     check_query_vector,
-    check_search_options,
+    check_search,
 )
+from retrieval.vector_index import IndexConfig
 
-__all__ = [
-    "Collection",
-    "CollectionConfig",
-    "Document",
-    "Hit",
-    "IngestResult",
-    "SearchResult",
-    "StoredChunk",
-    "StoredDocument",
-]
+__all__ = ["Collection", "CollectionConfig"]
+
+log = logging.getLogger("pqrag.collection")
 
 
-# --- configuration and results -------------------------------------------------------------------
+# --- configuration ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -100,62 +98,6 @@ class CollectionConfig:
 
 
 @dataclass
-class IngestResult:
-    doc_id: str
-    chunk_count: int
-    replaced: bool  # an existing document with this id was replaced
-
-    @property
-    def created(self) -> bool:
-        return not self.replaced
-
-
-@dataclass
-class Hit:
-    doc_id: str
-    chunk_id: int
-    score: float  # inner product (higher is closer) or negative squared L2 distance
-    text: str  # the chunk: document text[start:end]
-    metadata: dict[str, Any]
-    source: str
-    start: int
-    end: int
-
-
-class SearchResult(list):
-    """The hits (a list of Hit, best first) with timings in milliseconds."""
-
-    def __init__(self, hits: Iterable[Hit] = (), embed_ms: float = 0.0, search_ms: float = 0.0):
-        super().__init__(hits)
-        self.embed_ms = embed_ms
-        self.search_ms = search_ms
-
-    @property
-    def hits(self) -> list[Hit]:
-        return self
-
-
-@dataclass
-class StoredChunk:
-    chunk_id: int
-    text: str
-    start: int
-    end: int
-
-
-@dataclass
-class StoredDocument:
-    id: str
-    text: str
-    metadata: dict[str, Any]
-    source: str
-    chunk_count: int
-    chunks: list[StoredChunk] | None  # None unless asked for
-    created_at: float = 0.0
-    updated_at: float = 0.0
-
-
-@dataclass
 class _Prepared:
     """A validated, chunked document, ready to be embedded and written."""
 
@@ -171,9 +113,21 @@ class _Prepared:
 
 
 class Collection:
-    """A named set of documents with its embedder, chunker and vector index. Made by `Collections`."""
+    """A named set of documents with its embedder, chunker and vector index. Made by `Collections`.
 
-    def __init__(self, store: Store, row: Mapping[str, Any], index_dir: Path, device: str | None, snapshot_every: int):
+    row: the collection's row of the store (cid, name, config, dimension, created_at). embedder: one already
+    loaded for this collection (Collections.create has it), else it is loaded on first use.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        row: Mapping[str, Any],
+        index_dir: Path,
+        device: str | None,
+        snapshot_every: int,
+        embedder: Embedder | None = None,
+    ):
         self._store = store
         self.cid: int = row["cid"]
         self.name: str = row["name"]
@@ -182,24 +136,21 @@ class Collection:
         self.created_at: float = float(row["created_at"])
         self.index_dir = index_dir
         self._device = device
+        self._snapshot_every = snapshot_every
         self._lock = threading.RLock()
-        self._embedder: Embedder | None = None
+        self._embedder = embedder
         self._embedder_lock = threading.Lock()
         self._closed = False
-        self._dix = DurableIndex(
-            store, self.cid, self.name, self.dimension, self.config.index, index_dir, snapshot_every
+        # restored_from: how the index came up when opened, "snapshot" (plus replayed changes) or "store" (rebuilt)
+        self._index, self.restored_from = recovery.restore(
+            store, self.cid, self.dimension, self.config.index, index_dir
         )
-
-    @property
-    def restored_from(self) -> str:
-        """How the index came up when opened: "snapshot" (plus replayed changes) or "store" (rebuilt)."""
-        return self._dix.restored_from
 
     def snapshot(self) -> None:
         """Save the index now (it is also saved periodically, after training, and on close)."""
         with self._lock:
             self._require_open()
-            self._dix.snapshot()
+            recovery.save(self._store, self.cid, self._index)
 
     # --- embedding ---------------------------------------------------------------------------------
 
@@ -288,13 +239,16 @@ class Collection:
             ids = np.concatenate(new_ids)
             old = np.concatenate(old_ids)
             live = ~np.isin(ids, old)
-            self._dix.apply(old[~np.isin(old, ids)], x[live], ids[live])
+            self._apply(old[~np.isin(old, ids)], x[live], ids[live])
         return results
+
+    def _apply(self, remove_ids: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
+        """Bring the index in step with a change the store has committed (the caller holds the lock)."""
+        self._index = recovery.apply(self._store, self.cid, self._index, remove_ids, x, ids, self._snapshot_every)
 
     def get_document(self, doc_id: str, include_chunks: bool = False) -> StoredDocument:
         self._require_open()
-        if not isinstance(doc_id, str) or not doc_id:
-            raise InvalidArgumentError(f"document id must be a non-empty string, got {doc_id!r}")
+        doc_id = check_document_id(doc_id)
         row = self._store.get_document(self.cid, doc_id, include_chunks=include_chunks)
         if row is None:
             raise NotFoundError(f"document {doc_id!r} not found in collection {self.name!r}")
@@ -315,15 +269,14 @@ class Collection:
     def delete_document(self, doc_id: str) -> int:
         """Remove a document from the store and the index; returns how many chunks it had."""
         self._require_open()
-        if not isinstance(doc_id, str) or not doc_id:
-            raise InvalidArgumentError(f"document id must be a non-empty string, got {doc_id!r}")
+        doc_id = check_document_id(doc_id)
         with self._lock:
             self._require_open()
             with self._store.write() as conn:
                 old = self._store.delete_document(conn, self.cid, doc_id)
             if old is None:
                 raise NotFoundError(f"document {doc_id!r} not found in collection {self.name!r}")
-            self._dix.apply(old, np.zeros((0, self.dimension), np.float32), np.zeros(0, np.int64))
+            self._apply(old, np.zeros((0, self.dimension), np.float32), np.zeros(0, np.int64))
         return len(old)
 
     # --- search ------------------------------------------------------------------------------------
@@ -332,7 +285,7 @@ class Collection:
         self,
         query: str | None = None,
         vector: np.ndarray | Sequence[float] | None = None,
-        k: int = 10,
+        k: int = SearchParams.k,
         filter: Mapping[str, Any] | None = None,
         nprobe: int | None = None,
         rerank: bool | None = None,
@@ -346,11 +299,10 @@ class Collection:
           with the exact vectors (None: the collection's default).
         """
         self._require_open()
-        k = check_k(k)
+        params = check_search(k, nprobe, rerank)
         if (query is None) == (vector is None):
             raise InvalidArgumentError("give exactly one of a query text or a query vector")
-        where, params = compile_filter(dict(filter) if isinstance(filter, Mapping) else filter)
-        nprobe, rerank = check_search_options(nprobe, rerank)
+        where, where_params = compile_filter(dict(filter) if isinstance(filter, Mapping) else filter)
 
         t0 = time.perf_counter()
         if query is not None:
@@ -364,9 +316,9 @@ class Collection:
             hits: list[Hit] = []
             allowed = None
             if filter:
-                allowed = self._store.allowed_ids(self.cid, where, params)
-            if self._dix.index.ntotal > 0 and (allowed is None or len(allowed) > 0):
-                D, I = self._dix.index.search(xq, k, nprobe=nprobe, allowed=allowed, rerank=rerank)
+                allowed = self._store.allowed_ids(self.cid, where, where_params)
+            if self._index.ntotal > 0 and (allowed is None or len(allowed) > 0):
+                D, I = self._index.search(xq, params.k, nprobe=params.nprobe, allowed=allowed, rerank=params.rerank)
                 found = [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
                 rows = self._store.chunk_rows(self.cid, [i for i, _ in found])
                 sign = 1.0 if self.config.metric == "ip" else -1.0
@@ -385,7 +337,8 @@ class Collection:
         self._require_open()
         n_docs, n_chunks = self._store.counts(self.cid)
         with self._lock:
-            state, ntotal = self._dix.state, int(self._dix.index.ntotal)
+            state = "trained" if self._index.is_trained else "exact"
+            ntotal = self._index.ntotal
         return {
             "name": self.name,
             "document_count": n_docs,
@@ -402,13 +355,28 @@ class Collection:
         """Retrain the index's quantizers on the vectors it holds now (after the data drifted or grew)."""
         with self._lock:
             self._require_open()
-            self._dix.retrain()
+            self._index.retrain()
+            recovery.save(self._store, self.cid, self._index)
 
     def close(self, snapshot: bool = True) -> None:
+        """Snapshot the index if it changed since the last one (unless snapshot=False), and refuse further calls."""
         with self._lock:
             if self._closed:
                 return
-            self._dix.close(snapshot=snapshot)
+            self._closed = True
+            if snapshot and self._index.unsaved:
+                try:
+                    recovery.save(self._store, self.cid, self._index)
+                except Exception:  # the store still has everything: the next open replays it
+                    log.exception("collection %s: snapshot on close failed", self.name)
+
+    def drop(self) -> None:
+        """Delete the collection's rows from the store (one transaction) and close it without a snapshot. Waits for
+        its in-flight write or search; every later call raises NotFoundError. Collections.delete calls this and then
+        removes the index directory."""
+        with self._lock:
+            with self._store.write() as conn:
+                self._store.delete_collection(conn, self.cid)
             self._closed = True
 
     def __repr__(self) -> str:

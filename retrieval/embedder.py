@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.checks import positive_int
 from common.errors import InvalidArgumentError
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -64,12 +65,6 @@ def resolve_model_path(model_path: str | None) -> str:
             "model directory (models are never downloaded) or leave it empty for the default all-MiniLM-L6-v2"
         )
     return str(p.resolve())
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -155,11 +150,13 @@ class Embedder:
     """
 
     def __init__(self, model_path: str | None = None, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = positive_int(batch_size, "batch_size")
         self.model_path = resolve_model_path(model_path)
-        self.device = device or default_device()
-        self.batch_size = batch_size
+        if device is None:
+            from common.device import default_device  # torch: imported when a model is, not with this module
+
+            device = str(default_device())  # a str: sentence-transformers and the model cache key take one
+        self.device = device
         self._m = _load(self.model_path, self.device)
         # How much work this instance did; tests use them to prove that a restart embeds nothing.
         self.calls = 0

@@ -25,7 +25,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from retrieval.store import Document
+from retrieval.types import Document
 
 TEXT_TYPES = {".txt": "txt", ".md": "md", ".markdown": "md"}
 HTML_TYPES = {".html": "html", ".htm": "html"}
@@ -141,7 +141,7 @@ def json_records(
     path: Path, rel: str, file_type: str, base_meta: dict[str, Any], skip: OnSkip
 ) -> Iterator[tuple[Any, str, dict[str, Any], str]]:
     """(record, default id, metadata, where) of every parsed record of a .json/.jsonl file; lines that are
-    not JSON are reported to skip. Shared with the trainer (llm.data), which reads chat records from them."""
+    not JSON are reported to skip. Shared with the trainer (llm.train.corpus), which reads chat records from them."""
     if file_type == "jsonl":
         with open(path, encoding="utf-8-sig", errors="replace") as f:
             for lineno, line in enumerate(f, 1):

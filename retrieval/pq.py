@@ -6,8 +6,8 @@ bytes (nbits <= 8). Distances to a query are then approximated without decoding:
 lut[j, c] = <q_j, C_jc> (or ||q_j - C_jc||^2) is built once per query and summed over a code's m entries
 (asymmetric distance computation, ADC).
 
-The input helpers at the bottom (`as_matrix`, `as_ids`) are shared by index.py and adaptive.py so that
-every public entry point validates shapes and dtypes the same way.
+The input helpers at the bottom (`as_matrix`, `as_ids`) are shared by vector_index.py and the backends so that
+every array entry point checks shapes and dtypes the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from common.device import default_device
 from retrieval.kmeans import KMeansConfig, assign, kmeans
 
 METRICS = ("ip", "l2")
@@ -126,10 +127,6 @@ class ProductQuantizer:
 
 # ---------------------------------------------------------------------------------------------------------------
 # shared validation helpers
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_metric(metric: str) -> None:

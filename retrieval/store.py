@@ -22,18 +22,14 @@ connection per thread (WAL readers do not block the writer nor each other).
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from common.errors import InvalidArgumentError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -80,94 +76,6 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('schema_version', 1)
 """
 
 
-@dataclass
-class Document:
-    """A document to ingest. id None: a UUID is assigned; a known id replaces that document.
-
-    metadata: a JSON object; its scalar fields (str, number, bool) can be used in search filters.
-    source: where it came from (a path or URL), returned with hits.
-    """
-
-    id: str | None
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-
-
-# --- metadata filters ----------------------------------------------------------------------------
-
-FIELD_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-MAX_IN_VALUES = 1024
-FILTER_HELP = (
-    'supported filters: {"field": value} (equality), {"field": {"$eq": value}}, '
-    '{"field": {"$in": [v1, v2, ...]}} (membership); several fields are ANDed; values are strings, '
-    "numbers or booleans; field names match [A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
-)
-
-
-def _scalar_condition(path: str, value: Any, field: str) -> tuple[str, list[Any]]:
-    """SQL that is true when metadata[field] equals value, keeping JSON types apart (1 != "1" != true).
-
-    path: the JSON path of the field, bound as a parameter (never spliced into the SQL).
-    """
-    if isinstance(value, bool):
-        return "json_type(d.metadata, ?) = ?", [path, "true" if value else "false"]
-    if isinstance(value, (int, float)):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidArgumentError(f"filter on {field!r}: {value!r} is not a finite number; {FILTER_HELP}")
-        return (
-            "(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) = ?)",
-            [path, path, value],
-        )
-    if isinstance(value, str):
-        return "(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) = ?)", [path, path, value]
-    raise InvalidArgumentError(
-        f"filter on {field!r}: value {value!r} of type {type(value).__name__} is not supported; {FILTER_HELP}"
-    )
-
-
-def compile_filter(filter: dict[str, Any] | None) -> tuple[str, list[Any]]:
-    """A metadata filter -> (SQL condition on documents `d`, parameters). ("1", []) for no filter.
-
-    {"lang": "en"}, {"lang": {"$eq": "en"}}, {"tag": {"$in": ["a", "b"]}}; several keys = AND.
-    """
-    if filter is None:
-        return "1", []
-    if not isinstance(filter, dict):
-        raise InvalidArgumentError(f"filter must be an object, got {type(filter).__name__}; {FILTER_HELP}")
-    conds: list[str] = []
-    params: list[Any] = []
-    for key, spec in filter.items():
-        if not isinstance(key, str) or not FIELD_RE.match(key):
-            raise InvalidArgumentError(f"bad filter field name {key!r}; {FILTER_HELP}")
-        path = '$."' + key + '"'  # quoted member name: dots and dashes are part of the key
-        if isinstance(spec, dict):
-            if len(spec) != 1:
-                raise InvalidArgumentError(
-                    f"filter on {key!r} must have exactly one operator, got {sorted(spec)}; {FILTER_HELP}"
-                )
-            ((op, value),) = spec.items()
-            if op == "$eq":
-                c, p = _scalar_condition(path, value, key)
-            elif op == "$in":
-                if not isinstance(value, (list, tuple)) or not value:
-                    raise InvalidArgumentError(f"filter on {key!r}: $in needs a non-empty list; {FILTER_HELP}")
-                if len(value) > MAX_IN_VALUES:
-                    raise InvalidArgumentError(
-                        f"filter on {key!r}: $in takes at most {MAX_IN_VALUES} values, got {len(value)}; {FILTER_HELP}"
-                    )
-                parts = [_scalar_condition(path, v, key) for v in value]
-                c = "(" + " OR ".join(pc for pc, _ in parts) + ")"
-                p = [x for _, pp in parts for x in pp]
-            else:
-                raise InvalidArgumentError(f"unknown filter operator {op!r} on {key!r}; {FILTER_HELP}")
-        else:
-            c, p = _scalar_condition(path, spec, key)
-        conds.append(c)
-        params.extend(p)
-    return (" AND ".join(conds) if conds else "1"), params
-
-
 # --- vectors -------------------------------------------------------------------------------------
 
 
@@ -186,6 +94,45 @@ def blobs_to_vectors(blobs: list[bytes], d: int) -> np.ndarray:
 
 
 # --- the store -----------------------------------------------------------------------------------
+
+
+class StoreReader:
+    """A read-only view of a store file that another process may own (a running server holds the data directory's
+    lock; SQLite's WAL lets this reader see committed data without blocking it). Never creates or writes anything.
+    """
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no pqrag store at {path}")
+        # mode=ro: a reader must never write to the service's store (Store() would create tables).
+        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def collection_names(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT name FROM collections ORDER BY name")]
+
+    def collection_cid(self, name: str) -> int | None:
+        row = self._conn.execute("SELECT cid FROM collections WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def document_texts(self, cid: int) -> Iterator[str]:
+        """Whole document texts of a collection, in document id order."""
+        for (text,) in self._conn.execute("SELECT text FROM documents WHERE cid = ? ORDER BY doc_id", (cid,)):
+            yield text
+
+    def last_seq(self) -> int:
+        """The change counter: it moves whenever any collection's documents change."""
+        (v,) = self._conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        return int(v)
 
 
 class Store:

@@ -15,15 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from common.checks import optional_positive_int, positive_int
 from common.errors import InvalidArgumentError, ResourceExhaustedError
-from retrieval.store import Document
+from retrieval.types import Document, SearchParams
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TEXT_BYTES = 5 * 1024 * 1024  # per document text (UTF-8)
 MAX_QUERY_BYTES = 64 * 1024
 MAX_DOC_ID_CHARS = 512
 MAX_METADATA_BYTES = 64 * 1024
-MAX_K = 1000
 
 
 def validate_name(name: Any) -> str:
@@ -96,19 +96,21 @@ def check_document(doc: Document, position: int) -> tuple[str, str, str]:
     return doc_id, meta, source
 
 
-def check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise InvalidArgumentError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
-    return int(k)
-
-
-def check_search_options(nprobe: Any, rerank: Any) -> tuple[int | None, bool | None]:
-    """nprobe: a positive integer or None (the collection's default); rerank: a bool or None."""
-    if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1):
-        raise InvalidArgumentError(f"nprobe must be a positive integer (or unset), got {nprobe!r}")
+def check_search(k: Any, nprobe: Any, rerank: Any) -> SearchParams:
+    """k: 1..SearchParams.MAX_K; nprobe: a positive integer or None (the collection's default); rerank: a bool or
+    None (the collection's default)."""
+    k = positive_int(k, "k", SearchParams.MAX_K)
+    nprobe = optional_positive_int(nprobe, "nprobe")
     if rerank is not None and not isinstance(rerank, bool):
         raise InvalidArgumentError(f"rerank must be true, false or unset, got {rerank!r}")
-    return (None if nprobe is None else int(nprobe)), rerank
+    return SearchParams(k, nprobe, rerank)
+
+
+def check_document_id(doc_id: Any) -> str:
+    """The id of a document to read or delete (ingestion checks ids with the rest of a document: check_document)."""
+    if not isinstance(doc_id, str) or not doc_id:
+        raise InvalidArgumentError(f"document id must be a non-empty string, got {doc_id!r}")
+    return doc_id
 
 
 def check_query_text(query: Any) -> str:

@@ -1,12 +1,14 @@
-"""Raw-vector side of the index: float16 vector storage, id lookup, exact search and exact re-ranking.
+"""Raw-vector side of the index: float16 vector storage, its id map, exact search and exact re-ranking.
 
 `HalfStore` keeps a float16 copy of every vector (half the bytes of float32, and enough precision for
 re-ranking normalised sentence embeddings) either in memory or in a memory-mapped file, addressed by
-int64 ids. Rows are append-only: a removal only tombstones its row (id -1) until `compact()`, so a
-snapshot that records "rows [0, n) with these ids" stays valid while the file keeps growing (this is
-what makes adaptive.py's crash-safe snapshots cheap).
+int64 ids through its `IdLookup`: the index's one vector store and one id map. Rows are append-only: a
+removal only tombstones its row (id -1) until `compact()`, so a snapshot that records "rows [0, n) with
+these ids" stays valid while the file keeps growing (this is what makes vector_index.py's crash-safe
+snapshots cheap).
 
-Distances here follow the internal convention of index.py: smaller is better ("ip" is negated).
+Distances here follow the internal convention shared with the backends: smaller is better ("ip" is
+negated), +inf / -1 padding; `to_public` turns them into faiss's conventions as results leave the index.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import os
 import numpy as np
 import torch
 
+from common.fs import atomic_write, fsync_path
+
+FLT_MAX = float(np.finfo(np.float32).max)
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 
 
@@ -129,11 +134,7 @@ class HalfStore:
         """Make rows [0, n_rows) durable (msync + fsync for a memory-mapped store)."""
         if isinstance(self._data, np.memmap):
             self._data.flush()
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(self.path)
 
     # -- contents
     def add(self, ids: np.ndarray, x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -202,8 +203,8 @@ class HalfStore:
     def compact(self, path: str | os.PathLike | None = None) -> None:
         """Drop tombstoned rows, writing the live rows to `path` (a new file) or in memory.
 
-        For a file-backed store the new file is written and fsynced before the store switches to it;
-        the old file is left for the caller to delete once it no longer references it.
+        For a file-backed store the new file is written atomically (and durably) before the store switches to
+        it; the old file is left for the caller to delete once it no longer references it.
         """
         live = self.live_rows()
         ids = self._row_ids[live]
@@ -211,10 +212,8 @@ class HalfStore:
         self.layout += 1
         new_path = os.fspath(path) if path is not None else None
         if new_path is not None:
-            with open(new_path, "wb") as f:
+            with atomic_write(new_path) as f:
                 f.write(np.ascontiguousarray(vecs, dtype=np.float16).tobytes())
-                f.flush()
-                os.fsync(f.fileno())
         if isinstance(self._data, np.memmap):
             self._data.flush()
         self._data, self.path, self.n_rows = None, new_path, 0
@@ -246,6 +245,17 @@ class HalfStore:
 
 # -----------------------------------------------------------------------------------------------------------
 # exact search and re-ranking (distances: smaller is better)
+
+
+def to_public(dist: np.ndarray, ids: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Internal (smaller is better, +inf pads) -> faiss conventions: D float32 (nq, k) inner products, descending, for
+    "ip" and squared distances, ascending, for "l2"; I int64 (nq, k); missing results are id -1 with D = -FLT_MAX
+    ("ip") or +FLT_MAX ("l2"), as faiss pads them."""
+    missing = (ids < 0) | ~np.isfinite(dist)
+    D = (-dist if metric == "ip" else dist).astype(np.float32)
+    D[missing] = -FLT_MAX if metric == "ip" else FLT_MAX
+    I = np.where(missing, -1, ids).astype(np.int64)
+    return D, I
 
 
 def pairwise_dist(xq: torch.Tensor, xb: torch.Tensor, metric: str) -> torch.Tensor:

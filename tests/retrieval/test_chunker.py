@@ -71,7 +71,7 @@ def test_overlap_is_bounded_and_present(embedder):
     offsets = embedder.token_offsets(SENTENCES)
     spans = chunk_spans(SENTENCES, offsets, config)
     assert len(spans) > 5
-    for (i0, t0), (i1, t1) in zip(spans, spans[1:]):
+    for (_i0, t0), (i1, _t1) in zip(spans, spans[1:]):
         shared = t0 - i1
         assert 0 < shared <= 12
     no_overlap = chunk_spans(SENTENCES, offsets, ChunkerConfig(chunk_tokens=48, overlap_tokens=0))

@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -9,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
-from retrieval.adaptive import IndexConfig
-from retrieval.catalog import Collections
+from common.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from retrieval.catalog import DB_FILE, Collections
 from retrieval.chunker import ChunkerConfig
-from retrieval.collection import CollectionConfig, Document, SearchResult
-from retrieval.embedder import get_embedder
+from retrieval.collection import CollectionConfig
+from retrieval.types import Document, SearchResult
 from retrieval.validation import MAX_TEXT_BYTES
+from retrieval.vector_index import IndexConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,18 +41,6 @@ def unique_text(i: int, n_sentences: int = 1) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def embedder():
-    return get_embedder(device="cpu")  # warms the process-wide model cache once
-
-
-@pytest.fixture
-def colls(tmp_path, embedder):
-    c = Collections(tmp_path / "data", device="cpu")
-    yield c
-    c.close()
-
-
 def topic_docs():
     return [
         Document(
@@ -62,54 +51,6 @@ def topic_docs():
         )
         for i, (k, v) in enumerate(TOPICS.items())
     ]
-
-
-# --- manager ---------------------------------------------------------------------------------------
-
-
-def test_create_get_list_delete(colls, tmp_path):
-    a = colls.create("alpha")
-    assert a.config.dimension == 384 and a.config.metric == "ip" and a.config.embedder is None
-    colls.create("beta_2-x", CollectionConfig(chunker=ChunkerConfig(chunk_tokens=64, overlap_tokens=8)))
-    assert [c.name for c in colls.list()] == ["alpha", "beta_2-x"]
-    assert colls.get("alpha") is a
-    st = a.stats()
-    assert (st["document_count"], st["chunk_count"], st["index_state"], st["dimension"]) == (0, 0, "exact", 384)
-
-    for bad in ["", "a b", "x" * 65, "ü", "a/b", None]:
-        with pytest.raises(InvalidArgumentError, match="letters, digits"):
-            colls.create(bad)
-    with pytest.raises(AlreadyExistsError):
-        colls.create("alpha")
-    with pytest.raises(NotFoundError):
-        colls.get("gamma")
-    with pytest.raises(InvalidArgumentError, match="exceeds"):
-        colls.create("big", CollectionConfig(chunker=ChunkerConfig(chunk_tokens=300, overlap_tokens=10)))
-    with pytest.raises(InvalidArgumentError, match="dimension"):
-        colls.create("dim", CollectionConfig(dimension=128))
-    with pytest.raises(InvalidArgumentError, match="index"):
-        colls.create("idx", CollectionConfig(index=IndexConfig(m=7)))  # 7 does not divide 384
-    with pytest.raises(InvalidArgumentError, match="not a directory"):
-        colls.create("emb", CollectionConfig(embedder=str(tmp_path / "no-model")))
-    assert colls.names() == ["alpha", "beta_2-x"]  # failed creates left nothing behind
-
-    a.ingest([Document(id="d", text="some text")])
-    index_dir = a.index_dir
-    colls.delete("alpha")
-    assert not index_dir.exists()
-    with pytest.raises(NotFoundError):
-        colls.get("alpha")
-    with pytest.raises(NotFoundError):
-        colls.delete("alpha")
-    with pytest.raises(NotFoundError):
-        a.search("text")  # a handle kept across the delete is dead
-    again = colls.create("alpha")
-    assert again.stats()["document_count"] == 0
-
-
-def test_one_process_per_data_dir(colls, tmp_path):
-    with pytest.raises(RuntimeError, match="in use"):
-        Collections(tmp_path / "data")
 
 
 # --- ingest, get, delete, search -------------------------------------------------------------------
@@ -413,8 +354,7 @@ def test_adaptive_transition_to_trained_index(tmp_path, embedder):
 CHILD = r"""
 import json, sys
 import numpy as np
-from retrieval.catalog import Collections
-from retrieval.collection import Document
+from retrieval import Collections, Document
 
 colls = Collections(sys.argv[1], device="cpu", snapshot_every=7)
 coll = colls.get("crash")
@@ -496,12 +436,14 @@ def test_acknowledged_documents_survive_sigkill(tmp_path, embedder):
                 continue
             doc = coll.get_document(doc_id, include_chunks=True)
             assert doc.chunk_count == n == len(doc.chunks)
-            vec = coll._dix.index.get([doc.chunks[0].chunk_id])  # the stored vector, searchable in the index
+            vec = coll._index.get([doc.chunks[0].chunk_id])  # the stored vector, searchable in the index
             assert coll.search(vector=vec[0], k=1)[0].doc_id == doc_id
         # No document is half there: every one has all its chunks, and the index has exactly them.
-        store = coll._store
         total = 0
-        for (doc_id,) in store._reader().execute("SELECT doc_id FROM documents WHERE cid = ?", (coll.cid,)):
+        db = sqlite3.connect(f"file:{data / DB_FILE}?mode=ro", uri=True)
+        doc_ids = [r[0] for r in db.execute("SELECT doc_id FROM documents WHERE cid = ?", (coll.cid,))]
+        db.close()
+        for doc_id in doc_ids:
             doc = coll.get_document(doc_id, include_chunks=True)
             assert doc.chunk_count == len(doc.chunks) > 0
             assert all(c.text == doc.text[c.start : c.end] for c in doc.chunks)

@@ -2,19 +2,20 @@ import numpy as np
 import pytest
 
 from common.errors import InvalidArgumentError, ResourceExhaustedError
-from retrieval.store import Document
+from retrieval.types import Document, SearchParams
 from retrieval.validation import (
-    MAX_K,
     MAX_QUERY_BYTES,
     MAX_TEXT_BYTES,
     as_document,
     check_document,
-    check_k,
+    check_document_id,
     check_query_text,
     check_query_vector,
-    check_search_options,
+    check_search,
     validate_name,
 )
+
+MAX_K = SearchParams.MAX_K
 
 
 @pytest.mark.parametrize("name", ["a", "notes_2024", "A-b", "x" * 64])
@@ -63,21 +64,29 @@ def test_check_document_rejects(doc, err, match):
 
 
 def test_k_bounds():
-    assert check_k(1) == 1 and check_k(np.int64(MAX_K)) == MAX_K
+    assert check_search(1, None, None).k == 1 and check_search(np.int64(MAX_K), None, None).k == MAX_K
+    assert type(check_search(np.int64(3), None, None).k) is int
     for bad in (0, MAX_K + 1, True, 2.0, "3", None):
         with pytest.raises(InvalidArgumentError, match=f"1..{MAX_K}"):
-            check_k(bad)
+            check_search(bad, None, None)
 
 
 def test_search_options():
-    assert check_search_options(None, None) == (None, None)
-    assert check_search_options(np.int32(4), False) == (4, False)
+    assert check_search(SearchParams.k, None, None) == SearchParams() == SearchParams(10, None, None)
+    assert check_search(5, np.int32(4), False) == SearchParams(5, 4, False)
     with pytest.raises(InvalidArgumentError, match="nprobe"):
-        check_search_options(0, None)
+        check_search(5, 0, None)
     with pytest.raises(InvalidArgumentError, match="nprobe"):
-        check_search_options(True, None)
+        check_search(5, True, None)
     with pytest.raises(InvalidArgumentError, match="rerank"):
-        check_search_options(None, 1)
+        check_search(5, None, 1)
+
+
+def test_document_ids_to_read_or_delete():
+    assert check_document_id("a b") == "a b"
+    for bad in ("", None, 3):
+        with pytest.raises(InvalidArgumentError, match="non-empty string"):
+            check_document_id(bad)
 
 
 def test_query_text():

@@ -1,13 +1,12 @@
-"""The torch backend of index.py: exact, exhaustive-PQ and IVF-PQ search over torch tensors.
+"""The torch backend (backend.py): exhaustive-PQ and IVF-PQ search over torch tensors.
 
-Codes, ids and codebooks live on the index's device. On CUDA the ADC scan goes through
-``kernels.pq_adc_topk`` (Triton; imported lazily so this works before/without kernels/); on the CPU it
-is a vectorised torch scan (``F.embedding_bag`` over per-query lookup tables) with blocked partial
-top-k, so the (nq, n) distance matrix is never materialised.
+Codes, ids and codebooks live on the backend's device. Every ADC scan goes through ``kernels.pq_adc_topk``,
+the one dispatch point (Triton on CUDA, the torch reference elsewhere); the CPU IVF scan scores only the
+(query, candidate) pairs of the probed lists with one ``F.embedding_bag`` over the per-query lookup tables.
 
-Each backend class returns internal distances and ids as numpy; index.py turns them into faiss
-conventions. Internal distances are "smaller is better" everywhere ("ip" is negated, +inf padding) so one
-top-k path serves both metrics. IVF-PQ scores decompose as bias(q, list) + extra(vector) + sum_j lut[q, j, code_j]:
+Each class returns internal distances and ids as numpy (vectors.py's convention: smaller is better, "ip"
+negated, +inf / -1 padding) so one top-k path serves both metrics. IVF-PQ scores decompose as
+bias(q, list) + extra(vector) + sum_j lut[q, j, code_j]:
   ip: -<q, c_l> + 0 + sum_j -<q_j, C_jc>;  l2: ||q - c_l||^2 + (||r||^2 + 2<c_l, r>) + sum_j -2<q_j, C_jc>
 so one per-query LUT serves every probed list (faiss's "precomputed table" identity for L2).
 """
@@ -18,57 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kernels import pq_adc_topk
 from retrieval.kmeans import KMeansConfig, assign, kmeans
 from retrieval.pq import ProductQuantizer
-from retrieval.vectors import exact_search, merge_topk
 
 # (vector, query) candidate pairs scored per step of the CPU IVF scan; bounds the (total, m) index block
 _SCAN_BUDGET = 1 << 18
-
-
-def adc_topk_torch(
-    lut: torch.Tensor, codes: torch.Tensor, k: int, block: int = 1 << 16, qblock: int = 64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """k smallest of dist[q, i] = sum_j lut[q, j, codes[i, j]] (the kernels.pq_adc_topk contract).
-
-    lut (nq, m, ksub) float32, codes (n, m) uint8 -> (values (nq, k) ascending, positions (nq, k) int64),
-    +inf / -1 padding when n < k. Queries go in blocks of `qblock` so the (m * ksub, qblock) table stays
-    in cache; codes in blocks of `block` with a running top-k.
-    """
-    nq, m, ksub = lut.shape
-    n = codes.shape[0]
-    dev = lut.device
-    out_v = torch.full((nq, k), float("inf"), device=dev)
-    out_i = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
-    offs = (torch.arange(m, device=dev, dtype=torch.int32) * ksub)[None]  # (1, m)
-    for qs in range(0, nq, qblock):
-        lq = lut[qs : qs + qblock]
-        # embedding_bag sums rows of w picked by the m offsets of each code: all queries of the block at once
-        # an explicit copy: .contiguous() keeps the odd stride of a size-1 dim, which sends
-        # embedding_bag down a ~30x slower path for a single query
-        w = torch.empty(m * ksub, lq.shape[0], device=dev)  # (m * ksub, nqb)
-        w.copy_(lq.permute(1, 2, 0).reshape(m * ksub, lq.shape[0]))
-        bv, bi = out_v[qs : qs + qblock], out_i[qs : qs + qblock]
-        for s in range(0, n, block):
-            idx = codes[s : s + block].to(torch.int32) + offs  # (b, m)
-            dist = F.embedding_bag(idx, w, mode="sum").t()  # (nqb, b)
-            v, j = dist.topk(min(k, dist.shape[1]), dim=1, largest=False)  # partial top-k of the block
-            bv, bi = merge_topk(bv, bi, v, j + s, k)
-        out_v[qs : qs + qblock, : bv.shape[1]] = bv
-        out_i[qs : qs + qblock, : bi.shape[1]] = bi
-    return out_v, out_i
-
-
-def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """kernels.pq_adc_topk for CUDA tensors when the kernels package is there, the torch scan otherwise."""
-    if lut.is_cuda:
-        try:
-            from kernels import pq_adc_topk  # lazy: kernels/ is optional for the CPU path
-        except ImportError:
-            pass
-        else:
-            return pq_adc_topk(lut.contiguous(), codes.contiguous(), k)
-    return adc_topk_torch(lut, codes, k)
 
 
 def pad_results(d: torch.Tensor, i: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,56 +39,20 @@ def pad_results(d: torch.Tensor, i: torch.Tensor, k: int) -> tuple[np.ndarray, n
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# torch backends: (n, *) tensors plus an aligned ids tensor; search returns internal distances + ids (numpy)
+# (n, *) code tensors plus an aligned ids tensor; search returns internal distances + ids (numpy)
 
 
-class TorchFlat:
-    def __init__(self, d: int, metric: str, device: torch.device):
-        self.d, self.metric, self.device = d, metric, device
-        self.xb = torch.zeros(0, d, device=device)  # (n, d)
-        self.ids = torch.zeros(0, dtype=torch.int64, device=device)  # (n,)
-
-    is_trained = True
-
-    def train(self, x: torch.Tensor) -> None:
-        pass
-
-    def add(self, x: torch.Tensor, ids: np.ndarray) -> None:
-        self.xb = torch.cat([self.xb, x])
-        self.ids = torch.cat([self.ids, torch.from_numpy(ids).to(self.device)])
-
-    def _keep(self, ids: np.ndarray) -> torch.Tensor:
-        return ~torch.isin(self.ids, torch.from_numpy(ids).to(self.device))
-
-    def remove(self, ids: np.ndarray) -> None:
-        keep = self._keep(ids)
-        self.xb, self.ids = self.xb[keep], self.ids[keep]
-
-    def _positions(self, allowed: np.ndarray | None) -> np.ndarray | None:
-        if allowed is None:
-            return None
-        return torch.isin(self.ids, torch.from_numpy(allowed).to(self.device)).nonzero()[:, 0].cpu().numpy()
-
-    def search(self, q, k, nprobe, allowed):
-        d, pos = exact_search(q, self.xb, k, self.metric, rows=self._positions(allowed))
-        return pad_results(d, torch.where(pos >= 0, self.ids[pos.clamp_min(0)], -1), k)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {"xb": self.xb.cpu().numpy(), "ids": self.ids.cpu().numpy()}
-
-    def load_state_dict(self, s: dict[str, np.ndarray]) -> None:
-        self.xb = torch.from_numpy(s["xb"].copy()).to(self.device)
-        self.ids = torch.from_numpy(s["ids"].copy()).to(self.device)
-
-
-class TorchPQ(TorchFlat):
+class TorchPQ:
     """Exhaustive ADC over (n, m) uint8 codes."""
 
+    name = "torch"
+    nlist = 0
+
     def __init__(self, d: int, m: int, nbits: int, metric: str, device: torch.device, seed: int):
-        super().__init__(d, metric, device)
+        self.d, self.metric, self.device = d, metric, device
         self.pq = ProductQuantizer(d, m, nbits, device=device, seed=seed)
-        self.codes = torch.zeros(0, m, dtype=torch.uint8, device=device)
-        del self.xb
+        self.codes = torch.zeros(0, m, dtype=torch.uint8, device=device)  # (n, m)
+        self.ids = torch.zeros(0, dtype=torch.int64, device=device)  # (n,)
 
     @property
     def is_trained(self) -> bool:
@@ -143,35 +61,34 @@ class TorchPQ(TorchFlat):
     def train(self, x: torch.Tensor) -> None:
         self.pq.train(x)
 
-    def add(self, x, ids):
+    def add(self, x: torch.Tensor, ids: np.ndarray) -> None:
         self.codes = torch.cat([self.codes, self.pq.encode_tensor(x)])
         self.ids = torch.cat([self.ids, torch.from_numpy(ids).to(self.device)])
 
-    def remove(self, ids):
-        keep = self._keep(ids)
+    def remove(self, ids: np.ndarray) -> None:
+        keep = ~torch.isin(self.ids, torch.from_numpy(ids).to(self.device))
         self.codes, self.ids = self.codes[keep], self.ids[keep]
 
     def search(self, q, k, nprobe, allowed):
         lut = self.pq.compute_lut(q, self.metric)  # (nq, m, ksub)
         if self.metric == "ip":
             lut = -lut
-        pos_sub = self._positions(allowed)
-        if pos_sub is None:
-            v, p = adc_topk(lut, self.codes, k)
+        if allowed is None:
+            v, p = pq_adc_topk(lut, self.codes, k)
         else:
-            sub = torch.from_numpy(pos_sub).to(self.device)
-            v, p = adc_topk(lut, self.codes[sub], k)
+            sub = torch.isin(self.ids, torch.from_numpy(allowed).to(self.device)).nonzero()[:, 0]  # allowed positions
+            v, p = pq_adc_topk(lut, self.codes[sub], k)
             p = torch.where(p >= 0, sub[p.clamp_min(0)], -1)
         return pad_results(v, torch.where(p >= 0, self.ids[p.clamp_min(0)], -1), k)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         return {
             **{f"pq.{k}": v for k, v in self.pq.state_dict().items()},
             "codes": self.codes.cpu().numpy(),
             "ids": self.ids.cpu().numpy(),
         }
 
-    def load_state_dict(self, s):
+    def load_state_dict(self, s: dict[str, np.ndarray]) -> None:
         self.pq.load_state_dict({"centroids": s["pq.centroids"]})
         self.codes = torch.from_numpy(s["codes"].copy()).to(self.device)
         self.ids = torch.from_numpy(s["ids"].copy()).to(self.device)
@@ -179,6 +96,8 @@ class TorchPQ(TorchFlat):
 
 class TorchIVFPQ:
     """Coarse k-means lists; codes/ids/extra stored contiguously sorted by list (CSR `offsets`)."""
+
+    name = "torch"
 
     def __init__(
         self,
@@ -368,7 +287,7 @@ class TorchIVFPQ:
         return out_v, out_p
 
     def _search_grouped(self, lut_ip, probe, probe_d, k):
-        """Per-list scan through adc_topk (the Triton kernel on CUDA): queries grouped by probed list.
+        """Per-list scan through kernels.pq_adc_topk (the Triton kernel on CUDA): queries grouped by probed list.
 
         For l2 each list gets its own table term[l] - 2 lut_ip with term[l][j, c] = ||C_jc||^2 + 2<c_l_j, C_jc>,
         whose sum over a code is exactly the vector's `extra`.
@@ -392,7 +311,7 @@ class TorchIVFPQ:
                 cl = self.coarse[l].view(self.m, -1)  # (m, dsub)
                 term = (C * C).sum(-1) + 2 * torch.einsum("jd,jkd->jk", cl, C)  # (m, ksub)
                 lut = term[None] - 2 * lut_ip[qs]
-            v, p = adc_topk(lut, self.codes[lo:hi], k)
+            v, p = pq_adc_topk(lut, self.codes[lo:hi], k)
             res_v[qs, ps] = v + probe_d[qs, ps][:, None]
             res_p[qs, ps] = torch.where(p >= 0, p + lo, -1)
         v, j = res_v.view(nq, -1).topk(k, dim=1, largest=False)

@@ -1,8 +1,8 @@
-"""The faiss backend of index.py: IndexFlat / IndexPQ in IndexIDMap2, IndexIVFPQ with add_with_ids.
+"""The faiss backend (backend.py): IndexPQ in IndexIDMap2, IndexIVFPQ with add_with_ids.
 
 Filters go inside the search through SearchParameters(sel=IDSelectorBatch); IndexPQ takes no search
 parameters, so a filtered PQ search scans a temporary IndexPQ over the allowed vectors' codes. Results
-are returned in index.py's internal convention (smaller is better, +inf / -1 padding).
+are returned in the internal convention (vectors.py: smaller is better, +inf / -1 padding).
 """
 
 from __future__ import annotations
@@ -16,32 +16,24 @@ except ImportError:  # pragma: no cover
     faiss = None
 
 
-class FaissIndex:
-    """A faiss index with external ids; filters via SearchParameters(sel=IDSelectorBatch)."""
+class FaissBackend:
+    """A faiss PQ or IVF-PQ index with external ids; filters via SearchParameters(sel=IDSelectorBatch)."""
 
-    def __init__(
-        self,
-        kind: str,
-        d: int,
-        metric: str,
-        nlist: int = 0,
-        m: int = 0,
-        nbits: int = 8,
-        seed: int = 0,
-        device: torch.device | None = None,
-    ):
-        self.kind, self.d, self.metric, self.nlist = kind, d, metric, nlist
+    name = "faiss"
+
+    def __init__(self, kind: str, d: int, metric: str, m: int, nbits: int, nlist: int, seed: int, device: torch.device):
+        self.kind, self.d, self.metric, self.device = kind, d, metric, device
+        self.nlist = nlist if kind == "ivfpq" else 0
         mt = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
         if kind == "ivfpq":
             self.quantizer = faiss.IndexFlat(d, mt)
             self.index = faiss.IndexIVFPQ(self.quantizer, d, nlist, m, nbits, mt)
             self.index.cp.seed = self.index.pq.cp.seed = seed
         else:
-            self.base = faiss.IndexFlat(d, mt) if kind == "flat" else faiss.IndexPQ(d, m, nbits, mt)
-            if kind == "pq":
-                self.base.pq.cp.seed = seed
+            self.base = faiss.IndexPQ(d, m, nbits, mt)
+            self.base.pq.cp.seed = seed
             self.index = faiss.IndexIDMap2(self.base)
-        self.use_gpu = device is not None and device.type == "cuda" and faiss.get_num_gpus() > 0
+        self.use_gpu = device.type == "cuda" and faiss.get_num_gpus() > 0
         self._gpu = None
         self._pq_cache = None  # (positions' ids, codes) of an IndexPQ, for filtered PQ search
 

@@ -1,9 +1,15 @@
+"""VectorIndex: exact search until trainable, then PQ / IVF-PQ candidates re-ranked from the one float16 store;
+snapshots and crash recovery of its directory. Both backends where the results depend on them."""
+
 import os
 
 import numpy as np
 import pytest
 
-from retrieval.adaptive import CollectionIndex, IndexConfig, auto_nlist
+from common.errors import InvalidArgumentError
+from retrieval.vector_index import IndexConfig, VectorIndex, auto_nlist
+from retrieval.vectors import FLT_MAX
+from tests.retrieval.helpers import clustered, ground_truth, recall
 
 faiss = pytest.importorskip("faiss")
 
@@ -21,10 +27,6 @@ def exact_ids(xb, ids, xq, k):
     return ids[np.argsort(-(xq @ xb.T), axis=1, kind="stable")[:, :k]]
 
 
-def recall(I, G):
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(I, G)]))
-
-
 def small_config(**kw):
     # nbits=4: 16 centroids per sub-space, so training starts at 39 * 16 = 624 vectors
     return IndexConfig(**{"kind": "ivfpq", "m": 8, "nbits": 4, "nlist": 8, "nprobe": 4, **kw})
@@ -32,7 +34,7 @@ def small_config(**kw):
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_exact_then_trained_transition(backend):
-    ci = CollectionIndex(D, small_config(backend=backend))
+    ci = VectorIndex(D, small_config(backend=backend))
     assert ci.min_train_size == 624
     x, ids = vectors(1000), np.arange(1000) * 3 + 1
     xq = vectors(20, seed=9)
@@ -56,7 +58,7 @@ def test_exact_then_trained_transition(backend):
 
 
 def test_untrained_filter_and_remove():
-    ci = CollectionIndex(D, small_config())
+    ci = VectorIndex(D, small_config())
     x, ids = vectors(100), np.arange(100)
     Dp, I = ci.search(x[:2], 3)  # empty: all padding, like faiss
     assert (I == -1).all() and (Dp == -np.finfo(np.float32).max).all()
@@ -69,9 +71,9 @@ def test_untrained_filter_and_remove():
 
 
 def test_exact_search_cache_follows_adds_removes_and_compaction(monkeypatch):
-    import retrieval.adaptive as adaptive
+    import retrieval.vector_index as vector_index
 
-    ci = CollectionIndex(D, small_config(kind="flat"))
+    ci = VectorIndex(D, small_config(kind="flat"))
     x, ids = vectors(3000), np.arange(3000) * 7
     xq = vectors(10, seed=5)
     live = np.zeros(0, np.int64)
@@ -86,21 +88,21 @@ def test_exact_search_cache_follows_adds_removes_and_compaction(monkeypatch):
         _, I = ci.search(xq, 5)
         xb = x[np.searchsorted(ids, live)]
         np.testing.assert_array_equal(I, exact_ids(xb, live, xq, 5))
-    assert ci.store.tombstones < 2200  # the compaction happened
+    assert ci.vectors.tombstones < 2200  # the compaction happened
     # a compaction followed by as many adds leaves n_rows where it was: only the layout tells the copy is stale
-    other = CollectionIndex(D, small_config(kind="flat"))
+    other = VectorIndex(D, small_config(kind="flat"))
     x2, ids2 = vectors(2300, seed=3), np.arange(2300)
     other.add(x2[:1200], ids2[:1200])
     other.search(xq, 5)  # copies 1,200 rows
     other.remove(ids2[:1100])  # more than max(1024, n_rows // 2) tombstones: compacts to 100 rows, in memory
     other.add(x2[1200:], ids2[1200:])  # other vectors, 1,200 rows again
-    assert other.store.n_rows == 1200 and other.store.tombstones == 0
+    assert other.vectors.n_rows == 1200 and other.vectors.tombstones == 0
     _, I = other.search(xq, 5)
     np.testing.assert_array_equal(I, exact_ids(x2[1100:], ids2[1100:], xq, 5))
     cached = ci._exact_rows()
     assert cached is ci._exact_rows()  # reused while nothing changes
     # above the cache limit: the float16 rows are streamed, with the same results
-    monkeypatch.setattr(adaptive, "EXACT_CACHE_BYTES", 0)
+    monkeypatch.setattr(vector_index, "EXACT_CACHE_BYTES", 0)
     _, I2 = ci.search(xq, 5)
     np.testing.assert_array_equal(I2, exact_ids(x[np.searchsorted(ids, live)], live, xq, 5))
 
@@ -108,7 +110,7 @@ def test_exact_search_cache_follows_adds_removes_and_compaction(monkeypatch):
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_save_load_roundtrip_and_crash_recovery(tmp_path, backend):
     path = tmp_path / "col"
-    ci = CollectionIndex(D, small_config(backend=backend), path=path)
+    ci = VectorIndex(D, small_config(backend=backend), path=path)
     x, ids = vectors(900), np.arange(900) + 10
     xq = vectors(10, seed=3)
     ci.add(x, ids)
@@ -119,7 +121,7 @@ def test_save_load_roundtrip_and_crash_recovery(tmp_path, backend):
     ci.add(vectors(50, seed=5), np.arange(5000, 5050))
     ci.remove(ids[5:100])
     del ci  # "crash": nothing else saved
-    back = CollectionIndex.load(path)
+    back = VectorIndex.load(path)
     assert back.last_seq == 17 and back.ntotal == 895 and back.is_trained
     D2, I2 = back.search(xq, 10)
     np.testing.assert_array_equal(I1, I2)
@@ -127,14 +129,14 @@ def test_save_load_roundtrip_and_crash_recovery(tmp_path, backend):
     # the owner replays newer rows; the index keeps working in its directory and saves again
     back.add(vectors(50, seed=5), np.arange(5000, 5050))
     back.save(last_seq=18)
-    again = CollectionIndex.load(path)
+    again = VectorIndex.load(path)
     assert again.last_seq == 18 and again.ntotal == 945
     np.testing.assert_allclose(again.get([5000]), vectors(50, seed=5)[:1], atol=2e-3)
 
 
 def test_compaction_on_save_and_copy_to_other_dir(tmp_path):
     path = tmp_path / "col"
-    ci = CollectionIndex(D, small_config(backend="torch"), path=path)
+    ci = VectorIndex(D, small_config(backend="torch"), path=path)
     x, ids = vectors(3000), np.arange(3000)
     ci.add(x, ids)
     ci.save(last_seq=1)
@@ -145,27 +147,27 @@ def test_compaction_on_save_and_copy_to_other_dir(tmp_path):
     assert os.path.getsize(path / "vectors.1.f16") >= 1000 * D * 2
     assert not any(f.endswith(".tmp") for f in os.listdir(path))
     ci.save(tmp_path / "copy", last_seq=3)  # a copy elsewhere, compacted
-    cp = CollectionIndex.load(tmp_path / "copy")
+    cp = VectorIndex.load(tmp_path / "copy")
     assert cp.ntotal == 1000 and cp.last_seq == 3
     np.testing.assert_array_equal(cp.search(x[2500:2510], 5)[1], ci.search(x[2500:2510], 5)[1])
-    mem = CollectionIndex(D, small_config())  # in memory: save needs a path
+    mem = VectorIndex(D, small_config())  # in memory: save needs a path
     mem.add(x[:10], ids[:10])
     with pytest.raises(ValueError, match="no directory"):
         mem.save()
     mem.save(tmp_path / "mem", last_seq=4)
-    assert CollectionIndex.load(tmp_path / "mem").ntotal == 10
+    assert VectorIndex.load(tmp_path / "mem").ntotal == 10
     with pytest.raises(ValueError, match="already holds an index"):
-        CollectionIndex(D, small_config(), path=tmp_path / "mem")
+        VectorIndex(D, small_config(), path=tmp_path / "mem")
 
 
 def test_retrain_and_growth():
-    ci = CollectionIndex(D, small_config(backend="torch", retrain_growth=2.0))
+    ci = VectorIndex(D, small_config(backend="torch", retrain_growth=2.0))
     ci.add(vectors(300), np.arange(300))
     ci.retrain()  # forced below the automatic threshold
     assert ci.is_trained and ci.trained_size == 300
     ci.add(vectors(300, seed=1), np.arange(300, 600))  # 600 >= 2 * 300: retrains itself
     assert ci.trained_size == 600
-    few = CollectionIndex(D, small_config())
+    few = VectorIndex(D, small_config())
     few.add(vectors(5), np.arange(5))
     with pytest.raises(ValueError, match="needs at least 16"):
         few.retrain()
@@ -173,10 +175,10 @@ def test_retrain_and_growth():
 
 def test_pq_and_flat_kinds():
     x, ids = vectors(700), np.arange(700)
-    flat = CollectionIndex(D, IndexConfig(kind="flat"))
+    flat = VectorIndex(D, IndexConfig(kind="flat"))
     flat.add(x, ids)
     assert not flat.is_trained and flat.min_train_size is None
-    pq = CollectionIndex(D, IndexConfig(kind="pq", m=8, nbits=4, backend="torch"))
+    pq = VectorIndex(D, IndexConfig(kind="pq", m=8, nbits=4, backend="torch"))
     pq.add(x, ids)
     assert pq.is_trained and pq.stats()["nlist"] is None
     xq = vectors(10, seed=4)
@@ -188,14 +190,22 @@ def test_config_defaults_and_validation():
     assert IndexConfig().resolved_m(384) == 48
     assert IndexConfig().resolved_m(100) in (10, 20)  # no d // 8: a divisor close to it
     assert auto_nlist(10000) == 256 and auto_nlist(1_000_000) == 4000
-    ci = CollectionIndex(384)
+    ci = VectorIndex(384)
     assert ci.min_train_size == 39 * 256 and ci.m == 48
+    # a configuration is checked where it enters (Collections.create), with a message saying what to fix
     with pytest.raises(ValueError, match="must divide d=384"):
-        CollectionIndex(384, IndexConfig(m=50))
-    with pytest.raises(ValueError, match="kind"):
-        CollectionIndex(D, IndexConfig(kind="hnsw"))
-    with pytest.raises(ValueError, match="nprobe"):
-        CollectionIndex(D, IndexConfig(nprobe=0))
+        IndexConfig(m=50).validate(384)
+    with pytest.raises(InvalidArgumentError, match="kind"):
+        IndexConfig(kind="hnsw").validate(D)
+    with pytest.raises(InvalidArgumentError, match="nprobe"):
+        IndexConfig(nprobe=0).validate(D)
+    with pytest.raises(InvalidArgumentError, match="nlist"):
+        IndexConfig(nlist=True).validate(D)
+    with pytest.raises(ValueError, match="backend"):
+        IndexConfig(backend="annoy").validate(D)
+    with pytest.raises(ValueError, match="metric"):
+        IndexConfig(metric="cosine").validate(D)
+    IndexConfig(kind="pq", m=8, nbits=6).validate(D)
     with pytest.raises(ValueError, match="query has dimension 512 but the index has 384"):
         ci.search(np.zeros((1, 512), np.float32), 5)
     with pytest.raises(ValueError, match="ids already"):
@@ -203,9 +213,124 @@ def test_config_defaults_and_validation():
         ci.add(np.zeros((1, 384), np.float32), [1])
     with pytest.raises(ValueError, match="got 2 ids for 1 vectors"):
         ci.add(np.zeros((1, 384), np.float32), [5, 6])
-    with pytest.raises(ValueError, match="last_seq"):
+    with pytest.raises(AssertionError):  # last_seq comes from the store, never from a user
         ci.save("/nonexistent-never-created", last_seq="x")
     with pytest.raises(ValueError, match="no index snapshot"):
-        CollectionIndex.load("/nonexistent-dir-for-test")
+        VectorIndex.load("/nonexistent-dir-for-test")
     cfg = IndexConfig(kind="pq", m=8, nbits=6, rerank_factor=4)
     assert IndexConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# --- results over both backends: re-ranking, ids and padding, the memory-mapped store, bad inputs -------------
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered(5000, D, seed=0), clustered(200, D, seed=1)
+
+
+_built = {}
+
+
+def built_ivfpq(backend, metric, data):
+    """A trained IVF-PQ index over the shared data (cached: the tests below do not mutate it); nbits=6 keeps
+    k-means cheap, 5,000 vectors cross min_train_size (39 * 64) in one add, so it trains on all of them."""
+    key = (backend, metric)
+    if key not in _built:
+        cfg = IndexConfig(
+            kind="ivfpq", metric=metric, m=8, nbits=6, nlist=32, nprobe=4, backend=backend, rerank_factor=4
+        )
+        ix = VectorIndex(D, cfg)
+        ix.add(data[0], np.arange(len(data[0])))
+        assert ix.is_trained and ix.trained_size == 5000
+        _built[key] = ix
+    return _built[key]
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_rerank_gives_exact_order_and_scores(data, backend, metric):
+    xb, xq = data
+    G = ground_truth(xb, xq, 10, metric)
+    idx = built_ivfpq(backend, metric, data)
+    Dr, Ir = idx.search(xq, 10, nprobe=16)
+    Dn, In = idx.search(xq, 10, nprobe=16, rerank=False)
+    assert recall(Ir, G) >= max(0.9, recall(In, G))
+    # re-ranked scores are exact (float16 vectors): recompute them
+    v = xb[Ir]
+    want = np.einsum("qkd,qd->qk", v, xq) if metric == "ip" else ((v - xq[:, None]) ** 2).sum(-1)
+    np.testing.assert_allclose(Dr, want, rtol=2e-2, atol=2e-2)
+    order = np.diff(Dr, axis=1)
+    assert (order <= 1e-6).all() if metric == "ip" else (order >= -1e-6).all()
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("kind", ["flat", "pq", "ivfpq"])
+def test_ids_remove_and_padding(backend, kind):
+    x = clustered(1200, 16, k=8, seed=5)
+    cfg = IndexConfig(kind=kind, metric="l2", m=4, nbits=4, nlist=4 if kind == "ivfpq" else None, nprobe=4)
+    idx = VectorIndex(16, dataclass_replace(cfg, backend=backend))
+    ids = 1000 + 7 * np.arange(len(x))
+    idx.add(x, ids)
+    assert idx.ntotal == len(x) and idx.is_trained == (kind != "flat")
+    _, I = idx.search(x[:20], 3)
+    assert (I[:, 0] == ids[:20]).all()  # each vector finds itself, under its own id
+    assert idx.remove(np.concatenate([ids[:10], [5, 6]])) == 10  # unknown ids ignored
+    assert idx.ntotal == len(x) - 10
+    _, I = idx.search(x[:20], 3)
+    assert not np.isin(I, ids[:10]).any()
+    assert (I[10:, 0] == ids[10:20]).all()
+    new = idx.add(x[:2])  # default ids continue after the largest one
+    assert (new == [ids.max() + 1, ids.max() + 2]).all()
+    # fewer vectors than k: padded like faiss (id -1, D = FLT_MAX for l2), trained or not
+    idx.remove(idx.ids()[3:])
+    D_, I = idx.search(x[:2], 5)
+    assert idx.ntotal == 3 and (I[:, 3:] == -1).all() and (D_[:, 3:] == FLT_MAX).all()
+
+
+def dataclass_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_memory_mapped_vector_store(tmp_path):
+    x = clustered(700, 16, k=4, seed=7)
+    idx = VectorIndex(16, IndexConfig(kind="pq", m=4, nbits=4, backend="torch"), path=tmp_path / "ix")
+    idx.add(x, np.arange(700))
+    assert idx.is_trained
+    assert (tmp_path / "ix" / "vectors.0.f16").stat().st_size >= 700 * 16 * 2
+    np.testing.assert_allclose(idx.get([0, 5]), x[[0, 5]], atol=1e-2)
+
+
+def test_bad_inputs(data):
+    xb, _ = data
+    idx = VectorIndex(D, IndexConfig(kind="pq", m=8, nbits=4, backend="torch"))
+    with pytest.raises(ValueError, match="needs at least 16"):
+        idx.add(xb[:10], np.arange(10))
+        idx.retrain()
+    with pytest.raises(ValueError, match="vectors has dimension 16 but the index has 32"):
+        idx.add(xb[:5, :16], np.arange(5))
+    idx.add(xb[:5], [11, 12, 13, 14, 15])
+    with pytest.raises(ValueError, match="already in the index"):
+        idx.add(xb[:1], [13])
+    with pytest.raises(ValueError, match="duplicates"):
+        idx.add(xb[:2], [19, 19])
+    with pytest.raises(ValueError, match="query has dimension 512 but the index has 32"):
+        idx.search(np.zeros((1, 512), np.float32), 3)
+    with pytest.raises(AssertionError):  # k was checked where the search entered (Collection.search)
+        idx.search(xb[:1], 0)
+    with pytest.raises(ValueError, match="allowed ids must be integers"):
+        idx.search(xb[:1], 3, allowed=np.array([0.5]))
+
+
+def test_unsaved_counts_changes_since_the_last_save(tmp_path):
+    ix = VectorIndex(D, small_config(kind="flat"), path=tmp_path / "ix")
+    x = vectors(10)
+    ix.add(x, np.arange(10))
+    ix.remove([1, 2, 99])  # 99 is unknown: not a change
+    assert ix.unsaved == 12
+    ix.save(tmp_path / "elsewhere")  # a copy elsewhere leaves this directory unsaved
+    assert ix.unsaved == 12
+    ix.save(last_seq=3)
+    assert ix.unsaved == 0 and VectorIndex.load(tmp_path / "ix").unsaved == 0
