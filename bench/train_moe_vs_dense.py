@@ -8,7 +8,7 @@ top_k * 256 = 512, so each token goes through the same number of FFN weights (th
 The MoE holds 2x the FFN parameters in total; the question is what the extra (inactive) capacity buys per token
 and what the routing costs in wall time on a CPU.
 
-Corpus: Python's own docs (llm.data.pydoc_texts: pydoc_data topics + stdlib docstrings), one BPE tokenizer
+Corpus: Python's own docs (llm.train.corpus.pydoc_texts: pydoc_data topics + stdlib docstrings), one BPE tokenizer
 trained by the first run and reused by the second, so both see the same shards and the same batches (same seed).
 Writes bench/out/train_moe_vs_dense.md (copied into bench/RESULTS.md) and bench/train_moe_vs_dense.png.
 """

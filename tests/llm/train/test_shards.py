@@ -1,5 +1,5 @@
-"""Training data: corpus readers, BPE training, memmap shards (EOS-separated, per-document split), the sampler,
-and the TOML config's unknown-key errors."""
+"""Token shards: EOS-separated, split per document, reused by key, a tail split for tiny corpora, chat records
+through the chat template, aligned to sequence starts, and assistant-only loss masks."""
 
 from __future__ import annotations
 
@@ -10,36 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from llm.data import (
-    BatchSampler,
-    ChatRecord,
-    CorpusError,
-    CorpusSpec,
-    TokenShard,
-    build_shards,
-    collection_texts,
-    file_texts,
-    pydoc_texts,
-    train_tokenizer,
-)
-from llm.train_config import config_from_dict, load_toml
-
-DOCS = [
-    f"Document {i}: the {w} jumps over the lazy dog while the router balances experts."
-    for i, w in enumerate(["fox", "cat", "cow", "owl", "elk", "bee", "ant", "eel"] * 8)
-]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(iter(DOCS), vocab_size=300)
-
-
-def test_train_tokenizer_roundtrip_and_empty_corpus(tok):
-    assert 263 <= tok.vocab_size <= 300 and tok.eos_id == 0
-    assert tok.decode(tok.encode(DOCS[3])) == DOCS[3]
-    with pytest.raises(CorpusError, match="empty"):
-        train_tokenizer(iter(["", "   \n"]), vocab_size=300)
+from llm.train.corpus import ChatRecord, CorpusError, file_texts
+from llm.train.shards import TokenShard, build_shards
+from tests.llm.train.conftest import DOCS
 
 
 def test_shards_are_eos_separated_and_reused(tok, tmp_path):
@@ -58,6 +31,7 @@ def test_shards_are_eos_separated_and_reused(tok, tmp_path):
     # The split is per document by content: the same docs in another order land in the same splits.
     other = build_shards(lambda: iter(DOCS[::-1]), tok, tmp_path / "b", 9, 0.2, fingerprint="fp2")
     assert sorted(other.val.tokens.tolist()) == sorted(sh.val.tokens.tolist())
+    assert not list(tmp_path.glob("*.tmp"))  # every file renamed into place
 
 
 def test_small_corpus_falls_back_to_a_tail_split_and_too_small_is_an_error(tok, tmp_path):
@@ -67,6 +41,18 @@ def test_small_corpus_falls_back_to_a_tail_split_and_too_small_is_an_error(tok, 
         build_shards(lambda: iter(["tiny"]), tok, tmp_path / "b", min_val_tokens=64, fingerprint="b")
     with pytest.raises(CorpusError, match="empty"):
         build_shards(lambda: iter([" "]), tok, tmp_path / "c", min_val_tokens=4, fingerprint="c")
+    for d in ("b", "c"):  # nothing half-written left behind
+        assert not list((tmp_path / d).iterdir())
+
+
+def test_a_failing_corpus_leaves_no_partial_shards(tok, tmp_path):
+    def texts():
+        yield from DOCS
+        raise CorpusError("bad.jsonl:3: message 0 needs role")
+
+    with pytest.raises(CorpusError, match="bad.jsonl:3"):
+        build_shards(texts, tok, tmp_path, min_val_tokens=9, fingerprint="x", batch_docs=4)
+    assert not list(tmp_path.iterdir())
 
 
 def test_token_shard_batches_are_shifted_by_one(tmp_path):
@@ -76,30 +62,6 @@ def test_token_shard_batches_are_shifted_by_one(tmp_path):
     x, y = shard.batch([0, 3], 10)
     assert x.shape == (2, 10) and x.dtype.is_floating_point is False
     assert x[1].tolist() == list(range(30, 40)) and y[1].tolist() == list(range(31, 41))
-
-
-def test_sampler_is_deterministic_resumable_and_covers_each_epoch():
-    a = BatchSampler(10, 4, seed=7)
-    batches = [a.next_indices() for _ in range(5)]  # 20 sequences: two full epochs
-    assert sorted(np.concatenate(batches[:2] + [batches[2][:2]]).tolist()) == list(range(10))
-    b = BatchSampler(10, 4, seed=7)
-    b.next_indices()
-    c = BatchSampler(10, 4, seed=7)
-    c.load_state_dict(b.state_dict())
-    assert all((c.next_indices() == x).all() for x in batches[1:])
-    assert not (BatchSampler(10, 4, seed=8).next_indices() == batches[0]).all()
-    with pytest.raises(ValueError, match="sequences"):
-        BatchSampler(11, 4, seed=7).load_state_dict(b.state_dict())
-
-
-def test_file_texts_reads_txt_md_jsonl(tmp_path):
-    (tmp_path / "a.txt").write_text("plain text")
-    (tmp_path / "b.md").write_text("# title\nbody")
-    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "from jsonl"}) + "\n" + json.dumps({"text": ""}) + "\n")
-    (tmp_path / "d.pdf").write_bytes(b"%PDF")
-    assert sorted(file_texts([tmp_path])) == ["# title\nbody", "from jsonl", "plain text"]
-    with pytest.raises(CorpusError, match="does not exist"):
-        list(file_texts([tmp_path / "missing"]))
 
 
 def test_chat_records_are_tokenized_with_the_chat_template(tok, tmp_path):
@@ -144,65 +106,6 @@ def test_chat_records_are_aligned_to_sequence_starts_with_ignored_padding(tok, t
     assert (x == tok.pad_id).any() and not (y == tok.pad_id).any() and (y == -100).any()
 
 
-def test_corpus_spec_validation(tmp_path):
-    with pytest.raises(CorpusError, match="no training data"):
-        CorpusSpec().validate()
-    with pytest.raises(CorpusError, match="does not exist"):
-        CorpusSpec(paths=[str(tmp_path / "nope")]).validate()
-    with pytest.raises(CorpusError, match="no pqrag store"):
-        CorpusSpec(collection="docs", data_dir=str(tmp_path)).validate()
-
-
-def test_collection_texts_reads_documents_from_the_store(tmp_path):
-    from retrieval.catalog import DB_FILE
-    from retrieval.store import Store
-
-    store = Store(tmp_path / DB_FILE)
-    with store.write() as conn:
-        cid = store.insert_collection(conn, "notes", {}, 4, 0.0)
-        for i, text in enumerate(["first document", "second document"]):
-            store.put_document(
-                conn, cid, f"d{i}", text, "{}", "", [(0, len(text))], [text], [np.zeros(4, np.float16).tobytes()], 0.0
-            )
-    store.close()
-    assert list(collection_texts("notes", tmp_path)) == ["first document", "second document"]
-    with pytest.raises(CorpusError, match="not found"):
-        list(collection_texts("other", tmp_path))
-    spec = CorpusSpec(collection="notes", data_dir=str(tmp_path))
-    spec.validate()
-    assert len(spec.fingerprint()) == 16
-
-
-def test_pydoc_texts_starts_with_topics_then_stdlib_docstrings():
-    it = pydoc_texts()
-    from pydoc_data.topics import topics
-
-    first = [next(it) for _ in range(len(topics) + 3)]
-    assert first[0] == topics[sorted(topics)[0]]
-    assert all(isinstance(t, str) and t.strip() for t in first[len(topics) :])
-
-
-# ---- TOML config ----
-
-
-def test_toml_unknown_key_is_named(tmp_path):
-    f = tmp_path / "train.toml"
-    f.write_text('preset = "tiny"\nwarmup_step = 10\n')
-    with pytest.raises(ValueError, match=r"unknown key 'warmup_step' \(did you mean 'warmup_steps'\?\)"):
-        load_toml(f)
-    f.write_text("seq_len = 64\n[model]\nnum_expert = 1\n")
-    with pytest.raises(ValueError, match=r"unknown model field 'num_expert' \(did you mean 'num_experts'\?\)"):
-        load_toml(f)
-    f.write_text('seq_len = "long"\n')
-    with pytest.raises(ValueError, match="seq_len must be of type int"):
-        load_toml(f)
-    f.write_text("seq_len = 64\nlr = 1\n[model]\nnum_layers = 3\n")
-    cfg = load_toml(f)
-    assert cfg.seq_len == 64 and cfg.lr == 1.0 and cfg.model == {"num_layers": 3}
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        config_from_dict({"batch_size": 0})
-
-
 def test_assistant_only_loss_masks_chat_prompts(tok, tmp_path):
     msgs = [
         {"role": "system", "content": "Answer from the passages."},
@@ -221,16 +124,8 @@ def test_assistant_only_loss_masks_chat_prompts(tok, tmp_path):
 
     docs = [ChatRecord(tuple(msgs)), "plain doc", ChatRecord(tuple(msgs[1:]))]
     T = 64
-    sh = build_shards(
-        lambda: iter(docs),
-        tok,
-        tmp_path / "a",
-        min_val_tokens=T + 1,
-        val_fraction=0.0,
-        align=T,
-        assistant_only=True,
-        fingerprint="f",
-    )
+    masked = dict(min_val_tokens=T + 1, val_fraction=0.0, align=T, assistant_only=True, fingerprint="f")
+    sh = build_shards(lambda: iter(docs), tok, tmp_path / "a", **masked)
     assert sh.meta["loss_mask"] and sh.meta["key"]["loss"] == "assistant_only"
     toks, flags = np.concatenate([sh.train.tokens, sh.val.tokens]), np.concatenate([sh.train.mask, sh.val.mask])
     assert len(toks) == len(flags)
@@ -253,16 +148,7 @@ def test_assistant_only_loss_masks_chat_prompts(tok, tmp_path):
     def unread():
         raise AssertionError("the corpus was read again")
 
-    again = build_shards(
-        unread,
-        tok,
-        tmp_path / "a",
-        min_val_tokens=T + 1,
-        val_fraction=0.0,
-        align=T,
-        assistant_only=True,
-        fingerprint="f",
-    )
+    again = build_shards(unread, tok, tmp_path / "a", **masked)
     np.testing.assert_array_equal(again.train.mask, sh.train.mask)
     # train_on_prompt (assistant_only=False): no masks, every non-PAD target counts
     full = build_shards(lambda: iter(docs), tok, tmp_path / "b", min_val_tokens=T + 1, val_fraction=0.0, align=T)
