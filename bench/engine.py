@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from llm.checkpoint import save_model  # noqa: E402
 from llm.config import get_config  # noqa: E402
-from llm.engine import LLM  # noqa: E402
 from llm.model import CausalLM  # noqa: E402
+from llm.offline import LLM  # noqa: E402
 from llm.sampler import SamplingParams  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -105,11 +105,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, tmp)
         hf = MixtralForCausalLM.from_pretrained(tmp, dtype=dtype).to(device).eval()
-        llm = LLM(
+        llm = LLM(  # EngineConfig's defaults (block_size 16, ...) but for a batch that fits in one go
             tmp,
             device=device,
             dtype=dtype,
-            block_size=16,
             max_num_seqs=max(args.num_prompts, 1),
             max_num_batched_tokens=max(2048, args.prompt_len * args.num_prompts),
         )

@@ -1,5 +1,7 @@
 """The generator: a Mixtral-style MoE decoder (config, model, moe, attention), Hugging Face-compatible checkpoints,
-the tokenizer with its chat template, and the paged KV-cache memory manager (kv_cache).
+the tokenizer with its chat template, and the inference engine: engine_config (EngineConfig), scheduler, kv_cache
+(paged KV-cache memory), model_runner, sampler, output_processor, engine (the loop), offline (`LLM`) and
+async_engine (`AsyncLLM`).
 
 Import the submodules directly (`from llm.model import CausalLM`); this package file stays empty of imports so
 `llm.tokenizer` does not pull in torch.
@@ -8,9 +10,9 @@ Import the submodules directly (`from llm.model import CausalLM`); this package 
 # `from llm import LLM, SamplingParams` (and the other engine names) resolve lazily, on first access, so that
 # importing llm.tokenizer alone still does not pull in torch.
 _LAZY = {
-    "LLM": "llm.engine",
+    "LLM": "llm.offline",
     "LLMEngine": "llm.engine",
-    "EngineConfig": "llm.engine",
+    "EngineConfig": "llm.engine_config",
     "AsyncLLM": "llm.async_engine",
     "SamplingParams": "llm.sampler",
     "RequestOutput": "llm.outputs",

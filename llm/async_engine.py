@@ -9,6 +9,13 @@ asyncio.Queues fed with `loop.call_soon_threadsafe`.
 Cancelling the consuming task (the client went away) aborts the request; the engine thread frees its KV blocks
 at the start of its next iteration (within one step). The model forward releases the GIL, so the event loop keeps
 serving while the engine computes.
+
+What runs where:
+- the caller's thread (the event loop): validating and building the request (`LLMEngine.make_request`, pure), the
+  admission check, and reading deltas off the request's asyncio.Queue;
+- the engine thread ("llm-engine"): everything that touches the engine's state: queueing adds and applying aborts
+  from the inbox, `LLMEngine.step` (schedule, forward, sample, detokenise, stop checks, free blocks), publishing
+  the deltas to the streams, and the stats snapshot that `metrics()` reads.
 """
 
 from __future__ import annotations
@@ -17,17 +24,17 @@ import asyncio
 import os
 import queue
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
 
+from common.errors import InvalidArgumentError, PqragError
 from llm.config import ModelConfig
 from llm.engine import LLMEngine
 from llm.outputs import StreamDelta
+from llm.request import RequestGroup
 from llm.sampler import SamplingParams
-from llm.scheduler import QueueFullError
 from llm.tokenizer import Tokenizer
 
 _IDLE_WAIT_S = 0.5  # how long the idle engine thread blocks on its inbox before re-checking for shutdown
@@ -51,6 +58,8 @@ class _Stream:
 
 
 class AsyncLLM:
+    """An LLMEngine stepped by one background thread, for asyncio callers (module docstring)."""
+
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -62,9 +71,10 @@ class AsyncLLM:
         self._errors = 0
 
     @classmethod
-    def from_dir(cls, model_dir: str | os.PathLike, **engine_kwargs: Any) -> AsyncLLM:
-        """engine_kwargs: device, dtype and EngineConfig fields (kv_cache_memory, max_num_seqs, ...)."""
-        return cls(LLMEngine.from_dir(model_dir, **engine_kwargs))
+    def from_dir(cls, model_dir: str | os.PathLike, **options: Any) -> AsyncLLM:
+        """options: LLMEngine.from_dir's: device, dtype, config, and EngineConfig fields (kv_cache_memory,
+        max_num_seqs, ...); an unknown one raises InvalidArgumentError."""
+        return cls(LLMEngine.from_dir(model_dir, **options))
 
     # ---- properties the server reads ------------------------------------------------------------------------------
     @property
@@ -74,6 +84,11 @@ class AsyncLLM:
     @property
     def config(self) -> ModelConfig:
         return self.engine.model_config
+
+    @property
+    def max_model_len(self) -> int:
+        """The window a request (prompt + max_tokens) must fit: EngineConfig.max_model_len, settled for the model."""
+        return self.engine.max_model_len
 
     def metrics(self) -> dict[str, Any]:
         """Engine stats as of the last step (running, waiting, kv_usage, prefix_cache_hit_rate, preemptions, ...)."""
@@ -108,25 +123,21 @@ class AsyncLLM:
     async def generate(
         self, prompt_token_ids: list[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[StreamDelta]:
-        """Stream the deltas of one request. Raises ValueError (invalid / too long for the context) or
+        """Stream the deltas of one request. Raises InvalidArgumentError (invalid / too long for the context) or
         QueueFullError before anything is yielded. For n > 1 the deltas of the samples interleave (see .index);
         the iterator ends when all of them finished."""
-        params = params or SamplingParams()
-        self.engine.validate(prompt_token_ids, params)  # pure, thread-safe: errors surface in the caller
-        stream = _Stream(asyncio.get_running_loop(), params.n)
+        # Validation is pure and thread-safe: errors surface in the caller, and the engine thread only queues.
+        group = self.engine.make_request(request_id, prompt_token_ids, params)
+        stream = _Stream(asyncio.get_running_loop(), group.params.n)
         with self._lock:
             if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already in use")
+                raise InvalidArgumentError(f"request id {request_id!r} is already in use")
             # Admission is checked here so the caller gets the error now; the engine re-checks (a race between
             # callers on several threads can only overshoot by a few, and then the stream gets the error).
-            queued = self.engine.scheduler.num_waiting + self._inbox.qsize()
-            if queued >= self.engine.config.max_waiting:
-                raise QueueFullError(
-                    f"the waiting queue is full ({self.engine.config.max_waiting} requests); retry later"
-                )
+            self.engine.scheduler.check_queue(num_pending=self._inbox.qsize())
             self._streams[request_id] = stream
         self.start()
-        self._inbox.put(("add", (request_id, list(prompt_token_ids), params, time.monotonic())))
+        self._inbox.put(("add", group))
         finished = False
         try:
             while True:
@@ -181,7 +192,7 @@ class AsyncLLM:
         while True:
             kind, arg = item
             if kind == "add":
-                self._add(*arg)
+                self._add(arg)
             elif kind == "abort":
                 self._publish(self.engine.abort_stream(arg))
             try:
@@ -191,14 +202,14 @@ class AsyncLLM:
         with self._lock:
             self._stats = self.engine.stats()
 
-    def _add(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival: float) -> None:
+    def _add(self, group: RequestGroup) -> None:
         with self._lock:
-            stream = self._streams.get(request_id)
+            stream = self._streams.get(group.request_id)
         if stream is None:  # cancelled before the engine saw it
             return
         try:
-            self.engine.add_request(request_id, prompt_token_ids, params, arrival_time=arrival)
-        except (ValueError, QueueFullError) as e:
+            self.engine.add(group)
+        except PqragError as e:  # queue full (a race between callers) or an id in use: the request's error
             stream.put(e)
 
     def _publish(self, deltas: list[StreamDelta]) -> None:

@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from common.fs import atomic_write
 from llm.config import ModelConfig
 from llm.model import CausalLM
 
@@ -141,21 +142,17 @@ def save_model(
     model: CausalLM, path: str | os.PathLike, dtype: torch.dtype | None = None, max_shard_bytes: int | None = None
 ) -> None:
     """Write config.json and model.safetensors (or shards + model.safetensors.index.json when the weights exceed
-    max_shard_bytes) with Hugging Face Mixtral names; `AutoModelForCausalLM.from_pretrained(path)` loads it."""
+    max_shard_bytes) with Hugging Face Mixtral names; `AutoModelForCausalLM.from_pretrained(path)` loads it.
+    Each file is written atomically: a crash leaves it old or new, never torn."""
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     config = model.config
     state = {k: v.detach().to("cpu", dtype or v.dtype) for k, v in model.state_dict().items()}
     tensors = internal_to_hf(state, config)
-    hf = config.to_hf_dict()
-    hf["torch_dtype"] = hf["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
-        f.write("\n")
-    meta = {"format": "pt"}
+    config.save(path, dtype=str(next(iter(tensors.values())).dtype).removeprefix("torch."))
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     if max_shard_bytes is None or total <= max_shard_bytes:
-        save_file(tensors, os.path.join(path, "model.safetensors"), metadata=meta)
+        _save_safetensors(tensors, os.path.join(path, "model.safetensors"))
         return
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -169,7 +166,14 @@ def save_model(
     weight_map = {}
     for i, shard in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(path, fname), metadata=meta)
+        _save_safetensors(shard, os.path.join(path, fname))
         weight_map.update({name: fname for name in shard})
-    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+    with atomic_write(os.path.join(path, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], file: str) -> None:
+    """save_file, atomically: safetensors writes the temporary file by its name (no second copy of the weights in
+    memory, as safetensors.torch.save's bytes would be); atomic_write then fsyncs it and renames it into place."""
+    with atomic_write(file) as f:
+        save_file(tensors, f.name, metadata={"format": "pt"})

@@ -13,6 +13,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from common.fs import atomic_write
+
 
 @dataclass
 class ModelConfig:
@@ -127,11 +129,15 @@ class ModelConfig:
             pad_token_id=d.get("pad_token_id"),
         )
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write `config.json` into directory (created if missing)."""
+    def save(self, directory: str | os.PathLike, dtype: str | None = None) -> None:
+        """Write `config.json` into directory (created if missing), atomically. dtype: the weights' dtype name
+        ("bfloat16"), recorded as transformers does (checkpoint.save_model passes it)."""
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
+        hf = self.to_hf_dict()
+        if dtype is not None:
+            hf["torch_dtype"] = hf["dtype"] = dtype  # transformers 4.x reads torch_dtype, 5.x dtype
+        with atomic_write(os.path.join(directory, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2, sort_keys=True)
             f.write("\n")
 
     @classmethod
@@ -153,44 +159,15 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # for tests: every code path (GQA 4:2, 4 experts top-2, 2 layers) at negligible cost
     "tiny": ModelConfig(
-        vocab_size=256,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        intermediate_size=64,
-        num_experts=4,
-        num_experts_per_tok=2,
-        max_position_embeddings=512,
+        vocab_size=256, hidden_size=64, num_layers=2, head_dim=16, intermediate_size=64, max_position_embeddings=512
     ),
     # default demo model: trains on a CPU in minutes; 4 experts top-2 (~2.4M active params per token)
-    "small": ModelConfig(
-        vocab_size=4096,
-        hidden_size=256,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=64,
-        intermediate_size=256,
-        num_experts=4,
-        num_experts_per_tok=2,
-        max_position_embeddings=2048,
-    ),
-    # dense baseline with the same parameter count as "small": one expert, top-1
-    "small-dense": ModelConfig(
-        vocab_size=4096,
-        hidden_size=256,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=64,
-        intermediate_size=1024,
-        num_experts=1,
-        num_experts_per_tok=1,
-        max_position_embeddings=2048,
-    ),
+    "small": ModelConfig(),  # the field defaults above
 }
+# dense baseline with the same parameter count as "small": one expert, top-1, four times the expert width
+PRESETS["small-dense"] = dataclasses.replace(
+    PRESETS["small"], intermediate_size=1024, num_experts=1, num_experts_per_tok=1
+)
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:

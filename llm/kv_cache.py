@@ -20,6 +20,8 @@ from typing import Protocol
 
 import torch
 
+from common.errors import InvalidArgumentError
+
 BlockHash = bytes
 ROOT_HASH: BlockHash = b"\x00" * 32  # parent of a sequence's first block
 
@@ -104,9 +106,8 @@ class FreeBlockQueue:
 
 
 class BlockPool:
-    def __init__(self, num_blocks: int, enable_caching: bool = True):
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+    def __init__(self, num_blocks: int, enable_caching: bool):
+        assert num_blocks >= 1, num_blocks  # EngineConfig checked it
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
@@ -206,9 +207,8 @@ class KVCacheManager:
     forward are collected in `take_pending_copies()`.
     """
 
-    def __init__(self, num_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True):
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool):
+        assert block_size >= 1, block_size  # EngineConfig checked it
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
@@ -343,17 +343,16 @@ def kv_bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_
 
 
 def num_blocks_for_budget(
-    budget_bytes: int,
-    num_layers: int,
-    num_kv_heads: int,
-    head_dim: int,
-    block_size: int = 16,
-    dtype: torch.dtype = torch.bfloat16,
+    budget_bytes: int, num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
 ) -> int:
     """How many blocks fit in budget_bytes of cache memory."""
-    n = budget_bytes // kv_bytes_per_block(num_layers, num_kv_heads, head_dim, block_size, dtype)
+    per_block = kv_bytes_per_block(num_layers, num_kv_heads, head_dim, block_size, dtype)
+    n = budget_bytes // per_block
     if n < 1:
-        raise ValueError(f"a KV budget of {budget_bytes} bytes does not fit one block; raise it or shrink block_size")
+        raise InvalidArgumentError(
+            f"a KV budget of {budget_bytes} bytes does not fit one block ({per_block} bytes); raise kv_cache_memory "
+            f"or shrink block_size"
+        )
     return int(n)
 
 

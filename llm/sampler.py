@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.checks import is_int, non_negative_int, optional_positive_int, positive_int
+from common.errors import InvalidArgumentError
+
 _EPS = 1e-5  # temperatures below this are greedy (dividing by ~0 would overflow)
 
 
@@ -41,22 +44,21 @@ class SamplingParams:
     stop_list: list[str] = field(init=False, repr=False, default_factory=list)  # normalised `stop`
 
     def __post_init__(self) -> None:
-        def bad(msg: str) -> None:
-            raise ValueError(f"SamplingParams: {msg}")
+        """Validates user input once, where a request enters the engine (InvalidArgumentError names the field)."""
 
-        if not isinstance(self.n, int) or self.n < 1:
-            bad(f"n must be an int >= 1, got {self.n!r}")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
-            bad(f"max_tokens must be an int >= 1 or None, got {self.max_tokens!r}")
-        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
-            bad(f"min_tokens must be an int >= 0, got {self.min_tokens!r}")
+        def bad(msg: str) -> None:
+            raise InvalidArgumentError(f"SamplingParams: {msg}")
+
+        self.n = positive_int(self.n, "SamplingParams.n")
+        self.max_tokens = optional_positive_int(self.max_tokens, "SamplingParams.max_tokens")
+        self.min_tokens = non_negative_int(self.min_tokens, "SamplingParams.min_tokens")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             bad(f"min_tokens={self.min_tokens} must be <= max_tokens={self.max_tokens}")
         if not self.temperature >= 0.0:  # also rejects NaN
             bad(f"temperature must be >= 0, got {self.temperature!r}")
         if not 0.0 < self.top_p <= 1.0:
             bad(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or self.top_k < -1:
+        if not is_int(self.top_k) or self.top_k < -1:
             bad(f"top_k must be an int, -1 or 0 (off) or >= 1, got {self.top_k!r}")
         if not 0.0 <= self.min_p <= 1.0:
             bad(f"min_p must be in [0, 1], got {self.min_p!r}")
@@ -66,18 +68,20 @@ class SamplingParams:
             bad(f"presence_penalty must be in [-2, 2], got {self.presence_penalty!r}")
         if not -2.0 <= self.frequency_penalty <= 2.0:
             bad(f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad(f"seed must be an int or None, got {self.seed!r}")
-        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
-            bad(f"logprobs must be an int >= 0 or None, got {self.logprobs!r}")
+        if self.seed is not None:
+            if not is_int(self.seed):
+                bad(f"seed must be an int or None, got {self.seed!r}")
+            self.seed = int(self.seed)
+        if self.logprobs is not None:
+            self.logprobs = non_negative_int(self.logprobs, "SamplingParams.logprobs")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if any(not isinstance(s, str) or not s for s in stop):
             bad(f"stop must be non-empty strings, got {self.stop!r}")
         self.stop_list = stop
         if self.stop_token_ids is not None:
-            if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            if any(not is_int(t) or t < 0 for t in self.stop_token_ids):
                 bad(f"stop_token_ids must be non-negative ints, got {self.stop_token_ids!r}")
-            self.stop_token_ids = list(self.stop_token_ids)
+            self.stop_token_ids = [int(t) for t in self.stop_token_ids]
 
     @property
     def greedy(self) -> bool:

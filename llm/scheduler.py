@@ -16,36 +16,32 @@ fits or the sequence itself was the newest. Requests join (`add`) and leave (`fi
 from __future__ import annotations
 
 import collections
+import dataclasses
 from dataclasses import dataclass, field
 
+from common.errors import InvalidArgumentError, ResourceExhaustedError
+from llm.engine_config import EngineConfig
 from llm.kv_cache import KVCacheManager, cdiv
 from llm.request import RequestGroup, Sequence, SequenceStatus
 
 
-class QueueFullError(RuntimeError):
+class QueueFullError(ResourceExhaustedError):
     """The waiting queue holds max_waiting requests; the caller should retry later (gRPC: RESOURCE_EXHAUSTED)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SchedulerConfig:
-    max_num_seqs: int = 64  # sequences running at once (rows of the decode batch)
-    max_num_batched_tokens: int = 2048  # tokens per step, prefill chunks + decodes (bounds step latency)
-    max_waiting: int = 1024  # requests queued, not yet running; beyond this add() raises QueueFullError
-    enable_chunked_prefill: bool = True  # split a long prompt over steps instead of waiting for a free budget
-    max_model_len: int = 2048  # prompt + generated tokens of one sequence (model context)
+    """What the scheduler reads; EngineConfig holds the values and their defaults (see its field comments)."""
 
-    def __post_init__(self) -> None:
-        if self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < 1:
-            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
-        if self.max_waiting < 1:
-            raise ValueError(f"max_waiting must be >= 1, got {self.max_waiting}")
-        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
-            raise ValueError(
-                f"without chunked prefill max_num_batched_tokens ({self.max_num_batched_tokens}) must cover "
-                f"max_model_len ({self.max_model_len}), or a long prompt could never be scheduled"
-            )
+    max_num_seqs: int  # sequences running at once (rows of the decode batch)
+    max_num_batched_tokens: int  # tokens per step, prefill chunks + decodes
+    max_waiting: int  # requests queued, not yet running; beyond this add() raises QueueFullError
+    enable_chunked_prefill: bool  # split a long prompt over steps instead of waiting for a free budget
+
+    @classmethod
+    def from_engine(cls, config: EngineConfig) -> SchedulerConfig:
+        """The scheduling fields of an EngineConfig (same names), so each value and default is written once."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -109,17 +105,21 @@ class Scheduler:
         """A sequence that could never fit the whole KV pool would wait (or be preempted) forever."""
         need = cdiv(num_prompt_tokens + max_tokens, self.kv.block_size)
         if need > self.kv.pool.num_blocks:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) needs {need} KV blocks but the "
                 f"cache holds {self.kv.pool.num_blocks}; lower max_tokens or give the engine more KV memory"
             )
 
+    def check_queue(self, num_pending: int = 0) -> None:
+        """Raise QueueFullError when the waiting queue (plus num_pending requests on their way to it) is full."""
+        if len(self.waiting) + num_pending >= self.config.max_waiting:
+            raise QueueFullError(f"the waiting queue is full ({self.config.max_waiting} requests); retry later")
+
     def add(self, group: RequestGroup, make_seq) -> Sequence:
         """Queue a group's first sequence (make_seq(group, index, order) builds it). Raises QueueFullError."""
         if group.request_id in self.groups:
-            raise ValueError(f"request id {group.request_id!r} is already in use")
-        if len(self.waiting) >= self.config.max_waiting:
-            raise QueueFullError(f"the waiting queue is full ({self.config.max_waiting} requests); retry later")
+            raise InvalidArgumentError(f"request id {group.request_id!r} is already in use")
+        self.check_queue()
         self._counter += 1
         seq = make_seq(group, 0, (self._counter, 0))
         group.seqs.append(seq)

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from common.fs import atomic_write
+
 EOS, BOS, PAD = "<|endoftext|>", "<|bos|>", "<|pad|>"
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 SPECIAL_TOKENS = [EOS, BOS, PAD, SYSTEM, USER, ASSISTANT, END]
@@ -87,7 +89,8 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike) -> None:
         """tokenizer.json + tokenizer_config.json (loadable by transformers.AutoTokenizer, chat template included)."""
         os.makedirs(directory, exist_ok=True)
-        self.tok.save(os.path.join(directory, "tokenizer.json"))
+        with atomic_write(os.path.join(directory, "tokenizer.json"), "w") as f:  # as tokenizers' save() writes it
+            f.write(self.tok.to_str(pretty=True))
         cfg = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": self.bos_token,
@@ -98,7 +101,7 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
             "model_max_length": 1 << 30,
         }
-        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        with atomic_write(os.path.join(directory, "tokenizer_config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
             f.write("\n")
 

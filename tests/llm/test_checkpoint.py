@@ -136,3 +136,28 @@ def test_load_dtype_and_errors(tmp_path):
     (tmp_path / "bad" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="experts"):
         load_model(tmp_path / "bad")
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    """A save that fails half-way leaves the previous checkpoint whole and no temporary file behind."""
+    import llm.checkpoint
+
+    model = random_ours(tie=False)
+    save_model(model, tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in ("config.json", "model.safetensors")}
+
+    def torn_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(llm.checkpoint, "save_file", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(random_ours(tie=False, seed=1), tmp_path, dtype=torch.bfloat16)
+    assert (tmp_path / "model.safetensors").read_bytes() == before["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "mixtral"  # old or new, never torn
+    monkeypatch.undo()
+    again = load_model(tmp_path)
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n

@@ -1,79 +1,18 @@
-"""The engine end to end on a tiny random model: greedy output equals a naive full-forward greedy loop token for
+"""The engine loop end to end on a tiny random model: greedy output equals a naive full-forward greedy loop token for
 token under batching, chunked prefill, prefix-cache hits and preemption; abort frees blocks; seeds, n > 1 forks,
-stop strings, min_tokens, the bounded queue, context limits; and AsyncLLM streaming with cancellation."""
+the bounded queue, request validation (context limits, bad ids), and EngineConfig's values reaching the scheduler,
+the KV cache and the model runner. Fixtures (tok, model, naive) are in conftest.py."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-
 import pytest
-import torch
 
-from llm import LLM, SamplingParams
-from llm.async_engine import AsyncLLM
-from llm.config import get_config
-from llm.engine import EngineConfig, LLMEngine
-from llm.model import CausalLM
+from common.errors import InvalidArgumentError, ResourceExhaustedError
+from llm import SamplingParams
+from llm.engine import LLMEngine
+from llm.engine_config import EngineConfig
 from llm.scheduler import QueueFullError
-from llm.tokenizer import train_bpe_tokenizer
-
-SENTENCES = [
-    "Product quantization splits a vector into m sub-vectors and encodes each with its own codebook.",
-    "The inverted file index visits only nprobe of the nlist clusters at query time.",
-    "Retrieval-augmented generation grounds the answer in the retrieved passages.",
-    "Mixture-of-experts layers route every token to the top two of eight experts.",
-]
-PROMPTS = [  # different lengths; the last two share a long prefix (prefix-cache hits with block_size 4)
-    "Product quantization",
-    "The inverted file index visits only nprobe",
-    "Retrieval-augmented generation grounds the answer in the retrieved passages. Mixture",
-    "Retrieval-augmented generation grounds the answer in the retrieved passages. The",
-]
-GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_bpe_tokenizer(SENTENCES * 10, vocab_size=400)
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    torch.manual_seed(0)
-    m = CausalLM(get_config("tiny", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, max_position_embeddings=64))
-    with torch.no_grad():  # O(1) logits: with the 0.02 init every logit is ~0 and greedy ties are likely
-        for p in m.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, p.shape[-1] ** -0.5)
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def naive(model):
-    @functools.cache
-    def greedy(prompt: tuple[int, ...], n: int) -> list[int]:
-        ids, out = list(prompt), []
-        with torch.no_grad():
-            for _ in range(n):
-                t = int(model(torch.tensor([ids]))[0, -1].argmax())
-                ids.append(t)
-                out.append(t)
-        return out
-
-    return lambda prompt, n=GREEDY.max_tokens: greedy(tuple(prompt), n)
-
-
-def make_llm(model, tok, **kw) -> LLM:
-    kw.setdefault("block_size", 4)
-    kw.setdefault("num_blocks", 128)
-    return LLM.from_model(model, tok, **kw)
-
-
-def assert_matches_naive(outs, naive):
-    for o in outs:
-        assert o.token_ids == naive(o.prompt_token_ids), o.prompt
-        assert o.outputs[0].finish_reason == "length"
+from tests.llm.helpers import GREEDY, PROMPTS, assert_matches_naive, make_llm
 
 
 @pytest.mark.parametrize(
@@ -163,47 +102,6 @@ def test_n_samples_fork_and_share_blocks(model, tok, naive):
     assert engine.num_free_blocks == engine.stats()["num_blocks"]
 
 
-def test_stop_strings_truncate(model, tok):
-    llm = make_llm(model, tok)
-    base = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))[0]
-    text = base.text
-    stop = text[6:9]
-    assert len(stop) == 3
-    out = llm.generate(
-        PROMPTS[0], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=[stop, "\x00\x01"])
-    )[0]
-    assert out.text == text[: text.find(stop)]
-    assert out.outputs[0].finish_reason == "stop" and out.outputs[0].stop_reason == stop
-    assert base.token_ids[: len(out.token_ids)] == out.token_ids
-
-
-def test_stop_token_ids_and_min_tokens(model, tok, naive):
-    prompt = tok.encode(PROMPTS[0])
-    ref = naive(prompt, 12)
-    llm = make_llm(model, tok)
-    first = ref[0]
-    stopped = llm.generate([prompt], SamplingParams(temperature=0, stop_token_ids=[first], max_tokens=12))[0]
-    assert stopped.token_ids == [first] and stopped.outputs[0].finish_reason == "stop"
-    assert stopped.outputs[0].stop_reason == first
-    held = llm.generate([prompt], SamplingParams(temperature=0, stop_token_ids=[first], min_tokens=5, max_tokens=12))[0]
-    assert len(held.token_ids) >= 5 and first not in held.token_ids[:5]
-
-
-def test_eos_stops_and_ignore_eos(model, tok, naive):
-    prompt = tok.encode(PROMPTS[1])
-    ref = naive(prompt, 12)
-    engine = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=64))
-    engine.eos_ids = [ref[3]]  # make the 4th greedy token the eos of this engine
-    engine.add_request("a", prompt, SamplingParams(temperature=0, max_tokens=12))
-    engine.add_request("b", prompt, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
-    done = {}
-    while engine.has_unfinished_requests():
-        for o in engine.step().finished:
-            done[o.request_id] = o
-    assert done["a"].token_ids == ref[: ref.index(ref[3]) + 1] and done["a"].outputs[0].finish_reason == "stop"
-    assert done["b"].token_ids == ref
-
-
 def test_queue_full_and_context_limits(model, tok):
     engine = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=64, max_waiting=2))
     engine.add_request("a", [5, 6, 7], GREEDY)
@@ -224,111 +122,68 @@ def test_queue_full_and_context_limits(model, tok):
             assert len(o.token_ids) == 14 and o.outputs[0].finish_reason == "length"
 
 
-def test_logprobs(model, tok):
-    llm = make_llm(model, tok)
-    out = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=4, logprobs=3, ignore_eos=True))[0]
-    lps = out.outputs[0].logprobs
-    assert len(lps) == 4
-    for t, d in zip(out.token_ids, lps):
-        assert t in d and len(d) == 3  # greedy: the sampled token is the top-1
-        assert max(d.values()) == d[t] <= 0.0
-
-
-# ---- AsyncLLM --------------------------------------------------------------------------------------------------------
-def test_async_stream_concatenates_to_final_text(model, tok, naive):
-    engine = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=64, max_num_batched_tokens=8))
-    allm = AsyncLLM(engine)
-    prompts = [tok.encode(p) for p in PROMPTS]
-
-    async def consume(i):
-        deltas = [d async for d in allm.generate(prompts[i], GREEDY, request_id=f"s{i}")]
-        return deltas
-
-    async def main():
-        n2 = [d async for d in allm.generate(prompts[0], SamplingParams(n=2, temperature=0, max_tokens=5), "n2")]
-        return n2, await asyncio.gather(*(consume(i) for i in range(len(prompts))))
-
-    try:
-        n2, results = asyncio.run(main())
-    finally:
-        allm.shutdown()
-    for i, deltas in enumerate(results):
-        assert deltas[-1].finished and deltas[-1].finish_reason == "length"
-        assert all(not d.finished for d in deltas[:-1])
-        ids = [t for d in deltas for t in d.token_ids]
-        assert ids == naive(prompts[i])
-        assert "".join(d.text_delta for d in deltas) == tok.decode(ids)
-        assert deltas[-1].ttft_s is not None and deltas[-1].num_generated_tokens == 12
-        assert deltas[-1].num_prompt_tokens == len(prompts[i])
-    for index in (0, 1):  # n = 2: both samples stream, interleaved, each ends with one finished delta
-        mine = [d for d in n2 if d.index == index]
-        assert [t for d in mine for t in d.token_ids] == naive(prompts[0])[:5]
-        assert [d.finished for d in mine] == [False] * (len(mine) - 1) + [True]
-    m = allm.metrics()
-    assert m["num_running"] == 0 and m["num_finished_requests"] == 5 and allm.config.max_position_embeddings == 64
-
-
-def test_async_stop_string_stream_and_errors(model, tok):
-    llm = make_llm(model, tok)
-    text = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))[0].text
-    stop = text[5:8]
+def test_request_errors_are_invalid_argument_and_queue_full_is_resource_exhausted(model, tok):
     engine = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=64, max_waiting=1))
-    allm = AsyncLLM(engine)
-    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=stop)
+    V = model.config.vocab_size
+    for ids, params, match in [
+        ([], GREEDY, "empty"),
+        ([5, V], GREEDY, "token ids"),
+        ([5, -1], GREEDY, "token ids"),
+        ([5, True], GREEDY, "token ids"),  # a bool is no token id
+        (list(range(5, 60)), SamplingParams(max_tokens=10), "context"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=match):
+            engine.make_request("x", ids, params)
+    assert not engine.has_unfinished_requests()  # validation queues nothing
+    no_tok = LLMEngine(model, None, EngineConfig(block_size=4, num_blocks=64))
+    with pytest.raises(InvalidArgumentError, match="tokenizer"):
+        no_tok.add_request("s", [5, 6], SamplingParams(stop="x"))
+    # a request the whole KV pool could never hold would wait forever: refused up front
+    small = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=3))
+    with pytest.raises(InvalidArgumentError, match="KV blocks"):
+        small.add_request("big", [5] * 10, SamplingParams(max_tokens=10))
+    engine.add_request("a", [5, 6, 7], GREEDY)
+    with pytest.raises(InvalidArgumentError, match="already in use"):
+        engine.add(engine.make_request("a", [5, 6], GREEDY))
+    with pytest.raises(ResourceExhaustedError):  # QueueFullError is one
+        engine.add_request("b", [5, 6, 7], GREEDY)
 
-    async def main():
-        deltas = [d async for d in allm.generate(tok.encode(PROMPTS[0]), params, "x")]
-        with pytest.raises(ValueError, match="context"):
-            async for _ in allm.generate(list(range(5, 69)), GREEDY, "too-long"):
-                pass
-        return deltas
 
-    try:
-        deltas = asyncio.run(main())
-    finally:
-        allm.shutdown()
-    assert "".join(d.text_delta for d in deltas) == text[: text.find(stop)]
-    assert deltas[-1].finish_reason == "stop"
+def test_make_request_then_add(model, tok, naive):
+    """make_request validates and builds (pure, any thread); add queues; the output is the same as add_request's."""
+    engine = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=64))
+    prompt = tok.encode(PROMPTS[1])
+    group = engine.make_request("r", prompt, GREEDY, prompt=PROMPTS[1])
+    assert group.max_tokens == GREEDY.max_tokens and not engine.has_unfinished_requests()
+    assert engine.add(group) is group
+    done = []
+    while engine.has_unfinished_requests():
+        done += engine.step().finished
+    assert [o.request_id for o in done] == ["r"] and done[0].prompt == PROMPTS[1]
+    assert done[0].token_ids == naive(prompt)
+    # max_tokens=None resolves to the rest of the window
+    assert engine.make_request("w", prompt, SamplingParams(max_tokens=None)).max_tokens == 64 - len(prompt)
 
 
-def test_async_cancel_aborts_and_frees_blocks_and_queue_full(model, tok):
-    engine = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=64, max_waiting=1, max_num_seqs=1))
-    allm = AsyncLLM(engine)
-    long = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
-    prompt = tok.encode(PROMPTS[0])
-
-    async def main():
-        got_one = asyncio.Event()
-
-        async def consume(rid):
-            async for _ in allm.generate(prompt, long, rid):
-                got_one.set()
-
-        task = asyncio.create_task(consume("victim"))
-        await asyncio.wait_for(got_one.wait(), 30)
-        assert engine.num_free_blocks < 64
-        # victim runs (max_num_seqs=1); one more waits; a third is refused while the queue is full
-        waiter = asyncio.create_task(consume("waiter"))
-        for _ in range(500):
-            if engine.scheduler.num_waiting == 1:
-                break
-            await asyncio.sleep(0.01)
-        with pytest.raises(QueueFullError):
-            async for _ in allm.generate(prompt, long, "refused"):
-                pass
-        waiter.cancel()
-        task.cancel()
-        for t in (task, waiter):
-            with pytest.raises(asyncio.CancelledError):
-                await t
-        for _ in range(500):  # the engine thread applies the aborts within a step
-            if engine.num_free_blocks == 64 and not engine.has_unfinished_requests():
-                break
-            await asyncio.sleep(0.01)
-
-    try:
-        asyncio.run(main())
-    finally:
-        allm.shutdown()
-    assert engine.num_free_blocks == 64 and not engine.has_unfinished_requests()
-    assert engine.stats()["num_aborted_requests"] == 2
+def test_engine_config_reaches_scheduler_kv_cache_and_runner(model, tok):
+    cfg = EngineConfig(
+        block_size=8,
+        num_blocks=20,
+        max_num_seqs=3,
+        max_num_batched_tokens=40,
+        max_waiting=5,
+        enable_prefix_caching=False,
+        enable_chunked_prefill=False,
+        max_model_len=32,
+    )
+    engine = LLMEngine(model, tok, cfg)
+    s = engine.scheduler.config
+    assert (s.max_num_seqs, s.max_num_batched_tokens, s.max_waiting, s.enable_chunked_prefill) == (3, 40, 5, False)
+    assert engine.kv.block_size == 8 and engine.kv.pool.num_blocks == 20 and not engine.kv.enable_prefix_caching
+    assert engine.runner.block_size == 8 and engine.runner.kv_caches[0][0].shape[:2] == (20, 8)
+    assert engine.max_model_len == engine.output_processor.max_model_len == 32 == engine.config.max_model_len
+    # unset fields are settled for the model: its window, and a pool sized from the defaults
+    default = LLMEngine(model, tok)
+    assert default.max_model_len == model.config.max_position_embeddings == 64
+    assert default.kv.pool.num_blocks == EngineConfig.max_num_seqs * 64 // EngineConfig.block_size
+    assert default.scheduler.config.max_num_seqs == EngineConfig.max_num_seqs

@@ -60,7 +60,7 @@ def test_free_queue_o1_ops():
 
 
 def test_allocate_decode_free_order():
-    mgr = KVCacheManager(num_blocks=10, block_size=4)
+    mgr = KVCacheManager(num_blocks=10, block_size=4, enable_prefix_caching=True)
     r1 = Req("r1", list(range(100, 110)))  # 10 tokens
     assert ids(schedule(mgr, r1)) == [0, 1, 2]
     assert mgr.num_free_blocks == 7
@@ -83,7 +83,7 @@ def test_allocate_decode_free_order():
 
 
 def test_prefix_hits_and_lazy_eviction():
-    mgr = KVCacheManager(num_blocks=10, block_size=4)
+    mgr = KVCacheManager(num_blocks=10, block_size=4, enable_prefix_caching=True)
     prompt = list(range(13))
     r1 = Req("r1", prompt)
     schedule(mgr, r1)  # blocks 0..3; 0, 1, 2 full -> cached
@@ -117,7 +117,7 @@ def test_prefix_hits_and_lazy_eviction():
 
 
 def test_evictable_hits_do_not_count_as_free():
-    mgr = KVCacheManager(num_blocks=4, block_size=4)
+    mgr = KVCacheManager(num_blocks=4, block_size=4, enable_prefix_caching=True)
     prompt = list(range(9))
     r1 = Req("r1", prompt)
     schedule(mgr, r1)  # blocks 0, 1, 2
@@ -131,7 +131,7 @@ def test_evictable_hits_do_not_count_as_free():
 
 
 def test_fork_copy_on_write():
-    mgr = KVCacheManager(num_blocks=6, block_size=4)
+    mgr = KVCacheManager(num_blocks=6, block_size=4, enable_prefix_caching=True)
     parent = Req("p", [1, 2, 3, 4, 5, 6])
     schedule(mgr, parent)  # blocks 0 (full, cached), 1 (2 of 4 slots used)
     child = Req("c", [1, 2, 3, 4, 5, 6], num_computed_tokens=6)
@@ -162,7 +162,7 @@ def test_fork_copy_on_write():
 
 
 def test_cow_fails_cleanly_when_pool_is_full():
-    mgr = KVCacheManager(num_blocks=2, block_size=4)
+    mgr = KVCacheManager(num_blocks=2, block_size=4, enable_prefix_caching=True)
     parent = Req("p", [1, 2, 3, 4, 5])
     schedule(mgr, parent)
     child = Req("c", [1, 2, 3, 4, 5], num_computed_tokens=5)

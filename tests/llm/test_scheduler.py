@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.errors import InvalidArgumentError, ResourceExhaustedError
+from llm.engine_config import EngineConfig
 from llm.kv_cache import KVCacheManager
 from llm.request import RequestGroup, Sequence, SequenceStatus
 from llm.sampler import SamplingParams
@@ -17,9 +19,10 @@ def make_seq(group, index, order):
     return Sequence(group, index, params, None, order)
 
 
-def make(num_blocks=64, block_size=4, caching=True, **cfg) -> Scheduler:
-    cfg.setdefault("max_model_len", 256)
-    return Scheduler(SchedulerConfig(**cfg), KVCacheManager(num_blocks, block_size, caching))
+def make(num_blocks=64, block_size=4, caching=True, **options) -> Scheduler:
+    """A scheduler and its KV cache manager built from one EngineConfig, as the engine builds them."""
+    cfg = EngineConfig(num_blocks=num_blocks, block_size=block_size, enable_prefix_caching=caching, **options)
+    return Scheduler(SchedulerConfig.from_engine(cfg), KVCacheManager(num_blocks, block_size, caching))
 
 
 def add(s: Scheduler, rid: str, n_tokens: int, start: int | None = None, n: int = 1) -> Sequence:
@@ -61,8 +64,8 @@ def test_no_chunking_waits_for_budget():
     add(s, "b", 150)
     assert plan(fake_step(s)) == {"a": 200}  # b does not fit the rest of the budget and is not split
     assert plan(fake_step(s)) == {"a": 1, "b": 150}
-    with pytest.raises(ValueError, match="chunked prefill"):
-        SchedulerConfig(max_num_batched_tokens=100, max_model_len=256, enable_chunked_prefill=False)
+    # (that a prompt up to max_model_len fits the budget without chunking is EngineConfig.resolve's check: see
+    # test_engine_config.py)
 
 
 def test_max_num_seqs_and_n_reserves_slots():
@@ -140,10 +143,14 @@ def test_queue_full_and_duplicate_ids():
     add(s, "b", 3)
     with pytest.raises(QueueFullError, match="full"):
         add(s, "c", 3)
-    with pytest.raises(ValueError, match="already in use"):
+    with pytest.raises(InvalidArgumentError, match="already in use"):
         add(s, "a", 3)
     fake_step(s)  # both admitted: room again
     add(s, "c", 3)
+    s.check_queue(num_pending=0)  # one waiting of two
+    with pytest.raises(QueueFullError):
+        s.check_queue(num_pending=1)  # one more on its way (AsyncLLM's inbox) fills it
+    assert issubclass(QueueFullError, ResourceExhaustedError)  # the service's RESOURCE_EXHAUSTED
 
 
 def test_abort_frees_blocks_at_once():
