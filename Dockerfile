@@ -11,9 +11,11 @@ WORKDIR /app
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" "$TORCH_SPEC"
 COPY pyproject.toml README.md ./
 COPY pqrag ./pqrag
+COPY common ./common
+COPY kernels ./kernels
 COPY retrieval ./retrieval
 COPY llm ./llm
-COPY kernels ./kernels
+COPY rag ./rag
 COPY service ./service
 COPY models ./models
 # Editable, so the bundled models/ next to the packages is found (service/cli.py BUNDLED_MODEL).

@@ -55,7 +55,7 @@ bench-rag-quality: venv
 	$(BIN)/python bench/rag_quality.py
 
 # The bundled generator: preset "small" pretrained by our own trainer on the Python documentation (CPU, ~30 min),
-# then fine-tuned on synthetic RAG conversations in the server's chat format (llm.rag_sft; CPU, ~30 min) so it
+# then fine-tuned on synthetic RAG conversations in the server's chat format (rag.sft_data; CPU, ~30 min) so it
 # answers by copying and citing the numbered passages. Only the fine-tuned export (config.json, model.safetensors,
 # tokenizer.json) and the two loss curves are committed. `make default-model-sft` redoes only the fine-tuning.
 DEFAULT_MODEL_STEPS ?= 1200
@@ -67,14 +67,14 @@ default-model: venv
 	$(BIN)/python -m llm.train --pydoc --preset small --max-steps $(DEFAULT_MODEL_STEPS) --out out/pqrag-small $(TRAIN_FLAGS)
 	$(MAKE) default-model-sft
 
-# seq_len 512 holds a whole example (llm.rag_sft keeps them at ~380 tokens, 99.6% <= 512; each starts on a
+# seq_len 512 holds a whole example (rag.sft_data keeps them at ~380 tokens, 99.6% <= 512; each starts on a
 # sequence boundary), batch 4 keeps pretraining's 2,048 tokens/step; 1024 would cost ~2.7x per token on CPU.
 # The loss is on the answers only (chat records: assistant turns); lr 6e-4 over 2,400 steps (~3.4 epochs of the
 # conversations, ~4.9M tokens read). bench/rag_quality.py compared this with 400 and 1,200 steps and with
 # training on every token (bench/RESULTS.md): it answers best, also on answers it never saw in fine-tuning.
 # The SFT run directory is derived and cheap, so a rerun starts it afresh (the trainer refuses a used --out).
 default-model-sft: venv
-	$(BIN)/python -m llm.rag_sft --out out/rag_sft.jsonl --n $(SFT_EXAMPLES) --seed 0
+	$(BIN)/python -m rag.sft_data --out out/rag_sft.jsonl --n $(SFT_EXAMPLES) --seed 0
 	rm -rf out/pqrag-small-sft
 	$(BIN)/python -m llm.train --init-from out/pqrag-small --data out/rag_sft.jsonl --out out/pqrag-small-sft \
 	   --max-steps $(SFT_STEPS) --seq-len 512 --batch-size 4 --lr 6e-4 --warmup-steps 40 --eval-interval 200 $(TRAIN_FLAGS)

@@ -61,7 +61,7 @@ def run_level(target: str, clients: int, per_client: int, max_tokens: int) -> di
                 q = QUESTIONS[(i * per_client + j) % len(QUESTIONS)]
                 t0 = time.perf_counter()
                 try:
-                    r = c.ask("python", q, top_k=4, max_tokens=max_tokens, ignore_eos=True)
+                    r = c.ask("python", q, num_passages=4, max_tokens=max_tokens, ignore_eos=True)
                 except Exception as exc:  # counted, not fatal: the table reports it
                     with lock:
                         errors.append(repr(exc))

@@ -1,7 +1,7 @@
 """Answer quality of a generator on held-out synthetic RAG questions: does it cite the right passage, say
 "The passages do not say." when no passage answers, and copy the answer from the passage it cites?
 
-The questions come from llm.rag_sft with a seed the fine-tuning data does not use: the same Python
+The questions come from rag.sft_data with a seed the fine-tuning data does not use: the same Python
 documentation and prompt format as the bundled model's fine-tuning (in-distribution: this measures whether
 a model learned the format and the copying, not general knowledge). Greedy decoding through the project's
 engine (llm.LLM), prompts rendered with the model's own chat template exactly as the server renders them.
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from llm import LLM, SamplingParams  # noqa: E402
 from llm.model import cross_entropy_sum  # noqa: E402
-from llm.rag_sft import NO_ANSWER, RagSftConfig, generate, topic_chunks  # noqa: E402
+from rag.sft_data import NO_ANSWER, RagSftConfig, generate, topic_chunks  # noqa: E402
 
 _CITE = re.compile(r"\[(\d+)\]")
 _WORD = re.compile(r"\w+")

@@ -1,1 +1,11 @@
-"""RAG: passages, prompt building, citation numbering and the answer pipeline (retrieval + the generator)."""
+"""RAG: passages, prompt building, citation numbering and the answer pipeline (retrieval + the generator).
+
+request.py    AnswerRequest: an Ask/Chat question as the domain takes it, validated once, the defaults in one place
+pipeline.py   RagPipeline.answer: retrieve -> build the prompt -> stream the generator as Context, TextDelta*, AnswerEnd
+prompt.py     SYSTEM_PROMPT, build_prompt (the one check against the window), render_user_turn, conversation_query
+passages.py   Passage, merge_hits (overlapping chunks -> one passage), numbered ([1], [2], ...)
+generator.py  load_generator: the AsyncLLM the server colocates, refused at start if it cannot render the prompt
+sft_data.py   synthetic fine-tuning conversations in exactly this prompt format (python -m rag.sft_data)
+
+Transport-free: the service translates gRPC to these types and back; nothing here knows about protobuf.
+"""

@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-DEFAULT_DATA_DIR = os.environ.get("PQRAG_DATA_DIR", "data")
+from service.config import ServerConfig
+
+DEFAULT_DATA_DIR = os.environ.get("PQRAG_DATA_DIR", ServerConfig.data_dir)
 DEFAULT_SERVER = os.environ.get("PQRAG_SERVER", "localhost:50051")
 # The generator `pqrag serve` loads unless told otherwise: $PQRAG_MODEL, else the default model committed in the
 # repository (trained by `make default-model` with the project's own trainer on the Python documentation).
@@ -49,7 +51,7 @@ def _client(args):
 def cmd_serve(args) -> int:
     import asyncio
 
-    from service.server import ServerConfig, serve
+    from service.server import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = None if args.no_generator else (args.model or default_model())
@@ -57,6 +59,10 @@ def cmd_serve(args) -> int:
         logging.getLogger("pqrag").warning(
             "no generator: pass --model DIR (or set PQRAG_MODEL); serving retrieval only"
         )
+    engine = {
+        "max_num_seqs": args.max_num_seqs,
+        "kv_cache_memory": args.kv_cache_mb * 1024 * 1024 if args.kv_cache_mb else None,
+    }
     config = ServerConfig(
         data_dir=args.data_dir,
         host=args.host,
@@ -66,8 +72,7 @@ def cmd_serve(args) -> int:
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         model=model,
         device=args.device,
-        max_num_seqs=args.max_num_seqs,
-        kv_cache_memory=args.kv_cache_mb * 1024 * 1024 if args.kv_cache_mb else None,
+        engine={k: v for k, v in engine.items() if v is not None},  # unset: the engine's defaults
     )
 
     def ready(port: int) -> None:
@@ -197,7 +202,7 @@ def cmd_search(args) -> int:
         try:
             filt = json.loads(args.filter)
         except json.JSONDecodeError as exc:
-            raise SystemExit(f"error: --filter is not valid JSON: {exc}")
+            raise SystemExit(f"error: --filter is not valid JSON: {exc}") from None
     with _client(args) as c:
         resp = c.search_raw(
             args.collection,
@@ -256,7 +261,7 @@ def _gen_params(args) -> dict[str, Any]:
         "temperature": args.temperature,
         "top_p": args.top_p,
         "seed": args.seed,
-        "sampling_top_k": args.top_k_sampling,
+        "sample_top_k": args.sample_top_k,
     }
 
 
@@ -264,48 +269,24 @@ def _filter(args) -> dict | None:
     return json.loads(args.filter) if args.filter else None
 
 
-def _stream_answer(events, out=None) -> dict[str, Any]:
-    """Print an Ask/Chat stream as it arrives (text, then the cited sources); returns the collected answer."""
-    from service.client import collect_answer
-
-    out = out or sys.stdout  # looked up per call: sys.stdout may be replaced (pytest, redirection)
-
-    def write(text: str) -> None:
-        out.write(text)
-        out.flush()
-
-    result = collect_answer(events, on_delta=write)
-    out.write("\n")
-    if result["citations"]:
-        out.write("\nsources:\n")
-        for c in result["citations"]:
-            out.write(
-                f"  [{c['number']}] {c['source'] or c['doc_id']} (chars {c['start']}-{c['end']}, "
-                f"score {c['score']:.3f})\n"
-            )
-    f = result["final"]
-    if f:
-        out.write(
-            f"({f['completion_tokens']} tokens, {f['finish_reason']}; retrieval {f['retrieval_ms']:.0f} ms, "
-            f"first token {f['time_to_first_token_ms']:.0f} ms, total {f['total_ms']:.0f} ms)\n"
-        )
-    return result
-
-
 def cmd_ask(args) -> int:
-    from service.client import collect_answer
+    from service.client import collect_answer, print_answer
 
     with _client(args) as c:
-        events = c.ask_stream(args.collection, args.question, top_k=args.k, filter=_filter(args), **_gen_params(args))
+        events = c.ask_stream(
+            args.collection, args.question, num_passages=args.passages, filter=_filter(args), **_gen_params(args)
+        )
         if args.json:
             _print_json(collect_answer(events))
         else:
-            _stream_answer(events)
+            print_answer(events)
     return 0
 
 
 def cmd_chat(args) -> int:
     """An interactive conversation; the history goes with every question. /reset forgets it, /quit ends."""
+    from service.client import collect_answer, print_answer
+
     messages: list[dict[str, str]] = []
     print("pqrag chat: ask about the documents; /reset clears the history, /quit (or Ctrl-D) ends.", file=sys.stderr)
     with _client(args) as c:
@@ -323,15 +304,15 @@ def cmd_chat(args) -> int:
                 messages.clear()
                 continue
             messages.append({"role": "user", "content": line})
-            events = c.chat_stream(args.collection, messages, top_k=args.k, filter=_filter(args), **_gen_params(args))
+            events = c.chat_stream(
+                args.collection, messages, num_passages=args.passages, filter=_filter(args), **_gen_params(args)
+            )
             if args.json:
-                from service.client import collect_answer
-
                 result = collect_answer(events)
                 _print_json(result)
             else:
                 sys.stdout.write("pqrag> ")
-                result = _stream_answer(events)
+                result = print_answer(events)
             messages.append({"role": "assistant", "content": result["answer"]})
 
 
@@ -351,6 +332,19 @@ def cmd_health(args) -> int:
 # --- parser --------------------------------------------------------------------------------------
 
 
+class _RenamedFlag(argparse.Action):
+    """A flag of ask/chat that was renamed: exits with a message naming the new flags."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(
+            f"{option_string} was renamed: use --passages N for the passages retrieved, "
+            "or --sample-top-k N to sample from the N most likely tokens"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pqrag", description="pqrag: product-quantized retrieval over gRPC")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -363,13 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
+    defaults = ServerConfig()
     p = sub.add_parser("serve", help="run the gRPC server")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="SQLite store and indexes (default %(default)s)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all interfaces")
-    p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    p.add_argument("--workers", type=int, default=4, help="threads for embedding, search and storage")
+    p.add_argument("--host", default=defaults.host, help="address to bind; 0.0.0.0 for all interfaces")
+    p.add_argument("--port", type=int, default=defaults.port, help="0 picks a free port")
+    p.add_argument("--workers", type=int, default=defaults.workers, help="threads for embedding, search and storage")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
-    p.add_argument("--max-message-mb", type=int, default=16, help="largest request accepted")
+    p.add_argument(
+        "--max-message-mb", type=int, default=defaults.max_message_bytes >> 20, help="largest request accepted"
+    )
     p.add_argument("--log-level", default="info")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
@@ -379,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--no-generator", action="store_true", help="serve retrieval only (ingestion/search nodes)")
     p.add_argument("--device", help="generator device (default: cuda when available, else cpu)")
-    p.add_argument("--kv-cache-mb", type=int, default=None, help="KV-cache memory for the generator")
-    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences the generator decodes together")
+    p.add_argument("--kv-cache-mb", type=int, help="KV-cache memory for the generator (default: the engine's sizing)")
+    p.add_argument("--max-num-seqs", type=int, help="sequences the generator decodes together (default: the engine's)")
     p.set_defaults(fn=cmd_serve)
 
     p = client_cmd("collections", "create, get, list or delete collections", cmd_collections)
@@ -413,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("search", "search a collection", cmd_search)
     p.add_argument("query")
     p.add_argument("--collection", "-c", required=True)
-    p.add_argument("-k", type=int, default=10, help="number of hits (1..1000)")
+    p.add_argument("--top-k", "-k", dest="k", type=int, help="number of hits, 1..1000 (default: the server's)")
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"lang": "en", "tag": {"$in": ["a", "b"]}}\'')
     p.add_argument("--nprobe", type=int, default=0)
     p.add_argument("--no-rerank", action="store_true")
@@ -437,13 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ask":
             p.add_argument("question")
         p.add_argument("--collection", "-c", required=True)
-        p.add_argument("-k", type=int, default=None, help="passages retrieved (1..50, default 5)")
+        p.add_argument(
+            "--passages", type=int, metavar="N", help="passages retrieved for the context (1..50, default 5)"
+        )
         p.add_argument("--filter", help="metadata filter as JSON, as for search")
         p.add_argument("--max-tokens", type=int, default=None, help="answer length limit (default 256)")
         p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
         p.add_argument("--top-p", type=float, default=None)
-        p.add_argument("--top-k-sampling", type=int, default=None, help="sample from the k most likely tokens")
+        p.add_argument("--sample-top-k", type=int, metavar="N", help="sample from the N most likely tokens")
         p.add_argument("--seed", type=int, default=None)
+        for flag in ("--top-k", "-k", "--top-k-sampling"):  # ambiguous names of the two flags above, refused
+            p.add_argument(flag, action=_RenamedFlag, help=argparse.SUPPRESS)
 
     client_cmd("health", "check the server's grpc.health.v1 status", cmd_health)
 

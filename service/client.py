@@ -5,15 +5,16 @@ with Client("localhost:50051") as c:
     for ack in c.ingest("docs", [{"id": "a", "text": "..."}]):
         ...
     hits = c.search("docs", "what is a list comprehension?", k=5)
-    for event in c.ask_stream("docs", "what is a list comprehension?", max_tokens=64):
+    for event in c.ask_stream("docs", "what is a list comprehension?", num_passages=5, max_tokens=64):
         ...                                     # context, then deltas, then final
     result = c.ask("docs", "what is a list comprehension?")   # {"answer", "citations", "final"}
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -83,10 +84,15 @@ def final_to_dict(f: rag_pb2.AnswerEnd) -> dict[str, Any]:
 
 def generation_params(**params: Any) -> rag_pb2.GenerationParams:
     """GenerationParams from keyword arguments (max_tokens=64, temperature=0.7, stop=["\\n\\n"], ...); None = unset.
-    sampling_top_k is GenerationParams.top_k (top_k of ask/chat is the number of passages retrieved)."""
+
+    Sampling's top-k is spelled sample_top_k (GenerationParams.top_k), as the CLI's --sample-top-k: a bare top_k is
+    refused, since it used to mean the passages retrieved (now num_passages).
+    """
+    if "top_k" in params:
+        raise TypeError("top_k is ambiguous: pass num_passages= for the passages retrieved, sample_top_k= for sampling")
     stop = params.pop("stop", None) or []
-    if "sampling_top_k" in params:
-        params["top_k"] = params.pop("sampling_top_k")
+    if "sample_top_k" in params:
+        params["top_k"] = params.pop("sample_top_k")
     return rag_pb2.GenerationParams(stop=list(stop), **{k: v for k, v in params.items() if v is not None})
 
 
@@ -107,6 +113,33 @@ def collect_answer(
         elif kind == "final":
             out["final"] = final_to_dict(ev.final)
     return out
+
+
+def print_answer(events: Iterable[rag_pb2.AskResponse], out: TextIO | None = None) -> dict[str, Any]:
+    """Print an Ask/Chat stream as it arrives (the text, then the cited sources and the timings) for a terminal;
+    returns the collected answer, as collect_answer. Used by `pqrag ask/chat` and `make demo`."""
+    out = out or sys.stdout  # looked up per call: sys.stdout may be replaced (pytest, redirection)
+
+    def write(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    result = collect_answer(events, on_delta=write)
+    out.write("\n")
+    if result["citations"]:
+        out.write("\nsources:\n")
+        for c in result["citations"]:
+            out.write(
+                f"  [{c['number']}] {c['source'] or c['doc_id']} (chars {c['start']}-{c['end']}, "
+                f"score {c['score']:.3f})\n"
+            )
+    f = result["final"]
+    if f:
+        out.write(
+            f"({f['completion_tokens']} tokens, {f['finish_reason']}; retrieval {f['retrieval_ms']:.0f} ms, "
+            f"first token {f['time_to_first_token_ms']:.0f} ms, total {f['total_ms']:.0f} ms)\n"
+        )
+    return result
 
 
 def collection_to_dict(c: collections_pb2.Collection) -> dict[str, Any]:
@@ -225,7 +258,7 @@ class Client:
         collection: str,
         text: str | None = None,
         vector: list[float] | None = None,
-        k: int | None = 10,
+        k: int | None = None,  # None: the server's default
         filter: dict | None = None,
         nprobe: int = 0,
         rerank: bool | None = None,
@@ -248,26 +281,32 @@ class Client:
 
     # rag
     @staticmethod
-    def _rag_fields(req, top_k: int | None, filter: dict | None, params: dict[str, Any]) -> None:
-        if top_k is not None:
-            req.top_k = top_k
+    def _rag_fields(req, num_passages: int | None, filter: dict | None, params: dict[str, Any]) -> None:
+        if num_passages is not None:
+            req.num_passages = num_passages
         if filter is not None:
             req.filter.CopyFrom(dict_to_struct(filter))
         req.params.CopyFrom(generation_params(**params))
 
     def ask_stream(
-        self, collection: str, question: str, top_k: int | None = None, filter: dict | None = None, **params: Any
+        self,
+        collection: str,
+        question: str,
+        num_passages: int | None = None,
+        filter: dict | None = None,
+        **params: Any,
     ):
-        """The raw AskResponse stream (a grpc call: iterate it, or .cancel() it). params: GenerationParams fields."""
+        """The raw AskResponse stream (a grpc call: iterate it, or .cancel() it). num_passages: passages retrieved
+        (None: the server's default); params: GenerationParams fields (see generation_params)."""
         req = rag_pb2.AskRequest(collection=collection, question=question)
-        self._rag_fields(req, top_k, filter, params)
+        self._rag_fields(req, num_passages, filter, params)
         return self.rag.Ask(req, timeout=self.timeout)
 
     def chat_stream(
         self,
         collection: str,
         messages: list[dict[str, str]],
-        top_k: int | None = None,
+        num_passages: int | None = None,
         filter: dict | None = None,
         **params: Any,
     ):
@@ -275,7 +314,7 @@ class Client:
             collection=collection,
             messages=[rag_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
         )
-        self._rag_fields(req, top_k, filter, params)
+        self._rag_fields(req, num_passages, filter, params)
         return self.rag.Chat(req, timeout=self.timeout)
 
     def ask(self, collection: str, question: str, **kw: Any) -> dict[str, Any]:

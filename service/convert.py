@@ -1,4 +1,4 @@
-"""Pure functions between protobuf messages and retrieval's domain objects, with request validation.
+"""Pure functions between protobuf messages and the domain's objects (retrieval's and rag's).
 
 Validation here covers what only the wire format can get wrong (unset fields, a collection named
 differently mid-stream); everything about values is checked once, in the domain, and comes back as a
@@ -12,14 +12,14 @@ from typing import Any
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from common.errors import InvalidArgumentError
-from pqrag.v1 import collections_pb2, documents_pb2, search_pb2
-from retrieval.adaptive import IndexConfig
-from retrieval.chunker import ChunkerConfig
-from retrieval.collection import CollectionConfig, Document
+from pqrag.v1 import collections_pb2, documents_pb2, rag_pb2, search_pb2
+from rag.passages import Passage
+from rag.pipeline import AnswerEnd, AnswerEvent, Context, TextDelta
+from rag.request import AnswerRequest
+from retrieval import ChunkerConfig, CollectionConfig, Document, IndexConfig
 from service.structs import dict_to_struct, struct_to_dict
 
 EMPTY = empty_pb2.Empty()
-DEFAULT_TOP_K = 10
 
 
 def require_name(name: str, what: str = "collection") -> str:
@@ -139,21 +139,22 @@ def document_to_proto(doc) -> documents_pb2.Document:
 # --- search --------------------------------------------------------------------------------------
 
 
-def search_query_from_proto(req: search_pb2.SearchRequest) -> dict[str, Any]:
-    """Keyword arguments for Collection.search, plus the collection name under "collection"."""
+def search_query_from_proto(req: search_pb2.SearchRequest) -> tuple[str, dict[str, Any]]:
+    """(collection name, keyword arguments for Collection.search). Unset fields are left out: the domain's
+    defaults apply (k, nprobe, rerank)."""
     which = req.WhichOneof("query")
     if which is None:
         raise InvalidArgumentError("set the query: SearchRequest.text or SearchRequest.vector")
-    k = req.top_k if req.HasField("top_k") else DEFAULT_TOP_K
-    return {
-        "collection": require_name(req.collection),
+    query: dict[str, Any] = {
         "query": req.text if which == "text" else None,
         "vector": list(req.vector.values) if which == "vector" else None,
-        "k": k,
         "filter": struct_to_dict(req.filter) if req.HasField("filter") else None,
         "nprobe": req.nprobe or None,
         "rerank": req.rerank if req.HasField("rerank") else None,
     }
+    if req.HasField("top_k"):
+        query["k"] = req.top_k
+    return require_name(req.collection), query
 
 
 def search_result_to_proto(result) -> search_pb2.SearchResponse:
@@ -171,3 +172,64 @@ def search_result_to_proto(result) -> search_pb2.SearchResponse:
         for h in result.hits
     ]
     return search_pb2.SearchResponse(hits=hits, embed_ms=result.embed_ms, search_ms=result.search_ms)
+
+
+# --- rag -----------------------------------------------------------------------------------------
+
+
+def sampling_from_proto(p: rag_pb2.GenerationParams) -> dict[str, Any]:
+    """The GenerationParams fields the client set, by name (vLLM's, as SamplingParams spells them)."""
+    fields = {f.name: value for f, value in p.ListFields() if f.name != "stop"}
+    if p.stop:
+        fields["stop"] = list(p.stop)
+    return fields
+
+
+def _answer_fields(req: rag_pb2.AskRequest | rag_pb2.ChatRequest) -> dict[str, Any]:
+    """The AnswerRequest fields Ask and Chat share; unset ones are left out (the domain's defaults)."""
+    fields: dict[str, Any] = {"collection": require_name(req.collection), "sampling": sampling_from_proto(req.params)}
+    if req.HasField("num_passages"):
+        fields["num_passages"] = req.num_passages
+    if req.HasField("filter"):
+        fields["filter"] = struct_to_dict(req.filter)
+    return fields
+
+
+def ask_request_from_proto(req: rag_pb2.AskRequest) -> AnswerRequest:
+    return AnswerRequest.ask(question=req.question, **_answer_fields(req))
+
+
+def chat_request_from_proto(req: rag_pb2.ChatRequest) -> AnswerRequest:
+    messages = [{"role": m.role, "content": m.content} for m in req.messages]
+    return AnswerRequest(messages=messages, **_answer_fields(req))
+
+
+def citation_to_proto(p: Passage) -> rag_pb2.Citation:
+    return rag_pb2.Citation(
+        number=p.number,
+        document_id=p.doc_id,
+        chunk_id=int(p.chunk_id),
+        score=float(p.score),
+        source=p.source or "",
+        start=int(p.start),
+        end=int(p.end),
+        snippet=p.text,
+    )
+
+
+def answer_event_to_proto(event: AnswerEvent) -> rag_pb2.AskResponse:
+    if isinstance(event, Context):
+        return rag_pb2.AskResponse(context=rag_pb2.Context(citations=[citation_to_proto(p) for p in event.passages]))
+    if isinstance(event, TextDelta):
+        return rag_pb2.AskResponse(delta=rag_pb2.AnswerDelta(text=event.text))
+    assert isinstance(event, AnswerEnd), event
+    return rag_pb2.AskResponse(
+        final=rag_pb2.AnswerEnd(
+            finish_reason=event.finish_reason,
+            prompt_tokens=event.prompt_tokens,
+            completion_tokens=event.completion_tokens,
+            retrieval_ms=event.retrieval_ms,
+            time_to_first_token_ms=event.time_to_first_token_ms,
+            total_ms=event.total_ms,
+        )
+    )

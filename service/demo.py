@@ -17,8 +17,8 @@ import time
 from tqdm import tqdm
 
 from retrieval.corpora import python_docs
-from service.cli import _stream_answer, default_model
-from service.client import Client
+from service.cli import default_model
+from service.client import Client, print_answer
 from service.launcher import start_server_process
 
 COLLECTION = "python-docs"
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         proc, target = start_server_process(args.data_dir, args.port, quiet=False, extra_args=extra)
     except RuntimeError as exc:
-        raise SystemExit(f"{exc}\ntry another port: make demo PORT=50052")
+        raise SystemExit(f"{exc}\ntry another port: make demo PORT=50052") from None
     try:
         with Client(target, timeout=600) as client:
             client.wait_ready()
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             for q in QUESTIONS[: 1 if model else len(QUESTIONS)]:
                 if model:
                     print(f"Q: {q}\nA: ", end="", flush=True)
-                    _stream_answer(client.ask_stream(COLLECTION, q, top_k=3, max_tokens=args.max_tokens))
+                    print_answer(client.ask_stream(COLLECTION, q, num_passages=3, max_tokens=args.max_tokens))
                     print()
                     continue
                 resp = client.search_raw(COLLECTION, q, k=3)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 @dataclass
 class ServerMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    http_server: Any = field(default=None, init=False)  # the /metrics endpoint, when served
 
     def __post_init__(self) -> None:
         self.requests = Counter(
@@ -104,6 +106,12 @@ class ServerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve_http(self, port: int, addr: str = "127.0.0.1"):
-        """Start the /metrics endpoint; returns (server, thread) from prometheus_client."""
-        return start_http_server(port, addr=addr, registry=self.registry)
+    def serve_http(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Start the /metrics endpoint (a prometheus_client HTTP server thread; close() stops it)."""
+        self.http_server, _ = start_http_server(port, addr=addr, registry=self.registry)
+
+    def close(self) -> None:
+        if self.http_server is not None:
+            self.http_server.shutdown()
+            self.http_server.server_close()
+            self.http_server = None

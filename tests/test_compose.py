@@ -54,7 +54,7 @@ def commands(compose):
 def test_every_command_parses_with_the_cli(compose):
     parser = build_parser()
     seen = set()
-    for where, argv in commands(compose):
+    for _where, argv in commands(compose):
         args = parser.parse_args(argv)  # an unknown subcommand or flag exits (SystemExit fails the test)
         seen.add(args.command)
         if args.command == "train":

@@ -6,10 +6,11 @@ import asyncio
 import threading
 from pathlib import Path
 
+import grpc
 import pytest
 
 from service.client import Client
-from service.server import ServerConfig, create_server, shutdown
+from service.server import ServerConfig, create_server
 
 
 class ServerThread:
@@ -29,14 +30,13 @@ class ServerThread:
             self._ready.set()
 
     async def _main(self) -> None:
-        self.server, self.port, self.collections = await create_server(self.config)
+        self.server = await create_server(self.config)
+        self.port = self.server.port
         self._stop = asyncio.Event()
         await self.server.start()
         self._ready.set()
         await self._stop.wait()
         await self.server.stop(grace=1)
-        shutdown(self.server)
-        self.collections.close()
 
     def start(self) -> ServerThread:
         self._thread.start()
@@ -97,3 +97,80 @@ def make_tiny_model(directory: Path, seed: int = 0, max_position_embeddings: int
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+# Documents of the Collections/Documents/Search tests: two languages, topics to filter on.
+DOCS = [
+    {
+        "id": "volcano",
+        "text": "Volcanoes erupt when magma rises through the crust; lava flows and ash clouds follow.",
+        "metadata": {"topic": "geology", "lang": "en"},
+        "source": "geo.txt",
+    },
+    {
+        "id": "bread",
+        "text": "Sourdough bread rises thanks to wild yeast in the starter; bake it in a hot Dutch oven.",
+        "metadata": {"topic": "cooking", "lang": "en"},
+        "source": "bread.md",
+    },
+    {
+        "id": "chess",
+        "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp chess positions.",
+        "metadata": {"topic": "games", "lang": "en"},
+        "source": "chess.html",
+    },
+    {
+        "id": "pain",
+        "text": "Le pain au levain lève grâce aux levures sauvages; on le cuit dans une cocotte très chaude.",
+        "metadata": {"topic": "cooking", "lang": "fr"},
+        "source": "pain.md",
+    },
+]
+
+
+def code_of(excinfo) -> grpc.StatusCode:
+    return excinfo.value.code()
+
+
+def ingest_all(client, name, docs):
+    return list(client.ingest(name, docs))
+
+
+# Documents of the Rag tests: one topic each, so the right citation is unambiguous.
+RAG_DOCS = [
+    {
+        "id": "volcano",
+        "text": "Volcanoes erupt when magma rises through the crust; lava flows and ash clouds follow.",
+        "source": "geo.txt",
+        "metadata": {"topic": "geology"},
+    },
+    {
+        "id": "bread",
+        "text": "Sourdough bread rises thanks to wild yeast in the starter; bake it in a hot Dutch oven.",
+        "source": "bread.md",
+        "metadata": {"topic": "cooking"},
+    },
+    {
+        "id": "chess",
+        "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp chess positions.",
+        "source": "chess.html",
+        "metadata": {"topic": "games"},
+    },
+    {
+        "id": "saturn",
+        "text": "Saturn's rings are made of ice and rock; the planet has more than eighty moons.",
+        "source": "planets.json",
+        "metadata": {"topic": "space"},
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def rag_server(tmp_path_factory, tiny_model_dir):
+    """A server with the tiny generator and a collection "kb" of RAG_DOCS (one per test module)."""
+    srv = ServerThread(tmp_path_factory.mktemp("rag") / "data", model=str(tiny_model_dir)).start()
+    with srv.client(timeout=120) as c:
+        c.create_collection("kb")
+        list(c.ingest("kb", RAG_DOCS))
+    yield srv
+    srv.stop()

@@ -1,4 +1,5 @@
-"""The `pqrag` CLI against a real server: --json output for scripts, errors on stderr."""
+"""The `pqrag` CLI against a real server: --json output for scripts, errors on stderr, ask and chat against a
+server with a generator, the renamed ask/chat flags, and `pqrag serve`'s configuration."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import shutil
 import subprocess
 import sys
+
+import pytest
 
 from service.cli import main
 from tests.service.conftest import FIXTURES
@@ -28,6 +31,8 @@ def test_cli_end_to_end(server, capsys):
 
     hits = run_json(capsys, "search", "which planet has rings?", "--collection", "docs", "-k", "3", *s)
     assert len(hits) == 3
+    assert run_json(capsys, "search", "which planet has rings?", "--collection", "docs", "--top-k", "2", *s) == hits[:2]
+    assert len(run_json(capsys, "search", "rings", "--collection", "docs", *s)) == min(10, summary["chunks"])  # k unset
     assert set(hits[0]) >= {"doc_id", "chunk_id", "score", "text", "metadata"}
     assert hits[0]["doc_id"] == "planets" and hits[0]["metadata"]["topic"] == "astronomy"
 
@@ -64,3 +69,93 @@ def test_console_script_installed():
     assert out.returncode == 0
     for cmd in ("serve", "collections", "ingest", "search"):
         assert cmd in out.stdout
+
+
+def test_cli_ask_json_and_streaming(rag_server, capsys):
+    s = ["--server", rag_server.target]
+    assert (
+        main(
+            [
+                "ask",
+                "Why do volcanoes erupt?",
+                "--collection",
+                "kb",
+                "--passages",
+                "2",
+                "--max-tokens",
+                "6",
+                "--json",
+                *s,
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"answer", "citations", "final"}
+    assert out["citations"][0]["doc_id"] == "volcano" and out["final"]["completion_tokens"] <= 6
+    assert len(out["citations"]) <= 2
+    assert main(["ask", "Why do volcanoes erupt?", "--collection", "kb", "--max-tokens", "6", *s]) == 0
+    text = capsys.readouterr().out
+    assert out["answer"] in text and "sources:" in text and "[1] geo.txt" in text
+
+
+def test_cli_chat_keeps_the_history(rag_server, capsys, monkeypatch):
+    import io
+
+    sent = []
+    from service import client as client_mod
+
+    real = client_mod.Client.chat_stream
+
+    def spy(self, collection, messages, **kw):
+        sent.append([dict(m) for m in messages])
+        return real(self, collection, messages, **kw)
+
+    monkeypatch.setattr(client_mod.Client, "chat_stream", spy)  # records what the CLI sends; the RPC is real
+    monkeypatch.setattr("sys.stdin", io.StringIO("Tell me about chess.\nWhat does it answer 1.e4 with?\n/quit\n"))
+    assert main(["chat", "--collection", "kb", "--max-tokens", "4", "--server", rag_server.target]) == 0
+    assert [len(m) for m in sent] == [1, 3]
+    assert [m["role"] for m in sent[1]] == ["user", "assistant", "user"]
+    assert "sources:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["ask", "What is lava?"], ["chat"]])
+@pytest.mark.parametrize("flag", ["--top-k", "-k", "--top-k-sampling"])
+def test_renamed_ask_and_chat_flags_exit_naming_the_new_ones(command, flag, capsys):
+    with pytest.raises(SystemExit) as e:  # before any connection: no server needed
+        main([*command, "--collection", "kb", flag, "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{flag} was renamed" in err
+    assert "--passages N" in err and "--sample-top-k N" in err
+
+
+def test_passages_and_sample_top_k_reach_the_request(monkeypatch):
+    from service import client as client_mod
+
+    sent = {}
+
+    def spy(self, collection, question, **kw):
+        sent.update(kw, collection=collection, question=question)
+        return iter(())
+
+    monkeypatch.setattr(client_mod.Client, "ask_stream", spy)
+    assert main(["ask", "q?", "-c", "kb", "--passages", "3", "--sample-top-k", "7", "--temperature", "0.5"]) == 0
+    assert sent["num_passages"] == 3 and sent["sample_top_k"] == 7 and sent["temperature"] == 0.5
+    req = client_mod.generation_params(**{k: v for k, v in sent.items() if k in ("sample_top_k", "temperature")})
+    assert req.top_k == 7 and req.temperature == 0.5  # sampling's top-k is GenerationParams.top_k
+
+
+def test_serve_leaves_unset_engine_options_to_the_engine(monkeypatch, tmp_path):
+    import service.server
+
+    configs = []
+
+    async def fake_serve(config, ready=None):
+        configs.append(config)
+
+    monkeypatch.setattr(service.server, "serve", fake_serve)
+    base = ["serve", "--data-dir", str(tmp_path), "--no-generator"]
+    assert main(base) == 0
+    assert main([*base, "--max-num-seqs", "8", "--kv-cache-mb", "64"]) == 0
+    assert configs[0].engine == {} and configs[0].port == 50051 and configs[0].workers == 4
+    assert configs[1].engine == {"max_num_seqs": 8, "kv_cache_memory": 64 << 20}

@@ -3,55 +3,17 @@ cancellation freeing KV blocks, concurrency with ingestion, bad input, a retriev
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import grpc
 import pytest
 
-from tests.service.conftest import ServerThread
-
-DOCS = [
-    {
-        "id": "volcano",
-        "text": "Volcanoes erupt when magma rises through the crust; lava flows and ash clouds follow.",
-        "source": "geo.txt",
-        "metadata": {"topic": "geology"},
-    },
-    {
-        "id": "bread",
-        "text": "Sourdough bread rises thanks to wild yeast in the starter; bake it in a hot Dutch oven.",
-        "source": "bread.md",
-        "metadata": {"topic": "cooking"},
-    },
-    {
-        "id": "chess",
-        "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp chess positions.",
-        "source": "chess.html",
-        "metadata": {"topic": "games"},
-    },
-    {
-        "id": "saturn",
-        "text": "Saturn's rings are made of ice and rock; the planet has more than eighty moons.",
-        "source": "planets.json",
-        "metadata": {"topic": "space"},
-    },
-]
-
-
-@pytest.fixture(scope="module")
-def rag_server(tmp_path_factory, tiny_model_dir):
-    srv = ServerThread(tmp_path_factory.mktemp("rag") / "data", model=str(tiny_model_dir)).start()
-    with srv.client(timeout=120) as c:
-        c.create_collection("kb")
-        list(c.ingest("kb", DOCS))
-    yield srv
-    srv.stop()
+from tests.service.conftest import RAG_DOCS, ServerThread
 
 
 def engine_stats(srv):
-    return srv.server.pqrag_llm.engine.stats()
+    return srv.server.generator.engine.stats()
 
 
 def wait_for(pred, timeout=20.0):
@@ -65,13 +27,15 @@ def wait_for(pred, timeout=20.0):
 
 def test_ask_streams_citations_then_deltas_then_final(rag_server):
     with rag_server.client(timeout=120) as c:
-        events = list(c.ask_stream("kb", "What makes sourdough bread rise?", top_k=2, max_tokens=12, ignore_eos=True))
+        events = list(
+            c.ask_stream("kb", "What makes sourdough bread rise?", num_passages=2, max_tokens=12, ignore_eos=True)
+        )
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "context" and kinds[-1] == "final" and set(kinds[1:-1]) == {"delta"}
     cites = events[0].context.citations
     assert cites[0].document_id == "bread" and cites[0].number == 1 and [x.number for x in cites] == [1, 2]
     assert cites[0].source == "bread.md" and "wild yeast" in cites[0].snippet
-    assert (cites[0].start, cites[0].end) == (0, len(DOCS[1]["text"]))
+    assert (cites[0].start, cites[0].end) == (0, len(RAG_DOCS[1]["text"]))
     final = events[-1].final
     assert final.finish_reason == "length" and final.completion_tokens == 12
     assert final.prompt_tokens > 0 and 0 < final.retrieval_ms <= final.time_to_first_token_ms <= final.total_ms
@@ -90,7 +54,7 @@ def test_ask_is_deterministic_for_greedy_and_chat_uses_the_conversation(rag_serv
                 {"role": "assistant", "content": "It is a chess opening."},
                 {"role": "user", "content": "What does it answer 1.e4 with?"},
             ],
-            top_k=1,
+            num_passages=1,
             max_tokens=5,
         )
     assert [x["doc_id"] for x in chat["citations"]] == ["chess"]
@@ -154,8 +118,8 @@ def test_concurrent_asks_and_an_ingest_all_complete(rag_server):
     [
         ({"question": "   "}, grpc.StatusCode.INVALID_ARGUMENT, "question is empty"),
         ({"collection": "nope"}, grpc.StatusCode.NOT_FOUND, "nope"),
-        ({"top_k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 50"),
-        ({"top_k": 51}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 50"),
+        ({"num_passages": 0}, grpc.StatusCode.INVALID_ARGUMENT, "num_passages must be in 1..50"),
+        ({"num_passages": 51}, grpc.StatusCode.INVALID_ARGUMENT, "num_passages must be in 1..50"),
         ({"max_tokens": 600}, grpc.StatusCode.INVALID_ARGUMENT, "window of 512"),
         ({"temperature": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
     ],
@@ -189,51 +153,13 @@ def test_retrieval_only_server_refuses_ask_but_searches(tmp_path):
     try:
         with srv.client(timeout=60) as c:
             c.create_collection("kb")
-            list(c.ingest("kb", DOCS[:2]))
+            list(c.ingest("kb", RAG_DOCS[:2]))
             with pytest.raises(grpc.RpcError) as e:
                 c.ask("kb", "What is lava?")
             assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--no-generator" in e.value.details()
             assert c.search("kb", "lava", k=1)[0]["doc_id"] == "volcano"
     finally:
         srv.stop()
-
-
-def test_cli_ask_json_and_streaming(rag_server, capsys):
-    from service.cli import main
-
-    s = ["--server", rag_server.target]
-    assert (
-        main(["ask", "Why do volcanoes erupt?", "--collection", "kb", "-k", "2", "--max-tokens", "6", "--json", *s])
-        == 0
-    )
-    out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"answer", "citations", "final"}
-    assert out["citations"][0]["doc_id"] == "volcano" and out["final"]["completion_tokens"] <= 6
-    assert main(["ask", "Why do volcanoes erupt?", "--collection", "kb", "--max-tokens", "6", *s]) == 0
-    text = capsys.readouterr().out
-    assert out["answer"] in text and "sources:" in text and "[1] geo.txt" in text
-
-
-def test_cli_chat_keeps_the_history(rag_server, capsys, monkeypatch):
-    import io
-
-    from service.cli import main
-
-    sent = []
-    from service import client as client_mod
-
-    real = client_mod.Client.chat_stream
-
-    def spy(self, collection, messages, **kw):
-        sent.append([dict(m) for m in messages])
-        return real(self, collection, messages, **kw)
-
-    monkeypatch.setattr(client_mod.Client, "chat_stream", spy)  # records what the CLI sends; the RPC is real
-    monkeypatch.setattr("sys.stdin", io.StringIO("Tell me about chess.\nWhat does it answer 1.e4 with?\n/quit\n"))
-    assert main(["chat", "--collection", "kb", "--max-tokens", "4", "--server", rag_server.target]) == 0
-    assert [len(m) for m in sent] == [1, 3]
-    assert [m["role"] for m in sent[1]] == ["user", "assistant", "user"]
-    assert "sources:" in capsys.readouterr().out
 
 
 def test_a_model_whose_tokenizer_lacks_the_chat_tokens_is_refused_at_startup(tmp_path, tiny_model_dir):
@@ -243,6 +169,8 @@ def test_a_model_whose_tokenizer_lacks_the_chat_tokens_is_refused_at_startup(tmp
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
-    train_bpe_tokenizer([d["text"] for d in DOCS] * 3, vocab_size=300, special_tokens=[EOS, BOS, PAD]).save(model_dir)
+    train_bpe_tokenizer([d["text"] for d in RAG_DOCS] * 3, vocab_size=300, special_tokens=[EOS, BOS, PAD]).save(
+        model_dir
+    )
     with pytest.raises(ValueError, match="chat special tokens"):
         ServerThread(tmp_path / "data", model=str(model_dir)).start()

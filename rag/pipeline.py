@@ -1,0 +1,102 @@
+"""The answer pipeline: retrieve, build the prompt, stream the colocated generator's answer as domain events.
+
+Colocation: the generator's engine steps in its own thread (llm.async_engine.AsyncLLM); embedding, index search
+and prompt tokenization run through the caller's `run` (the server's worker pool). Neither runs on the event
+loop, so a new question's retrieval never stalls the tokens of answers being generated, and the loop only moves
+messages.
+
+Event order per answer: Context (the numbered passages) -> TextDelta* -> AnswerEnd. When the consumer stops early
+(a client cancelled: its task is cancelled, or the generator is closed), the engine stream's cleanup aborts the
+request, which frees its KV blocks at once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from common.errors import FailedPreconditionError
+from rag.passages import Passage
+from rag.prompt import build_prompt, conversation_query
+from rag.request import AnswerRequest
+
+if TYPE_CHECKING:
+    from llm.async_engine import AsyncLLM
+    from retrieval import Collections
+
+# run(fn, *args, **kwargs) -> the awaited result of fn(*args, **kwargs), run off the event loop.
+Run = Callable[..., Awaitable[Any]]
+
+
+class GeneratorUnavailableError(FailedPreconditionError):
+    """This server runs without a generator (pqrag serve --no-generator)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    passages: list[Passage]  # exactly those in the prompt, numbered 1..n: the citations
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerEnd:
+    finish_reason: str  # "stop" (end of answer or a stop string), "length" (max_tokens) or "abort"
+    prompt_tokens: int
+    completion_tokens: int
+    retrieval_ms: float  # request start -> passages found
+    time_to_first_token_ms: float  # request start -> first answer text (the end, for an answer with no text)
+    total_ms: float
+
+
+AnswerEvent = Context | TextDelta | AnswerEnd
+
+
+class RagPipeline:
+    """Answers AnswerRequests from `collections` with `generator` (None: every answer is refused)."""
+
+    def __init__(self, collections: Collections, generator: AsyncLLM | None, run: Run):
+        self.collections = collections
+        self.generator = generator
+        self.run = run
+
+    async def answer(self, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
+        llm = self.generator
+        if llm is None:
+            raise GeneratorUnavailableError(
+                "this server runs without a generator (started with --no-generator); use Search, or start "
+                "`pqrag serve --model DIR`"
+            )
+        start = time.perf_counter()
+        coll = await self.run(self.collections.get, request.collection)
+        query = conversation_query(request.messages)
+        found = await self.run(coll.search, query=query, k=request.num_passages, filter=request.filter)
+        retrieval_ms = (time.perf_counter() - start) * 1e3
+        prompt = await self.run(
+            build_prompt, llm.tokenizer, request.messages, found.hits, llm.max_model_len, request.params.max_tokens
+        )
+        yield Context(prompt.passages)
+
+        finish_reason, n_out, ttft_ms = "abort", 0, 0.0
+        async for d in llm.generate(prompt.token_ids, request.params, uuid.uuid4().hex):
+            n_out = d.num_generated_tokens
+            if d.text_delta:
+                ttft_ms = ttft_ms or (time.perf_counter() - start) * 1e3
+                yield TextDelta(d.text_delta)
+            if d.finished:
+                finish_reason = d.finish_reason or "stop"
+        total_ms = (time.perf_counter() - start) * 1e3
+        yield AnswerEnd(
+            finish_reason=finish_reason,
+            prompt_tokens=len(prompt.token_ids),
+            completion_tokens=n_out,
+            retrieval_ms=retrieval_ms,
+            time_to_first_token_ms=ttft_ms or total_ms,
+            total_ms=total_ms,
+        )

@@ -1,0 +1,70 @@
+"""An answer request as the domain takes it: validated once, on construction, with the defaults in one place.
+
+Ask is a conversation of one message (`AnswerRequest.ask`); Chat sends the whole conversation. Whatever the
+transport (gRPC today), this is where a question enters the domain: the checks here are the only ones, and
+everything downstream (retrieval query, prompt, sampling) asserts instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.checks import positive_int
+from common.errors import InvalidArgumentError
+from llm.sampler import SamplingParams
+
+DEFAULT_NUM_PASSAGES = 5  # retrieved passages (before merging and trimming to the window)
+MAX_NUM_PASSAGES = 50  # build_prompt renders the prompt once per candidate passage
+# Greedy unless asked otherwise: a grounded answer should not change from one call to the next.
+DEFAULT_SAMPLING: Mapping[str, Any] = {"max_tokens": 256, "temperature": 0.0}
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class AnswerRequest:
+    collection: str
+    messages: list[dict[str, str]]  # the conversation, oldest first, the last one the user's question; stripped
+    num_passages: int = DEFAULT_NUM_PASSAGES  # chunks retrieved, 1..MAX_NUM_PASSAGES
+    filter: dict[str, Any] | None = None  # metadata filter, as Collection.search takes it (checked there)
+    sampling: Mapping[str, Any] = field(default_factory=dict)  # SamplingParams fields set by the caller
+    params: SamplingParams = field(init=False)  # DEFAULT_SAMPLING overridden by `sampling`
+
+    def __post_init__(self) -> None:
+        self.num_passages = positive_int(self.num_passages, "num_passages", maximum=MAX_NUM_PASSAGES)
+        self.messages = checked_messages(self.messages)
+        self.params = sampling_params(self.sampling)
+
+    @classmethod
+    def ask(cls, collection: str, question: str, **fields: Any) -> AnswerRequest:
+        """One question, no conversation."""
+        return cls(collection=collection, messages=[{"role": "user", "content": question}], **fields)
+
+
+def checked_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The conversation with its contents stripped; InvalidArgumentError unless its last message is the user's
+    question, with text."""
+    if not messages:
+        raise InvalidArgumentError("messages is empty: send the conversation, the last message the user's")
+    out = []
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise InvalidArgumentError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise InvalidArgumentError(f"messages[{i}].content must be text, got {type(content).__name__}")
+        out.append({"role": role, "content": content.strip()})
+    if out[-1]["role"] != "user":
+        raise InvalidArgumentError("the last message must be the user's and hold text")
+    if not out[-1]["content"]:
+        raise InvalidArgumentError("question is empty: the last message must be the user's and hold text")
+    return out
+
+
+def sampling_params(overrides: Mapping[str, Any]) -> SamplingParams:
+    """DEFAULT_SAMPLING with the caller's fields (vLLM's names); InvalidArgumentError for a bad or unknown one."""
+    try:
+        return SamplingParams(**{**DEFAULT_SAMPLING, **overrides})
+    except TypeError as exc:  # an unknown field (SamplingParams checks the values: InvalidArgumentError)
+        raise InvalidArgumentError(f"params: {exc}") from exc

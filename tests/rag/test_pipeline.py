@@ -1,0 +1,126 @@
+"""The answer pipeline on stand-ins for the collections and the generator: event order, what is retrieved with
+what, the prompt the generator gets, timings, and the errors a caller can see."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from rag.pipeline import AnswerEnd, Context, GeneratorUnavailableError, RagPipeline, TextDelta
+from rag.request import AnswerRequest
+from tests.rag.conftest import hit
+
+
+class FakeCollection:
+    def __init__(self, hits):
+        self.hits, self.searches = hits, []
+
+    def search(self, query, k, filter):
+        self.searches.append((query, k, filter))
+        return SimpleNamespace(hits=self.hits[:k])
+
+
+class FakeCollections:
+    def __init__(self, coll):
+        self.coll = coll
+
+    def get(self, name):
+        if name != "kb":
+            raise NotFoundError(f"collection {name!r} not found")
+        return self.coll
+
+
+class FakeGenerator:
+    """Streams the deltas of AsyncLLM.generate: a few texts, the last one finished."""
+
+    def __init__(self, tok, texts=("Eta", " theta", ""), finish_reason="length", window=512):
+        self.tokenizer, self.texts, self.finish_reason = tok, texts, finish_reason
+        self.max_model_len = window
+        self.prompts = []
+
+    async def generate(self, prompt_token_ids, params, request_id):
+        self.prompts.append((prompt_token_ids, params))
+        for i, text in enumerate(self.texts, start=1):
+            last = i == len(self.texts)
+            yield SimpleNamespace(
+                text_delta=text,
+                num_generated_tokens=i,
+                finished=last,
+                finish_reason=self.finish_reason if last else None,
+            )
+
+
+async def run_inline(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+def answer(pipeline, request):
+    async def collect():
+        return [e async for e in pipeline.answer(request)]
+
+    return asyncio.run(collect())
+
+
+@pytest.fixture
+def coll():
+    return FakeCollection([hit("b", 2, 0.9, 38, 53), hit("a", 1, 0.2, 0, 17)])
+
+
+def test_events_come_in_order_with_the_numbered_context_and_the_counts(tok, coll):
+    gen = FakeGenerator(tok)
+    request = AnswerRequest.ask("kb", "What follows eta?", num_passages=2, filter={"lang": "en"})
+    events = answer(RagPipeline(FakeCollections(coll), gen, run_inline), request)
+
+    assert [type(e) for e in events] == [Context, TextDelta, TextDelta, AnswerEnd]  # empty texts are not sent
+    assert [(p.number, p.doc_id) for p in events[0].passages] == [(1, "b"), (2, "a")]
+    assert "".join(e.text for e in events[1:-1]) == "Eta theta"
+    assert coll.searches == [("What follows eta?", 2, {"lang": "en"})]
+    ((prompt_ids, params),) = gen.prompts
+    assert params is request.params and "[1] (b.txt) Eta theta iota." in tok.decode(prompt_ids)
+    end = events[-1]
+    assert (end.finish_reason, end.prompt_tokens, end.completion_tokens) == ("length", len(prompt_ids), 3)
+    assert 0 <= end.retrieval_ms <= end.time_to_first_token_ms <= end.total_ms
+
+
+def test_a_chat_retrieves_with_the_previous_user_turn(tok, coll):
+    msgs = [
+        {"role": "user", "content": "Tell me about eta."},
+        {"role": "assistant", "content": "A letter."},
+        {"role": "user", "content": "What follows it?"},
+    ]
+    answer(RagPipeline(FakeCollections(coll), FakeGenerator(tok), run_inline), AnswerRequest("kb", msgs))
+    assert coll.searches[0][0] == "Tell me about eta.\nWhat follows it?"
+
+
+def test_an_answer_without_text_ends_at_its_first_token(tok, coll):
+    gen = FakeGenerator(tok, texts=("",), finish_reason="stop")
+    *_, end = answer(RagPipeline(FakeCollections(coll), gen, run_inline), AnswerRequest.ask("kb", "q"))
+    assert end.finish_reason == "stop" and end.time_to_first_token_ms == end.total_ms
+
+
+def test_without_a_generator_answers_are_a_failed_precondition(coll):
+    with pytest.raises(GeneratorUnavailableError, match="--no-generator") as e:
+        answer(RagPipeline(FakeCollections(coll), None, run_inline), AnswerRequest.ask("kb", "q"))
+    assert isinstance(e.value, FailedPreconditionError)
+
+
+def test_errors_of_the_domain_reach_the_caller_before_any_event(tok, coll):
+    pipeline = RagPipeline(FakeCollections(coll), FakeGenerator(tok, window=64), run_inline)
+    with pytest.raises(NotFoundError):
+        answer(pipeline, AnswerRequest.ask("nope", "q"))
+    with pytest.raises(InvalidArgumentError, match="window of 64"):  # the window is checked once: build_prompt
+        answer(pipeline, AnswerRequest.ask("kb", "q", sampling={"max_tokens": 64}))
+
+
+def test_blocking_work_goes_through_run(tok, coll):
+    ran = []
+
+    async def run(fn, *args, **kwargs):
+        ran.append(getattr(fn, "__name__", fn))
+        return fn(*args, **kwargs)
+
+    answer(RagPipeline(FakeCollections(coll), FakeGenerator(tok), run), AnswerRequest.ask("kb", "q"))
+    assert ran == ["get", "search", "build_prompt"]
