@@ -2,7 +2,7 @@
 
     common.errors   the domain errors the service maps to status codes (InvalidArgumentError, NotFoundError, ...)
     common.checks   argument checks written once ("a positive integer, not a bool")
-    common.fs       crash-safe file writes (atomic_write, fsync_dir)
+    common.fs       crash-safe file writes (atomic_write, replace_durably, fsync_path)
     common.device   the default torch device
 
 It imports no other pqrag package (checked by `make lint`), so retrieval, llm, rag and service can all use it.

@@ -16,17 +16,9 @@ from contextlib import contextmanager
 from typing import IO
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    """Make a file's contents durable (after writes through another handle, e.g. a memory map)."""
+def fsync_path(path: str | os.PathLike) -> None:
+    """Make a file's contents (written through any handle, e.g. a memory map) or a directory's entries (a rename, a
+    new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -37,7 +29,7 @@ def fsync_file(path: str | os.PathLike) -> None:
 def replace_durably(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """os.replace(src, dst) for a file already fsynced, then fsync dst's directory."""
     os.replace(src, dst)
-    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    fsync_path(os.path.dirname(os.path.abspath(dst)))
 
 
 @contextmanager

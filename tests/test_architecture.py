@@ -30,7 +30,7 @@ def private_uses(path: Path) -> list[str]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
-            # a package's private modules (kernels._tuning) are its own to share; private names never are
+            # a package's private modules (kernels.triton._tuning) are its own to share; private names never are
             crossing = node.module.split(".")[0] != own_package
             module_private = crossing and any(map(_private, node.module.split(".")))
             for alias in node.names:
@@ -64,7 +64,9 @@ def test_module_holds_one_concept(path):
 def test_the_checker_sees_private_uses(tmp_path):
     p = ROOT / "common" / "_architecture_probe.py"  # inside a package, as the real modules are
     try:
-        p.write_text("from retrieval.store import _x\nfrom common._y import z\nfrom retrieval._y import z\nfrom common import checks\nchecks._y\nself._ok\n")
+        p.write_text(
+            "from retrieval.store import _x\nfrom common._y import z\nfrom retrieval._y import z\nfrom common import checks\nchecks._y\nself._ok\n"
+        )
         uses = private_uses(p)
     finally:
         p.unlink()
