@@ -22,6 +22,11 @@ COPY models ./models
 RUN pip install --no-cache-dir -e .
 
 VOLUME ["/data"]
-EXPOSE 50051 9464
+EXPOSE 50051 8080 9464
 ENTRYPOINT ["pqrag"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "50051", "--data-dir", "/data", "--metrics-port", "9464"]
+# Serving 0.0.0.0 needs an API key in /data (or a secret: --admin-key-file, as docker-compose.yml does); without one
+# the server refuses to start and says how to make one: docker run -v pqrag-data:/data pqrag keys create
+# --data-dir /data --role admin. /metrics has no auth: it is published only with --metrics-host 0.0.0.0 (compose
+# maps that port to the host's loopback).
+CMD ["serve", "--host", "0.0.0.0", "--port", "50051", "--data-dir", "/data", "--metrics-port", "9464", \
+     "--metrics-host", "0.0.0.0"]

@@ -3,11 +3,12 @@ PY       ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
 PORT     ?= 50051
+HTTP_PORT ?= 8080
 DATA_DIR ?= demo-data
 # CPU torch wheel that lies on these machines; the range in pyproject.toml then needs no download.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv lint test demo serve proto bench-retrieval bench-kernels bench-engine bench-rag bench-rag-quality default-model default-model-sft gpu-check kernels-compat clean
+.PHONY: venv browser lint test demo serve proto bench-retrieval bench-kernels bench-engine bench-rag bench-rag-http bench-rag-quality default-model default-model-sft gpu-check kernels-compat clean
 
 venv: $(BIN)/.installed
 
@@ -18,7 +19,19 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-test: venv
+# The console's browser test drives Debian's chromium through selenium and chromedriver: installed here when
+# missing and we are root (as CI is); elsewhere that one test skips and says why.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver (the console's browser test)"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "no chromium/chromedriver and not root: the console's browser test will skip"; \
+	  fi; \
+	fi
+
+test: venv browser
 	$(BIN)/python -m pytest -q tests
 
 # Style (ruff lint + format check) and the shape of the house (ARCHITECTURE.md): import-linter's layering
@@ -34,10 +47,10 @@ proto: venv
 	$(BIN)/python -m service.codegen
 
 demo: venv
-	$(BIN)/python -m service.demo --data-dir $(DATA_DIR) --port $(PORT)
+	$(BIN)/python -m service.demo --data-dir $(DATA_DIR) --port $(PORT) --http-port $(HTTP_PORT)
 
 serve: venv
-	$(BIN)/pqrag serve --data-dir $(DATA_DIR) --port $(PORT)
+	$(BIN)/pqrag serve --data-dir $(DATA_DIR) --port $(PORT) --http-port $(HTTP_PORT)
 
 bench-retrieval: venv
 	$(BIN)/python bench/retrieval.py
@@ -50,6 +63,9 @@ bench-engine: venv
 
 bench-rag: venv
 	$(BIN)/python bench/rag.py
+
+bench-rag-http: venv
+	$(BIN)/python bench/rag.py --http
 
 bench-rag-quality: venv
 	$(BIN)/python bench/rag_quality.py

@@ -1,9 +1,11 @@
 """Engine benchmark: offline greedy throughput of `llm.LLM.generate` (continuous batching, paged KV cache) against
-Hugging Face transformers' `MixtralForCausalLM.generate` on the same random weights, in the same run.
+Hugging Face transformers' `generate` (the family's own class: MixtralForCausalLM for the presets) on the same
+random weights, in the same run.
 
     python bench/engine.py                  # "small" preset (~5M params), 16 prompts x 64 new tokens
     python bench/engine.py --preset tiny --num-prompts 8 --new-tokens 32    # a smoke run
     python bench/engine.py --device cuda --dtype bfloat16
+    python bench/engine.py --shape qwen3-30b-a3b --layers 4 --device cuda --dtype bfloat16   # a real MoE layer shape
 
 Both generate greedily the same number of new tokens for the same prompts (eos ignored; transformers gets
 min_new_tokens = max_new_tokens). Prompts are random token ids of one length, so transformers needs no padding.
@@ -29,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from llm.checkpoint import save_model  # noqa: E402
-from llm.config import get_config  # noqa: E402
+from llm.config import ModelConfig, get_config  # noqa: E402
 from llm.model import CausalLM  # noqa: E402
 from llm.offline import LLM  # noqa: E402
 from llm.sampler import SamplingParams  # noqa: E402
@@ -52,9 +54,33 @@ def machine() -> str:
     return f"{uname}; nproc={os.cpu_count()}; cpu={cpu}; torch {torch.__version__}"
 
 
-def random_model(preset: str, seed: int) -> CausalLM:
+# Real MoE layer shapes (--shape), served with fewer layers (--layers): the family's own transformers class is the peer.
+SHAPES = {
+    "qwen3-30b-a3b": dict(
+        model_type="qwen3_moe",
+        vocab_size=151936,
+        hidden_size=2048,
+        num_heads=32,
+        num_kv_heads=4,
+        head_dim=128,
+        intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        norm_topk_prob=True,
+        qk_norm="head",
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+    ),
+}
+
+
+def random_model(preset: str, seed: int, shape: str | None = None, **overrides) -> CausalLM:
     torch.manual_seed(seed)
-    model = CausalLM(get_config(preset, eos_token_id=0, bos_token_id=1, pad_token_id=2))
+    ids = dict(eos_token_id=0, bos_token_id=1, pad_token_id=2)
+    cfg = ModelConfig(**{**SHAPES[shape], **ids, **overrides}) if shape else get_config(preset, **ids, **overrides)
+    model = CausalLM(cfg)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:
@@ -78,6 +104,9 @@ def best_times(fns: dict[str, object], repeats: int) -> tuple[dict[str, float], 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--shape", choices=sorted(SHAPES), help="a real model's layer shape instead of a preset")
+    ap.add_argument("--layers", type=int, help="number of layers (default: the preset's; 4 with --shape)")
+    ap.add_argument("--vocab-size", type=int, help="override the vocabulary (smoke runs of a --shape)")
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument("--prompt-len", type=int, default=48)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -92,11 +121,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    from transformers import MixtralForCausalLM
+    from transformers import AutoModelForCausalLM
 
     global LOAD
     LOAD = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    model = random_model(args.preset, seed=0)
+    overrides = {"num_layers": args.layers or (4 if args.shape else None), "vocab_size": args.vocab_size}
+    model = random_model(args.preset, seed=0, shape=args.shape, **{k: v for k, v in overrides.items() if v})
     cfg = model.config
     g = torch.Generator().manual_seed(1)
     prompts = torch.randint(3, cfg.vocab_size, (args.num_prompts, args.prompt_len), generator=g)
@@ -104,7 +134,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, tmp)
-        hf = MixtralForCausalLM.from_pretrained(tmp, dtype=dtype).to(device).eval()
+        hf = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).to(device).eval()  # the family's own class
         llm = LLM(  # EngineConfig's defaults (block_size 16, ...) but for a batch that fits in one go
             tmp,
             device=device,
@@ -143,7 +173,7 @@ def main() -> None:
 
     rows = [
         ("pqrag LLM.generate", t_ours, total_new / t_ours),
-        ("transformers MixtralForCausalLM.generate", t_hf, total_new / t_hf),
+        (f"transformers {type(hf).__name__}.generate", t_hf, total_new / t_hf),
     ]
     ratio = t_hf / t_ours
     params_m = model.num_params() / 1e6
@@ -155,7 +185,7 @@ def main() -> None:
 `python bench/engine.py {" ".join(sys.argv[1:])}`. Run: {now}.
 Machine: {machine()}.
 
-Model: preset "{args.preset}" ({params_m:.2f}M params, {cfg.num_layers} layers, {cfg.num_experts} experts top-{cfg.num_experts_per_tok}),
+Model: {f'shape "{args.shape}"' if args.shape else f'preset "{args.preset}"'} ({cfg.model_type}, {params_m:.2f}M params, {cfg.num_layers} layers, {cfg.num_experts} experts top-{cfg.num_experts_per_tok}),
 random weights, {args.dtype} on {device}. Workload: {args.num_prompts} prompts x {args.prompt_len} random tokens,
 greedy, {args.new_tokens} new tokens each ({total_new} in all), eos ignored. Best of {args.repeats} interleaved timed runs after a warm-up;
 torch threads: {torch.get_num_threads()}; load average before the run: {LOAD}.

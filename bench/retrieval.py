@@ -1,8 +1,9 @@
-"""Retrieval benchmark: this project's PQ / IVF-PQ against faiss on the same data.
+"""Retrieval benchmark: this project's PQ / IVF-PQ against faiss on the same data, and the self-tuning index.
 
-    python bench/retrieval.py            # 100k synthetic vectors + SciFact (~10 min on 2 cores, embeddings cached)
+    python bench/retrieval.py            # 100k synthetic vectors + SciFact + the demo collection (embeddings cached)
     python bench/retrieval.py --quick    # 20k vectors, fewer queries: a smoke run
     python bench/retrieval.py --n 200000 --nq 2000
+    python bench/retrieval.py --only tuning          # the self-tuning rows alone
 
 Data
 * synthetic: n vectors of dimension 384 built deterministically as noisy mixtures of real MiniLM embeddings
@@ -18,6 +19,13 @@ Embeddings are cached as .npy in bench/out/ so reruns skip the model.
 Columns: build time (train + add), serialised bytes per vector (index only; "+rerank" adds the float16
 vectors, 2 d bytes), recall@10 against exact search, queries/s single-threaded (one query per call,
 torch.set_num_threads(1) / faiss.omp_set_num_threads(1)) and batched (all queries in one call, all cores).
+
+Self-tuning (`tuning` rows): a VectorIndex with the default IndexConfig (nothing pinned, recall target 0.95, and
+0.90 / 0.99 on the synthetic set) trained the way a collection trains in the background (training_job -> tune ->
+install): the setting it chose, the recall it measured on its held-out vectors, the recall@10 measured here on the
+real held-out queries (the synthetic queries; SciFact's 300 test claims) against exact search, bytes per vector,
+and the build time (tuning + training). The demo's collection (the pydoc topics, `make demo`) is built through
+Collections as the server does, and its recall@10 measured on one question per topic ("What is <topic>?").
 Writes bench/out/retrieval.json and prints the tables.
 """
 
@@ -40,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import faiss  # noqa: E402
 
-from retrieval.vector_index import IndexConfig, VectorIndex, auto_nprobe  # noqa: E402
+from retrieval.vector_index import IndexConfig, VectorIndex  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 SCIFACT = "/work/shared/data/scifact"
@@ -152,15 +160,14 @@ def own_bytes(index: VectorIndex) -> float:
 
 
 def build(kind: str, backend: str, xb: np.ndarray, m: int, nbits: int, nlist: int, nprobe: int, rf: int) -> VectorIndex:
-    """The product's index (VectorIndex) over xb with a fixed configuration, trained on all of xb (the add that
-    crosses min_train_size trains it; smaller sets are trained explicitly)."""
+    """The product's index (VectorIndex) over xb with a fixed configuration (every parameter pinned: the tuner only
+    measures it), trained on all of xb."""
     config = IndexConfig(
         kind=kind, m=m, nbits=nbits, nlist=nlist, nprobe=nprobe, backend=backend, rerank_factor=rf, retrain_growth=None
     )
     idx = VectorIndex(xb.shape[1], config)
     idx.add(xb)
-    if not idx.is_trained:
-        idx.retrain()
+    idx.retrain()
     return idx
 
 
@@ -258,10 +265,10 @@ def run_synthetic(args, base: np.ndarray) -> tuple[list[dict], list[dict]]:
             "M=32 efC=40 efS=64",
         )
 
-    # nprobe sweep of the own IVF-PQ (+rerank): the data behind VectorIndex's automatic nprobe
+    # nprobe sweep of the own IVF-PQ (+rerank) against faiss's
     sweep = []
     set_threads(args.threads)
-    for p in sorted({8, 16, 32, 64, auto_nprobe(nlist), nlist // 8} - {0}):
+    for p in sorted({8, 16, 32, 64, 96, nlist // 8} - {0}):
         for rr in (False, True):
             I = own["ivfpq"].search(xq, k, nprobe=p, rerank=rr)[1]
             If = fivf.search(xq, k, params=faiss.SearchParametersIVF(nprobe=p))[1]
@@ -292,9 +299,8 @@ def ndcg_recall(I: np.ndarray, qids: list[str], doc_ids: np.ndarray, qrels: dict
     return float(np.mean(ndcg)), float(np.mean(rec))
 
 
-def run_scifact(args) -> list[dict]:
-    corpus, _ = scifact_texts()
-    xb = embed_cached("scifact_corpus", lambda: scifact_texts()[1])
+def scifact_test_queries() -> tuple[list[str], dict[str, set], np.ndarray]:
+    """(test query ids, qrels, their embeddings (300, d), cached)."""
     queries = {q["_id"]: q["text"] for q in load_jsonl(os.path.join(SCIFACT, "queries.jsonl"))}
     qrels: dict[str, set] = {}
     with open(os.path.join(SCIFACT, "qrels", "test.tsv")) as f:
@@ -304,7 +310,13 @@ def run_scifact(args) -> list[dict]:
             if int(score) > 0:
                 qrels.setdefault(qid, set()).add(did)
     qids = sorted(qrels, key=int)
-    xq = embed_cached("scifact_test_queries", lambda: [queries[q] for q in qids])
+    return qids, qrels, embed_cached("scifact_test_queries", lambda: [queries[q] for q in qids])
+
+
+def run_scifact(args) -> list[dict]:
+    corpus, _ = scifact_texts()
+    xb = embed_cached("scifact_corpus", lambda: scifact_texts()[1])
+    qids, qrels, xq = scifact_test_queries()
     doc_ids = np.array([d["_id"] for d in corpus])
     ids = np.arange(len(xb))
     print(f"SciFact: {len(xb)} docs, {len(qids)} test queries", flush=True)
@@ -317,18 +329,122 @@ def run_scifact(args) -> list[dict]:
         print(f"  {name:<44} nDCG@10 {nd:.4f}  recall@100 {rc:.4f}", flush=True)
 
     add("exact (flat ip)", exact_topk(xb, xq, 100))
-    # SciFact has 5,183 docs, below VectorIndex's automatic training threshold (39 * 256 = 9,984),
-    # so the product would search it exactly; retrain() forces the PQ index to measure its quality anyway.
+    # the previous release's fixed settings (m=48, nbits=8; nlist ~4 sqrt(n), nprobe max(16, 3 sqrt(nlist))),
+    # pinned, for comparison with what the tuner picks (tuning rows)
     for kind, backend in (("pq", "torch"), ("ivfpq", "torch"), ("ivfpq", "faiss")):
-        ci = VectorIndex(D, IndexConfig(kind=kind, backend=backend))
+        ivf = {"nlist": 132, "nprobe": 34} if kind == "ivfpq" else {}
+        ci = VectorIndex(D, IndexConfig(kind=kind, backend=backend, m=48, nbits=8, rerank_factor=8, **ivf))
         ci.add(xb, ids)
         ci.retrain()
-        label = f"VectorIndex {kind} ({backend}, m=48" + (
-            f", nlist={ci.stats()['nlist']}, nprobe={ci.nprobe})" if kind == "ivfpq" else ")"
-        )
+        label = f"VectorIndex {kind} ({backend}, m=48" + (", nlist=132, nprobe=34)" if kind == "ivfpq" else ")")
         add(label, ci.search(xq, 100, rerank=False)[1])
         add(label + " +rerank", ci.search(xq, 100)[1])
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# self-tuning
+
+
+def tuned(xb: np.ndarray, target: float) -> tuple[VectorIndex, dict, float]:
+    """A default-config VectorIndex over xb, trained the way a collection trains in the background; (index, tuning
+    report, build seconds)."""
+    idx = VectorIndex(xb.shape[1], IndexConfig(recall_target=target))
+    idx.add(xb)
+    t = time.perf_counter()
+    job = idx.training_job()
+    installed = idx.install(job, job.tune(idx.config))
+    build_s = time.perf_counter() - t
+    assert installed or not idx.tuning["met"], idx.tuning
+    return idx, idx.tuning, build_s
+
+
+def tuning_row(data: str, idx: VectorIndex, report: dict, build_s: float, xq: np.ndarray, G: np.ndarray) -> dict:
+    p = report.get("params")
+    label = "exact (no setting qualified)"
+    if p is not None:
+        label = f"{p['kind']} m={p['m']} nbits={p['nbits']}"
+        label += f" nlist={p['nlist']} nprobe={p['nprobe']}" if p["kind"] == "ivfpq" else ""
+        label += f" rerank_factor={p['rerank_factor']}"
+    row = {
+        "data": data,
+        "n": idx.ntotal,
+        "target": report["recall_target"],
+        "chosen": label,
+        "heldout_recall@10": round(report.get("recall", 0.0), 4),
+        "heldout_stderr": round(report.get("recall_stderr", 0.0), 4),
+        "query_recall@10": round(recall_at(idx.search(xq, 10)[1], G), 4),
+        "bytes_per_vec": round(idx.index_bytes() / idx.ntotal, 1),
+        "build_s": round(build_s, 1),
+        "settings_trained": report.get("settings_trained", 0),
+    }
+    print("  " + " | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return row
+
+
+def run_tuning(args, base: np.ndarray, have_scifact: bool) -> list[dict]:
+    rows = []
+    set_threads(args.threads)
+    xb, xq = mixtures(base, args.n, seed=1), mixtures(base, args.nq, seed=2)
+    G = exact_topk(xb, xq, 10)
+    print(f"self-tuning: synthetic n={args.n}, targets {args.targets}", flush=True)
+    for target in args.targets:
+        idx, report, build_s = tuned(xb, target)
+        rows.append(tuning_row("synthetic", idx, report, build_s, xq, G))
+        del idx
+    if have_scifact:
+        xs = embed_cached("scifact_corpus", lambda: scifact_texts()[1])
+        xsq = scifact_test_queries()[2]
+        idx, report, build_s = tuned(xs, 0.95)
+        rows.append(tuning_row("SciFact abstracts", idx, report, build_s, xsq, exact_topk(xs, xsq, 10)))
+    rows.append(run_demo_collection())
+    return rows
+
+
+def run_demo_collection() -> dict:
+    """The demo's collection (`make demo`: the pydoc topics, default config) built through Collections as the server
+    builds it; recall@10 of its index on one question per topic against exact search over the same float16 vectors."""
+    import tempfile
+
+    from retrieval import Collections
+    from retrieval.corpora import python_docs
+    from retrieval.store import blobs_to_vectors, vectors_to_blobs
+
+    docs = list(python_docs())
+    with tempfile.TemporaryDirectory() as tmp, Collections(tmp) as colls:
+        coll = colls.create("pydocs")
+        t = time.perf_counter()
+        for s in range(0, len(docs), 16):  # the demo streams its documents; batches cross the training threshold
+            coll.ingest(docs[s : s + 16])
+        coll.wait_for_training()
+        build_s = time.perf_counter() - t
+        st = coll.stats()
+        texts = [c.text for d in docs for c in coll.get_document(d["id"], include_chunks=True).chunks]
+        xb = blobs_to_vectors(vectors_to_blobs(coll.embedder.embed(texts)), coll.dimension)  # what the index holds
+        questions = [f"What is {d['metadata']['topic']}?" for d in docs]
+        xq = coll.embedder.embed(questions)
+        G = exact_topk(xb, xq, 10)
+        chunk_ids = np.array([c.chunk_id for d in docs for c in coll.get_document(d["id"], include_chunks=True).chunks])
+        got = [[h.chunk_id for h in coll.search(vector=v, k=10)] for v in xq]
+        recall = float(np.mean([len(set(g) & set(chunk_ids[gt])) / 10 for g, gt in zip(got, G)]))
+        report = st["index"]["tuning"] or {}
+    p = report.get("params") or {}
+    row = {
+        "data": "demo collection (pydoc topics)",
+        "n": st["chunk_count"],
+        "target": report.get("recall_target", 0.95),
+        "chosen": " ".join(f"{k}={v}" for k, v in p.items()) or st["index_state"],
+        "heldout_recall@10": round(report.get("recall", 0.0), 4),
+        "heldout_stderr": round(report.get("recall_stderr", 0.0), 4),
+        "query_recall@10": round(recall, 4),
+        "bytes_per_vec": round(report.get("bytes_per_vector", 0.0), 1),
+        "build_s": round(build_s, 1),
+        "settings_trained": report.get("settings_trained", 0),
+        "index_state": st["index_state"],
+        "trained_vectors": report.get("vectors"),
+    }
+    print("  " + " | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,10 +460,22 @@ def fmt_row(r: dict) -> str:
     )
 
 
-def markdown(rows, sweep, sci, meta) -> str:
+def markdown(rows, sweep, sci, meta, tuning=()) -> str:
     out = io.StringIO()
     w = out.write
     w(f"{meta['date']} | {meta['cpu']} ({meta['cores']} cores) | torch {meta['torch']} | faiss {meta['faiss']}\n\n")
+    if tuning:
+        w("Self-tuning (default IndexConfig; recall@10 after re-ranking vs exact search):\n\n")
+        w("| data | n | target | chosen | held-out recall (± se) | recall on real queries | bytes/vec | build s |\n")
+        w("|---|---:|---:|---|---:|---:|---:|---:|\n")
+        for r in tuning:
+            w(
+                f"| {r['data']} | {r['n']} | {r['target']} | {r['chosen']} | {r['heldout_recall@10']} ± "
+                f"{r['heldout_stderr']} | {r['query_recall@10']} | {r['bytes_per_vec']} | {r['build_s']} |\n"
+            )
+        w("\n")
+    if not rows:
+        return out.getvalue()
     w(f"Synthetic: n={meta['n']}, d={D}, nq={meta['nq']} (single-thread qps over {meta['n_single']} queries)\n\n")
     w("| method | build s | bytes/vec | recall@10 | qps 1 thread | qps batched | params |\n")
     w("|---|---:|---:|---:|---:|---:|---|\n")
@@ -398,6 +526,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-hnsw", action="store_true")
     ap.add_argument("--no-scifact", action="store_true")
     ap.add_argument("--quick", action="store_true", help="n=20000, nq=300, nlist=256, nprobe=16, 50 single")
+    ap.add_argument("--only", choices=["all", "tuning", "fixed"], default="all", help="the self-tuning rows, or not")
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.95, 0.90, 0.99], help="synthetic recall targets")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.nq, args.n_single, args.nlist, args.nprobe = 20000, 300, 50, 256, 16
@@ -405,8 +535,12 @@ def main(argv=None) -> None:
     have_scifact = os.path.exists(os.path.join(SCIFACT, "corpus.jsonl")) and not args.no_scifact
     t0 = time.perf_counter()
     base = base_embeddings(have_scifact)
-    rows, sweep = run_synthetic(args, base)
-    sci = run_scifact(args) if have_scifact else []
+    rows, sweep, sci, tuning = [], [], [], []
+    if args.only != "tuning":
+        rows, sweep = run_synthetic(args, base)
+        sci = run_scifact(args) if have_scifact else []
+    if args.only != "fixed":
+        tuning = run_tuning(args, base, have_scifact)
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
@@ -419,9 +553,11 @@ def main(argv=None) -> None:
         "args": vars(args),
         "total_s": round(time.perf_counter() - t0, 1),
     }
-    table = markdown(rows, sweep, sci, meta)
+    table = markdown(rows, sweep, sci, meta, tuning)
     with open(os.path.join(OUT, "retrieval.json"), "w") as f:
-        json.dump({"meta": meta, "synthetic": rows, "nprobe_sweep": sweep, "scifact": sci}, f, indent=2)
+        json.dump(
+            {"meta": meta, "synthetic": rows, "nprobe_sweep": sweep, "scifact": sci, "tuning": tuning}, f, indent=2
+        )
     print("\n" + table)
     print(f"total {meta['total_s']}s; wrote {os.path.join(OUT, 'retrieval.json')}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from common.errors import InvalidArgumentError
+from common.errors import InvalidArgumentError, quote
 
 
 def is_int(value: Any) -> bool:
@@ -21,7 +21,7 @@ def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
     """value as an int in [1, maximum]; InvalidArgumentError naming `name` otherwise."""
     if not is_int(value) or value < 1 or (maximum is not None and value > maximum):
         bound = f"in 1..{maximum}" if maximum is not None else "a positive integer"
-        raise InvalidArgumentError(f"{name} must be {bound}, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be {bound}, got {quote(value)}")
     return int(value)
 
 
@@ -32,5 +32,5 @@ def optional_positive_int(value: Any, name: str, maximum: int | None = None) -> 
 
 def non_negative_int(value: Any, name: str) -> int:
     if not is_int(value) or value < 0:
-        raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a non-negative integer, got {quote(value)}")
     return int(value)

@@ -1,6 +1,7 @@
-"""The generator: a Mixtral-style MoE decoder (config, model, moe, attention), Hugging Face-compatible checkpoints,
-the tokenizer with its chat template, and the inference engine: engine_config (EngineConfig), scheduler, kv_cache
-(paged KV-cache memory), model_runner, sampler, output_processor, engine (the loop), offline (`LLM`) and
+"""The generator: one decoder definition for the families of families.py (Mixtral, Qwen2/3-MoE, OLMoE, Llama,
+Mistral, Qwen2/3: config, model, moe, mlp, attention), Hugging Face checkpoints (checkpoint), each checkpoint's
+tokenizer, chat template and generation config, and the inference engine: engine_config (EngineConfig), scheduler,
+kv_cache (paged KV-cache memory), model_runner, sampler, output_processor, engine (the loop), offline (`LLM`) and
 async_engine (`AsyncLLM`).
 
 Import the submodules directly (`from llm.model import CausalLM`); this package file stays empty of imports so

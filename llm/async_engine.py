@@ -7,7 +7,14 @@ asyncio.Queues fed with `loop.call_soon_threadsafe`.
         send(delta.text_delta)           # delta.finished / finish_reason / ttft_s on the last one
 
 Cancelling the consuming task (the client went away) aborts the request; the engine thread frees its KV blocks
-at the start of its next iteration (within one step). The model forward releases the GIL, so the event loop keeps
+at the start of its next iteration (within one step).
+
+Engine death: an exception outside one step (adding, aborting, publishing, the stats) or MAX_FAILED_STEPS failed
+steps in a row ends the engine thread. Every open stream then ends with EngineDeadError (an UnavailableError),
+`generate` raises it at once from then on, and `on_death(exc)` tells the owner. The engine is not restarted in
+this process: its KV cache and, on a GPU, its CUDA context may be left in any state (a device-side assert poisons
+the context for good), so the owner (the server) reports NOT_SERVING and exits non-zero for its supervisor to
+restart it, as vLLM's server does when its engine core dies. The model forward releases the GIL, so the event loop keeps
 serving while the engine computes.
 
 What runs where:
@@ -21,23 +28,32 @@ What runs where:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import torch
 
-from common.errors import InvalidArgumentError, PqragError
+from common.errors import InvalidArgumentError, PqragError, UnavailableError
 from llm.config import ModelConfig
 from llm.engine import LLMEngine
+from llm.generation_config import GenerationConfig
 from llm.outputs import StreamDelta
 from llm.request import RequestGroup
 from llm.sampler import SamplingParams
 from llm.tokenizer import Tokenizer
 
 _IDLE_WAIT_S = 0.5  # how long the idle engine thread blocks on its inbox before re-checking for shutdown
+MAX_FAILED_STEPS = 3  # failed steps in a row that mean the engine itself is broken, not one batch
+
+log = logging.getLogger("pqrag.engine")
+
+
+class EngineDeadError(UnavailableError):
+    """The generator's engine thread died: this answer cannot finish here (module docstring)."""
 
 
 class _Stream:
@@ -69,6 +85,10 @@ class AsyncLLM:
         self._stop = threading.Event()
         self._stats: dict[str, Any] = engine.stats()
         self._errors = 0
+        self._failed_steps = 0  # in a row
+        self.dead: BaseException | None = None  # why the engine thread died; None while it is alive or not started
+        # Called once, on the engine thread, when it dies (the server flips its health and exits).
+        self.on_death: Callable[[BaseException], None] | None = None
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike, **options: Any) -> AsyncLLM:
@@ -84,6 +104,11 @@ class AsyncLLM:
     @property
     def config(self) -> ModelConfig:
         return self.engine.model_config
+
+    @property
+    def generation_config(self) -> GenerationConfig:
+        """The checkpoint's eos ids and default sampling (generation_config.json)."""
+        return self.engine.generation_config
 
     @property
     def max_model_len(self) -> int:
@@ -105,7 +130,7 @@ class AsyncLLM:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        if self.running:
+        if self.running or self.dead is not None:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
@@ -126,10 +151,12 @@ class AsyncLLM:
         """Stream the deltas of one request. Raises InvalidArgumentError (invalid / too long for the context) or
         QueueFullError before anything is yielded. For n > 1 the deltas of the samples interleave (see .index);
         the iterator ends when all of them finished."""
+        self._check_alive()
         # Validation is pure and thread-safe: errors surface in the caller, and the engine thread only queues.
         group = self.engine.make_request(request_id, prompt_token_ids, params)
         stream = _Stream(asyncio.get_running_loop(), group.params.n)
         with self._lock:
+            self._check_alive()  # under the lock: _die either sees this stream or has set `dead` before
             if request_id in self._streams:
                 raise InvalidArgumentError(f"request id {request_id!r} is already in use")
             # Admission is checked here so the caller gets the error now; the engine re-checks (a race between
@@ -159,29 +186,62 @@ class AsyncLLM:
             if not finished:
                 self._inbox.put(("abort", request_id))
 
+    def _check_alive(self) -> None:
+        if self.dead is not None:
+            raise EngineDeadError(
+                f"the generator engine stopped ({type(self.dead).__name__}); this server is restarting, retry on "
+                "another or in a moment"
+            )
+
     def abort(self, request_id: str) -> None:
         """Abort a request from any thread; its stream ends with finish_reason "abort"."""
         self._inbox.put(("abort", request_id))
 
     # ---- the engine thread ----------------------------------------------------------------------------------------
     def _run(self) -> None:
-        with torch.inference_mode():  # grad mode is thread-local: set it in the thread that runs the model
-            while not self._stop.is_set():
-                self._drain(block=not self.engine.has_unfinished_requests())
-                if self._stop.is_set():
-                    break
-                if not self.engine.has_unfinished_requests():
-                    continue
-                try:
-                    out = self.engine.step()
-                except Exception as e:  # a failed step fails its requests, not the server
-                    self._errors += 1
-                    self._fail_all(e)
-                    continue
-                self._publish(out.deltas)
-                with self._lock:
-                    self._stats = self.engine.stats()
-            self._abort_all()
+        try:
+            with torch.inference_mode():  # grad mode is thread-local: set it in the thread that runs the model
+                self._loop()
+        except BaseException as exc:  # outside one request's step: the engine is broken (module docstring)
+            self._die(exc)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._drain(block=not self.engine.has_unfinished_requests())
+            if self._stop.is_set():
+                break
+            if not self.engine.has_unfinished_requests():
+                continue
+            try:
+                out = self.engine.step()
+            except Exception as e:  # a failed step fails its requests, not the server ...
+                self._errors += 1
+                self._failed_steps += 1
+                self._fail_all(e)
+                if self._failed_steps >= MAX_FAILED_STEPS:  # ... unless every step fails
+                    raise RuntimeError(f"{MAX_FAILED_STEPS} engine steps failed in a row; the last: {e!r}") from e
+                continue
+            self._failed_steps = 0
+            self._publish(out.deltas)
+            with self._lock:
+                self._stats = self.engine.stats()
+        self._abort_all()
+
+    def _die(self, exc: BaseException) -> None:
+        log.critical("the generator engine thread died", exc_info=exc)
+        with self._lock:
+            self.dead = exc
+            streams = list(self._streams.values())
+        for s in streams:
+            try:
+                self._check_alive()
+            except EngineDeadError as err:
+                s.put(err)
+        if self.on_death is not None:
+            try:
+                self.on_death(exc)
+            except Exception:
+                log.exception("on_death failed")
 
     def _drain(self, block: bool) -> None:
         """Apply every queued add/abort; when idle, wait for the first one."""

@@ -16,14 +16,17 @@ block_tables[i]; seq_lens[i] counts its cached tokens after this step (prefix + 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 import kernels
 from llm.config import ModelConfig
+from llm.norm import RMSNorm
 
 
 @dataclass
@@ -126,20 +129,41 @@ def build_attention_metadata(
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE in the Llama/Mixtral (rotate-half, non-interleaved) layout that Hugging Face checkpoints use."""
+    """RoPE in the Llama/Mixtral (rotate-half, non-interleaved) layout that Hugging Face checkpoints use, with the
+    frequency scalings "linear" and "llama3" (Llama 3.1+: low frequencies slowed by `factor`, a smooth ramp between
+    low_freq_factor and high_freq_factor wavelengths of the original context)."""
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, scaling: dict[str, Any] | None = None):
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
+        self.scaling = dict(scaling) if scaling else None
+        # Hashable identity of the frequencies: the per-step cache key (every layer of a model shares them).
+        self.key = (head_dim, theta, tuple(sorted(self.scaling.items())) if self.scaling else None)
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        """(D/2,) float32 angular frequencies, as transformers computes them for this rope type."""
+        D = self.head_dim
+        inv = 1.0 / (self.theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D)).to(device)
+        s = self.scaling
+        if s is None:
+            return inv
+        if s["rope_type"] == "linear":
+            return inv / s["factor"]
+        assert s["rope_type"] == "llama3", s
+        factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_len = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old_len / low, inv / factor, inv)  # long wavelengths: slowed by factor
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, smoothed, scaled)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (...) int -> cos, sin (..., head_dim) in dtype. Computed on the fly: D/2 pows, no buffers
         to re-create after a meta-device load, exact for any position."""
-        inv_freq = 1.0 / (
-            self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim)
-        ).to(positions.device)
-        freqs = positions.float()[..., None] * inv_freq  # (..., D/2)
+        freqs = positions.float()[..., None] * self.inv_freq(positions.device)  # (..., D/2)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -152,18 +176,35 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
+    """GQA self-attention. The families' differences are configuration: a bias on Q/K/V (and O), RMSNorm on q and k
+    per head (Qwen3) or over the whole projection (OLMoE), clip_qkv (OLMoE), head_dim != hidden / heads."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         self.scale = config.head_dim**-0.5
-        h = config.hidden_size
-        self.q_proj = nn.Linear(h, config.num_heads * config.head_dim, bias=False)
-        self.k_proj = nn.Linear(h, config.num_kv_heads * config.head_dim, bias=False)
-        self.v_proj = nn.Linear(h, config.num_kv_heads * config.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.num_heads * config.head_dim, h, bias=False)
-        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        h, q_width, kv_width = (
+            config.hidden_size,
+            config.num_heads * config.head_dim,
+            config.num_kv_heads * config.head_dim,
+        )
+        self.q_proj = nn.Linear(h, q_width, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(h, kv_width, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(h, kv_width, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(q_width, h, bias=config.o_bias)
+        self.qk_norm = config.qk_norm
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
+        if config.qk_norm == "head":
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+        elif config.qk_norm == "proj":
+            self.q_norm = RMSNorm(q_width, config.rms_norm_eps)
+            self.k_norm = RMSNorm(kv_width, config.rms_norm_eps)
+        self.clip_qkv = config.clip_qkv
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
 
     def _qkv(
         self, x: torch.Tensor, positions: torch.Tensor, rope_cache: dict | None = None
@@ -171,13 +212,21 @@ class Attention(nn.Module):
         """x (..., hidden), positions (...) -> q (..., H, D), k/v (..., Hkv, D), RoPE applied to q and k.
         rope_cache (AttentionMetadata.rope_cache): cos/sin shared by every layer of one engine step."""
         lead = x.shape[:-1]
-        q = self.q_proj(x).view(*lead, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qk_norm == "proj":  # OLMoE: over the whole projection, before the heads split
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.clip_qkv is not None:
+            c = self.clip_qkv
+            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
+        q = q.view(*lead, self.num_heads, self.head_dim)
+        k = k.view(*lead, self.num_kv_heads, self.head_dim)
+        v = v.view(*lead, self.num_kv_heads, self.head_dim)
+        if self.qk_norm == "head":  # Qwen3: each head's D, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope_cache is None:
             cos, sin = self.rotary.cos_sin(positions, x.dtype)
         else:
-            key = (self.head_dim, self.rotary.theta, x.dtype)
+            key = (self.rotary.key, x.dtype)
             if key not in rope_cache:
                 rope_cache[key] = self.rotary.cos_sin(positions, x.dtype)
             cos, sin = rope_cache[key]

@@ -1,7 +1,10 @@
-"""Model configuration: one dataclass, named presets, Hugging Face `config.json` (model_type "mixtral") in and out.
+"""Model configuration: one dataclass for every family served (llm/families.py), named presets, and Hugging Face
+`config.json` in and out.
 
-A Mixtral config with one expert and top-1 routing is the dense (Llama/Mistral-like) baseline: the router then
-always picks expert 0 with weight 1.0, so the block is a plain SwiGLU MLP.
+The family differences are fields here (norms, biases, the shared expert, router normalisation, rope scaling,
+which layers are MoE), read by one model definition. `num_experts = 0` is a dense model (every layer a SwiGLU
+MLP: Llama, Mistral, Qwen2, Qwen3); a Mixtral config with one expert and top-1 routing is pqrag's own dense
+baseline (the router then always picks expert 0 with weight 1.0, so the block is a plain SwiGLU MLP).
 """
 
 from __future__ import annotations
@@ -9,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.fs import atomic_write
+from llm import families
 
 
 @dataclass
@@ -24,116 +27,113 @@ class ModelConfig:
     num_heads: int = 4  # query heads
     num_kv_heads: int = 2  # key/value heads (GQA: num_heads % num_kv_heads == 0; 1 = MQA, num_heads = MHA)
     head_dim: int = 64  # per-head width; need not equal hidden_size // num_heads
-    intermediate_size: int = 256  # SwiGLU hidden width of ONE expert
-    num_experts: int = 4  # experts per MoE layer (1 = dense baseline)
-    num_experts_per_tok: int = 2  # top-k routed experts per token (<= num_experts)
+    intermediate_size: int = 256  # SwiGLU hidden width of ONE expert (of the MLP in a dense model)
+    num_experts: int = 4  # experts per MoE layer (0 = dense model; 1 = pqrag's dense baseline, a one-expert MoE)
+    num_experts_per_tok: int = 2  # top-k routed experts per token (<= num_experts; 0 in a dense model)
     rope_theta: float = 10000.0  # RoPE base; larger = slower rotation, longer context
     rms_norm_eps: float = 1e-5  # RMSNorm epsilon, inside the rsqrt
     max_position_embeddings: int = 2048  # longest sequence (prompt + generation) the model is meant for
     tie_word_embeddings: bool = True  # lm_head shares the embedding matrix (saves vocab*hidden params)
     initializer_range: float = 0.02  # std of the normal init (residual projections get / sqrt(2 * num_layers))
     bos_token_id: int | None = None  # stored in config.json for the engine; the model itself never reads them
-    eos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None  # one id or several (stop on any: see eos_token_ids)
     pad_token_id: int | None = None
+    # ---- family differences (llm/families.py reads them from config.json; the defaults are Mixtral's) ----
+    model_type: str = "mixtral"  # the family: config.json's format and the checkpoint's tensor names
+    norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum 1 (False: OLMoE, Qwen1.5-MoE)
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE: a SwiGLU every token goes through, gated by sigmoid; 0 = none
+    dense_intermediate_size: int | None = None  # MLP width of the dense layers of a MoE model (None: intermediate_size)
+    decoder_sparse_step: int = 1  # layer i is MoE when (i + 1) % decoder_sparse_step == 0 ...
+    mlp_only_layers: tuple[int, ...] = ()  # ... and i is not listed here (Qwen-MoE)
+    qkv_bias: bool = False  # bias on the Q/K/V projections (Qwen2, Qwen2-MoE; attention_bias elsewhere)
+    o_bias: bool = False  # bias on the output projection (attention_bias in Llama, Qwen3, OLMoE)
+    qk_norm: str | None = (
+        None  # RMSNorm on q and k: "head" over each head's D (Qwen3), "proj" over the projection (OLMoE)
+    )
+    clip_qkv: float | None = None  # OLMoE: clamp q, k, v to [-clip_qkv, clip_qkv]
+    rope_scaling: dict[str, Any] | None = (
+        None  # {"rope_type": "linear" | "llama3", ...its parameters}; None = plain RoPE
+    )
+    sliding_window: int | None = None  # sliding-window attention span of some layer; pqrag attends fully, so it serves
+    # sequences up to this many tokens, where both agree (see context_length)
+    dtype: str | None = field(default=None, compare=False)  # the checkpoint's weight dtype, as config.json records it
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads != 0:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
-        if not 1 <= self.num_experts_per_tok <= self.num_experts:
+        if self.num_experts == 0:
+            if self.num_experts_per_tok != 0:
+                raise ValueError("a dense model (num_experts=0) routes nothing: num_experts_per_tok must be 0")
+        elif not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise ValueError(
                 f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, num_experts={self.num_experts}]"
             )
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.model_type not in families.FAMILIES:
+            families.family(self.model_type)  # raises, listing the families
+        if self.qk_norm not in (None, "head", "proj"):
+            raise ValueError(f"qk_norm must be None, 'head' or 'proj'; got {self.qk_norm!r}")
+        if self.decoder_sparse_step < 1:
+            raise ValueError(f"decoder_sparse_step={self.decoder_sparse_step} must be >= 1")
+        self.mlp_only_layers = tuple(self.mlp_only_layers)
+
+    # ---- layers ------------------------------------------------------------------------------------------------
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether layer i's feed-forward is the MoE block (else a dense SwiGLU MLP)."""
+        return self.num_experts > 0 and (i + 1) % self.decoder_sparse_step == 0 and i not in self.mlp_only_layers
+
+    @property
+    def mlp_size(self) -> int:
+        """Hidden width of the dense MLP layers."""
+        return self.dense_intermediate_size or self.intermediate_size
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """config.json's eos ids as a list (it may hold one or several)."""
+        eos = self.eos_token_id
+        return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence served: max_position_embeddings, or the sliding window when that is shorter (attention
+        here is full, which is exact up to the window)."""
+        if self.sliding_window is not None and self.sliding_window < self.max_position_embeddings:
+            return self.sliding_window
+        return self.max_position_embeddings
 
     # ---- sizes -------------------------------------------------------------------------------------------------
     def num_params(self, active: bool = False) -> int:
         """Parameter count (tied embeddings counted once); active=True counts only the top-k experts per token."""
-        h, d = self.hidden_size, self.head_dim
-        attn = h * self.num_heads * d * 2 + h * self.num_kv_heads * d * 2  # q, o + k, v
+        h, d, H, Hkv = self.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads
+        attn = h * H * d * 2 + h * Hkv * d * 2  # q, o + k, v
+        attn += (H + 2 * Hkv) * d * self.qkv_bias + h * self.o_bias
+        attn += {"head": 2 * d, "proj": (H + Hkv) * d}.get(self.qk_norm or "", 0)
         experts = self.num_experts_per_tok if active else self.num_experts
         moe = h * self.num_experts + experts * 3 * h * self.intermediate_size  # router + w1, w2, w3
-        layer = attn + moe + 2 * h  # two RMSNorm weights
+        if self.shared_expert_intermediate_size:
+            moe += 3 * h * self.shared_expert_intermediate_size + h  # the shared expert and its gate
+        n_moe = sum(self.is_moe_layer(i) for i in range(self.num_layers))
+        ffn = n_moe * moe + (self.num_layers - n_moe) * 3 * h * self.mlp_size
         emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return emb + self.num_layers * layer + h
+        return emb + self.num_layers * (attn + 2 * h) + ffn + h  # two RMSNorm weights per layer, the final norm
 
     # ---- Hugging Face config.json ------------------------------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
-        return {
-            "architectures": ["MixtralForCausalLM"],
-            "model_type": "mixtral",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "num_local_experts": self.num_experts,
-            "num_experts_per_tok": self.num_experts_per_tok,
-            # transformers 5 reads rope_parameters; 4.x reads rope_theta; both are written so either loads it.
-            "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
-            "rms_norm_eps": self.rms_norm_eps,
-            "max_position_embeddings": self.max_position_embeddings,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "initializer_range": self.initializer_range,
-            "sliding_window": None,
-            "attention_dropout": 0.0,
-            "router_jitter_noise": 0.0,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-        }
+        return families.write_config(self)
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        model_type = d.get("model_type")
-        if model_type != "mixtral":
-            raise ValueError(f"config.json has model_type={model_type!r}; only 'mixtral' checkpoints are supported")
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act={d['hidden_act']!r} is not supported (SwiGLU experts need 'silu')")
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(f"rope_type={rope_type!r} is not supported; only plain RoPE ('default')")
-        theta = rope.get("rope_theta", d.get("rope_theta", 1e6))
-        window, max_pos = d.get("sliding_window"), d.get("max_position_embeddings", 4096 * 32)
-        if window is not None and window < max_pos:
-            warnings.warn(
-                f"sliding_window={window} is ignored: attention is full, exact for sequences up to {window} tokens",
-                stacklevel=2,
-            )
-        eos = d.get("eos_token_id")
-        if isinstance(eos, list):  # some configs list several stop ids; the first is the canonical one
-            eos = eos[0] if eos else None
-        heads = d.get("num_attention_heads", 32)
-        return cls(
-            vocab_size=d.get("vocab_size", 32000),
-            hidden_size=d.get("hidden_size", 4096),
-            num_layers=d.get("num_hidden_layers", 32),
-            num_heads=heads,
-            num_kv_heads=d.get("num_key_value_heads") or heads,
-            head_dim=d.get("head_dim") or d.get("hidden_size", 4096) // heads,
-            intermediate_size=d.get("intermediate_size", 14336),
-            num_experts=d.get("num_local_experts", 8),
-            num_experts_per_tok=d.get("num_experts_per_tok", 2),
-            rope_theta=float(theta),
-            rms_norm_eps=d.get("rms_norm_eps", 1e-5),
-            max_position_embeddings=max_pos,
-            tie_word_embeddings=d.get("tie_word_embeddings", False),
-            initializer_range=d.get("initializer_range", 0.02),
-            bos_token_id=d.get("bos_token_id"),
-            eos_token_id=eos,
-            pad_token_id=d.get("pad_token_id"),
-        )
+        """From a config.json dict of any family in llm/families.py; InvalidArgumentError (a ValueError) naming the
+        supported families, rope types or activations otherwise."""
+        return cls(**families.read_config(d))
 
     def save(self, directory: str | os.PathLike, dtype: str | None = None) -> None:
         """Write `config.json` into directory (created if missing), atomically. dtype: the weights' dtype name
         ("bfloat16"), recorded as transformers does (checkpoint.save_model passes it)."""
         os.makedirs(directory, exist_ok=True)
         hf = self.to_hf_dict()
+        dtype = dtype or self.dtype
         if dtype is not None:
             hf["torch_dtype"] = hf["dtype"] = dtype  # transformers 4.x reads torch_dtype, 5.x dtype
         with atomic_write(os.path.join(directory, "config.json"), "w") as f:

@@ -27,6 +27,7 @@ from common.checks import is_int
 from common.device import default_device
 from common.errors import InvalidArgumentError
 from llm.engine_config import EngineConfig
+from llm.generation_config import GenerationConfig
 from llm.kv_cache import KVCacheManager
 from llm.model import CausalLM
 from llm.model_runner import ModelRunner
@@ -51,10 +52,17 @@ class EngineStepOutput:
 class LLMEngine:
     """Synchronous engine: add_request / abort_request / step. Not thread-safe (AsyncLLM serialises access)."""
 
-    def __init__(self, model: CausalLM, tokenizer: Tokenizer | None, config: EngineConfig | None = None):
+    def __init__(
+        self,
+        model: CausalLM,
+        tokenizer: Tokenizer | None,
+        config: EngineConfig | None = None,
+        generation_config: GenerationConfig | None = None,
+    ):
         self.model = model.eval()
         self.model_config = model.config
         self.tokenizer = tokenizer
+        self.generation_config = generation_config or GenerationConfig()
         p = next(model.parameters())
         # Settled for this model and device: max_model_len and num_blocks are ints from here on.
         self.config = cfg = (config or EngineConfig()).resolve(model.config, p.dtype, p.device)
@@ -65,15 +73,26 @@ class LLMEngine:
         self.kv = KVCacheManager(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig.from_engine(cfg), self.kv)
         self.sampler = Sampler()
+        # Stop on any eos: the tokenizer's (and its end-of-turn token), config.json's, generation_config.json's.
         eos = list(tokenizer.stop_ids) if tokenizer is not None else []
-        if model.config.eos_token_id is not None:
-            eos.append(model.config.eos_token_id)
+        eos += model.config.eos_token_ids + list(self.generation_config.eos_token_ids)
         self.output_processor = OutputProcessor(eos, self.max_model_len)
         # engine-level counters
         self.num_steps = 0
         self.num_generated_tokens = 0
         self.num_finished = 0
         self.num_aborted = 0
+
+    @property
+    def _window_note(self) -> str:
+        """Why the context ends where it does, when the sliding window ends it (ModelConfig.context_length)."""
+        window = self.model_config.sliding_window
+        if window is None or self.max_model_len < window:
+            return ""
+        return (
+            f" (the model uses sliding-window attention over {window} tokens, which pqrag does not implement: it "
+            f"serves sequences up to the window, where full attention is exact)"
+        )
 
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -85,17 +104,22 @@ class LLMEngine:
         config: EngineConfig | None = None,
         **options: Any,
     ) -> LLMEngine:
-        """Load a checkpoint directory (config.json, *.safetensors, tokenizer.json). options: EngineConfig fields,
-        replacing config's (or the defaults)."""
+        """Load a checkpoint directory (config.json, *.safetensors, tokenizer.json, generation_config.json) of any
+        family in llm/families.py. dtype None: the checkpoint's own (checkpoint.auto_dtype). options: EngineConfig
+        fields, replacing config's (or the defaults)."""
         from llm.checkpoint import load_model
 
         config = EngineConfig.with_options(config, **options)  # before the load: a misspelt option fails at once
         device = torch.device(device) if device else default_device()
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = load_model(model_dir, device=device, dtype=dtype)
         tok_file = os.path.join(os.fspath(model_dir), "tokenizer.json")
         tokenizer = Tokenizer.from_file(model_dir) if os.path.exists(tok_file) else None
-        return cls(model, tokenizer, config)
+        return cls(model, tokenizer, config, GenerationConfig.load(model_dir))
+
+    def default_sampling_params(self, **fields: Any) -> SamplingParams:
+        """SamplingParams with `fields` set; when they set no sampling field, the checkpoint's generation_config.json
+        sampling (if any) fills the rest."""
+        return SamplingParams(**{**self.generation_config.defaults_for(fields), **fields})
 
     # ---- requests -----------------------------------------------------------------------------------------------
     def validate(self, prompt_token_ids: Seq[int], params: SamplingParams) -> int:
@@ -112,14 +136,14 @@ class LLMEngine:
         limit = self.max_model_len
         if n > limit - 1:
             raise InvalidArgumentError(
-                f"the prompt has {n} tokens but the model's context is {limit}: at most {limit - 1} prompt tokens "
-                f"leave room for one generated token"
+                f"the prompt has {n} tokens but the model's context is {limit}{self._window_note}: at most "
+                f"{limit - 1} prompt tokens leave room for one generated token"
             )
         max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
         if n + max_tokens > limit:
             raise InvalidArgumentError(
                 f"prompt ({n} tokens) + max_tokens ({max_tokens}) = {n + max_tokens} exceeds the model's context "
-                f"of {limit} tokens; lower max_tokens to at most {limit - n}"
+                f"of {limit} tokens{self._window_note}; lower max_tokens to at most {limit - n}"
             )
         if params.stop_list and self.tokenizer is None:
             raise InvalidArgumentError("stop strings need a tokenizer; this engine has none")

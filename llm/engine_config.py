@@ -54,10 +54,16 @@ class EngineConfig:
 
     def resolve(self, model: ModelConfig, dtype: torch.dtype, device: torch.device) -> EngineConfig:
         """A copy with max_model_len and num_blocks settled for this model on this device; checks that they fit."""
-        max_len = self.max_model_len or model.max_position_embeddings
+        max_len = self.max_model_len or model.context_length
         if max_len > model.max_position_embeddings:
             raise InvalidArgumentError(
                 f"max_model_len={max_len} exceeds the model's max_position_embeddings={model.max_position_embeddings}"
+            )
+        if max_len > model.context_length:  # NOTE: sliding windows are refused, not implemented (ModelConfig)
+            raise InvalidArgumentError(
+                f"max_model_len={max_len} exceeds the model's sliding window of {model.sliding_window} tokens: pqrag "
+                f"does not implement sliding-window attention, so it serves sequences up to the window, where full "
+                f"attention is exact; set max_model_len <= {model.context_length}"
             )
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < max_len:
             raise InvalidArgumentError(

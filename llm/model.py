@@ -1,8 +1,11 @@
-"""Mixtral-style decoder-only transformer: RMSNorm, RoPE, GQA attention, sparse MoE SwiGLU feed-forward.
+"""The decoder-only transformer of every family served (llm/families.py): RMSNorm, RoPE, GQA attention, and per
+layer either the sparse MoE feed-forward or a dense SwiGLU MLP. One definition; the families differ in
+configuration only (ModelConfig).
 
-Module names follow Hugging Face's MixtralForCausalLM (`model.layers.N.self_attn.q_proj`, `...block_sparse_moe.gate`,
-`model.norm`, `lm_head`) so checkpoints map one to one, except the experts, which are stacked (E, I, H) tensors
-here (see moe.py and checkpoint.py).
+Module names follow Hugging Face's (`model.layers.N.self_attn.q_proj`, `...self_attn.q_norm`, `...mlp.gate_proj`,
+`model.norm`, `lm_head`), with a layer's MoE block under Mixtral's name `block_sparse_moe` (router `gate`, stacked
+(E, I, H) experts `w1`/`w3`/`w2`, Qwen2-MoE's `shared_expert` + `shared_expert_gate`): checkpoint.py maps each
+family's tensor names onto these.
 
 Two forwards:
 - `forward(input_ids (B, T))` -> logits (B, T, V): training and scoring, full causal attention;
@@ -21,39 +24,38 @@ from torch import nn
 
 from llm.attention import Attention, AttentionMetadata
 from llm.config import ModelConfig
+from llm.mlp import MLP
 from llm.moe import SparseMoeBlock, init_std
+from llm.norm import RMSNorm
+
+__all__ = ["CausalLM", "DecoderLayer", "RMSNorm", "cross_entropy_loss", "cross_entropy_sum"]
 
 KVCaches = Sequence[tuple[torch.Tensor, torch.Tensor]]  # per layer: k_cache, v_cache (num_blocks, block_size, Hkv, D)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in fp32 (bf16 squares lose too much), scale applied in the input dtype as Hugging Face does.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """Pre-norm block: h + attn(norm(h)), then h + ffn(norm(h)), ffn the MoE block or a dense MLP (config.is_moe_layer)."""
+
+    def __init__(self, config: ModelConfig, index: int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.block_sparse_moe = SparseMoeBlock(config)
+        self.is_moe = config.is_moe_layer(index)
+        if self.is_moe:
+            self.block_sparse_moe = SparseMoeBlock(config)
+        else:
+            self.mlp = MLP(config.hidden_size, config.mlp_size)
 
-    def _ffn(self, h: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ffn(self, h: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.post_attention_layernorm(h)
+        if not self.is_moe:
+            return h + self.mlp(x), None
         y, router_logits = self.block_sparse_moe(x.reshape(-1, x.shape[-1]), fused=fused)
         return h + y.view_as(h), router_logits
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (B, T, hidden) -> (h, router_logits (B*T, E))."""
+    def forward(self, h: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """h (B, T, hidden) -> (h, router_logits (B*T, E), None for a dense layer)."""
         h = h + self.self_attn(self.input_layernorm(h), positions)
         return self._ffn(h)
 
@@ -65,13 +67,17 @@ class DecoderLayer(nn.Module):
         return self._ffn(h, fused=True)[0]
 
 
-class MixtralBackbone(nn.Module):
+class DecoderBackbone(nn.Module):
     """Embeddings, decoder layers, final norm (Hugging Face's `model.` prefix)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        # An explicit weight skips nn.Embedding's own init (CausalLM.reset_parameters does it): on the meta device
+        # that init would go through torch's Python decompositions, whose first import costs seconds.
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size, _weight=torch.empty(config.vocab_size, config.hidden_size)
+        )
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
@@ -79,7 +85,7 @@ class CausalLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.model = MixtralBackbone(config)
+        self.model = DecoderBackbone(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -98,10 +104,13 @@ class CausalLM(nn.Module):
             for lin in (a.q_proj, a.k_proj, a.v_proj):
                 nn.init.normal_(lin.weight, std=std)
             nn.init.normal_(a.o_proj.weight, std=out_std)
-            layer.block_sparse_moe.reset_parameters(std, out_std)
-            nn.init.ones_(layer.input_layernorm.weight)
-            nn.init.ones_(layer.post_attention_layernorm.weight)
-        nn.init.ones_(self.model.norm.weight)
+            for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj):
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+            (layer.block_sparse_moe if layer.is_moe else layer.mlp).reset_parameters(std, out_std)
+        for m in self.modules():
+            if isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
@@ -110,7 +119,7 @@ class CausalLM(nn.Module):
         self, input_ids: torch.Tensor, return_router_logits: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """input_ids (B, T) int64 -> logits (B, T, V) in the model dtype; with return_router_logits also the per-layer
-        router logits [(B*T, E)] * L for `moe.load_balancing_loss` / `moe.router_z_loss`."""
+        router logits [(B*T, E)] of each MoE layer for `moe.load_balancing_loss` / `moe.router_z_loss`."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
@@ -121,7 +130,8 @@ class CausalLM(nn.Module):
         router_logits = []
         for layer in self.model.layers:
             h, rl = layer(h, positions)
-            router_logits.append(rl)
+            if rl is not None:
+                router_logits.append(rl)
         logits = self.lm_head(self.model.norm(h))
         return (logits, router_logits) if return_router_logits else logits
 

@@ -1,4 +1,8 @@
-"""Sparse mixture-of-experts feed-forward (Mixtral): a linear router, top-k experts per token, SwiGLU experts.
+"""Sparse mixture-of-experts feed-forward: a linear router, top-k SwiGLU experts per token, and optionally a shared
+expert (Qwen2-MoE) that every token goes through, scaled by sigmoid(shared_expert_gate(x)).
+
+The families differ only in configuration: `norm_topk_prob` (Mixtral and Qwen3-MoE renormalise the top-k weights
+to sum 1; OLMoE and Qwen1.5-MoE keep the raw softmax probabilities) and `shared_expert_intermediate_size`.
 
 Tokens are grouped by expert (one sort, then a loop over experts with a contiguous slice each, index_add back),
 so the cost is proportional to the routed tokens and there is no Python loop over tokens. The expert weights are
@@ -19,6 +23,7 @@ from torch import nn
 
 import kernels
 from llm.config import ModelConfig
+from llm.mlp import MLP
 
 
 class MoEExperts(nn.Module):
@@ -57,25 +62,34 @@ class MoEExperts(nn.Module):
 
 
 class SparseMoeBlock(nn.Module):
-    """Router + experts. forward(x (N, H)) -> (y (N, H), router_logits (N, E))."""
+    """Router + experts (+ the shared expert). forward(x (N, H)) -> (y (N, H), router_logits (N, E))."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
         self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)  # router
         self.experts = MoEExperts(config.num_experts, config.hidden_size, config.intermediate_size)
+        self.shared_expert: MLP | None = None
+        self.shared_expert_gate: nn.Linear | None = None
+        if config.shared_expert_intermediate_size:
+            self.shared_expert = MLP(config.hidden_size, config.shared_expert_intermediate_size)
+            self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
 
     def route(self, router_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """router_logits (N, E) -> topk_weights (N, k) float32 renormalised to sum 1, topk_ids (N, k) int64."""
+        """router_logits (N, E) -> topk_weights (N, k) float32 (renormalised to sum 1 when norm_topk_prob),
+        topk_ids (N, k) int64."""
         # Softmax in fp32: in bf16 near-tied experts flip and routing becomes noisy.
         probs = torch.softmax(router_logits.float(), dim=-1)
         topk_weights, topk_ids = torch.topk(probs, self.top_k, dim=-1)
-        topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
+        if self.norm_topk_prob:
+            topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
         return topk_weights, topk_ids
 
     def forward(self, x: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """fused=True runs the experts through `kernels.fused_moe` (inference: the dispatch picks a Triton kernel
-        on CUDA when there is one); the default grouped path is differentiable for training."""
+        on CUDA when there is one); the default grouped path is differentiable for training. The shared expert is
+        dense (every token): a plain GEMM beside the routed experts on either path."""
         router_logits = self.gate(x)  # (N, E)
         topk_weights, topk_ids = self.route(router_logits)
         if fused:
@@ -83,6 +97,9 @@ class SparseMoeBlock(nn.Module):
             y = kernels.fused_moe(x, e.w1, e.w3, e.w2, topk_weights, topk_ids)
         else:
             y = self.experts(x, topk_ids, topk_weights)
+        if self.shared_expert is not None:
+            assert self.shared_expert_gate is not None
+            y = y + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return y, router_logits
 
     @torch.no_grad()
@@ -91,6 +108,10 @@ class SparseMoeBlock(nn.Module):
         nn.init.normal_(self.experts.w1, std=std)
         nn.init.normal_(self.experts.w3, std=std)
         nn.init.normal_(self.experts.w2, std=out_std)
+        if self.shared_expert is not None:
+            assert self.shared_expert_gate is not None
+            self.shared_expert.reset_parameters(std, out_std)
+            nn.init.normal_(self.shared_expert_gate.weight, std=std)
 
 
 def _as_2d(router_logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:

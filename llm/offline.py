@@ -65,13 +65,14 @@ class LLM:
         params: SamplingParams | Seq[SamplingParams] | None = None,
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (strings are encoded without special tokens; token-id lists are used as is).
+        """Generate for every prompt (strings are encoded as the tokenizer's post-processor says, e.g. with Llama's
+        <s>; token-id lists are used as is). params None: the checkpoint's generation_config.json sampling, if any.
         Returns one RequestOutput per prompt, in prompt order."""
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
         prompts = list(prompts)  # type: ignore[arg-type]
         if params is None or isinstance(params, SamplingParams):
-            params = [params or SamplingParams()] * len(prompts)
+            params = [params or self.engine.default_sampling_params()] * len(prompts)
         params = list(params)
         if len(params) != len(prompts):
             raise InvalidArgumentError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
@@ -81,7 +82,7 @@ class LLM:
             if isinstance(p, str):
                 if self.tokenizer is None:
                     raise InvalidArgumentError("text prompts need a tokenizer; pass token ids")
-                text, toks = p, self.tokenizer.encode(p)
+                text, toks = p, self.tokenizer.encode(p, add_special_tokens=True)
             else:
                 text, toks = None, list(p)
             self._counter += 1

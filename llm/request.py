@@ -52,7 +52,7 @@ class Sequence:
             self.generator = torch.Generator(device=group.device)
             self.generator.manual_seed(params.seed)
         self.detok: IncrementalDetokenizer | None = (
-            tokenizer.detokenizer(group.prompt_token_ids, params.skip_special_tokens) if tokenizer else None
+            tokenizer.detokenizer(params.skip_special_tokens) if tokenizer else None
         )
         self.text = ""  # detokenized output, cut before a stop string once one is found
         self.num_emitted_chars = 0  # streaming: text[:num_emitted_chars] has been handed out

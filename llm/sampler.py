@@ -54,16 +54,16 @@ class SamplingParams:
         self.min_tokens = non_negative_int(self.min_tokens, "SamplingParams.min_tokens")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             bad(f"min_tokens={self.min_tokens} must be <= max_tokens={self.max_tokens}")
-        if not self.temperature >= 0.0:  # also rejects NaN
-            bad(f"temperature must be >= 0, got {self.temperature!r}")
+        if not 0.0 <= self.temperature < float("inf"):  # also rejects NaN
+            bad(f"temperature must be >= 0 and finite, got {self.temperature!r}")
         if not 0.0 < self.top_p <= 1.0:
             bad(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not is_int(self.top_k) or self.top_k < -1:
             bad(f"top_k must be an int, -1 or 0 (off) or >= 1, got {self.top_k!r}")
         if not 0.0 <= self.min_p <= 1.0:
             bad(f"min_p must be in [0, 1], got {self.min_p!r}")
-        if not self.repetition_penalty > 0.0:
-            bad(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if not 0.0 < self.repetition_penalty < float("inf"):
+            bad(f"repetition_penalty must be > 0 and finite, got {self.repetition_penalty!r}")
         if not -2.0 <= self.presence_penalty <= 2.0:
             bad(f"presence_penalty must be in [-2, 2], got {self.presence_penalty!r}")
         if not -2.0 <= self.frequency_penalty <= 2.0:

@@ -76,15 +76,18 @@ class RagPipeline:
         start = time.perf_counter()
         coll = await self.run(self.collections.get, request.collection)
         query = conversation_query(request.messages)
-        found = await self.run(coll.search, query=query, k=request.num_passages, filter=request.filter)
+        found = await self.run(
+            coll.search, query=query, k=request.num_passages, filter=request.filter, mode=request.mode, **request.fusion
+        )
         retrieval_ms = (time.perf_counter() - start) * 1e3
+        params = request.params_with(llm.generation_config)  # the model's default sampling if the caller set none
         prompt = await self.run(
-            build_prompt, llm.tokenizer, request.messages, found.hits, llm.max_model_len, request.params.max_tokens
+            build_prompt, llm.tokenizer, request.messages, found.hits, llm.max_model_len, params.max_tokens
         )
         yield Context(prompt.passages)
 
         finish_reason, n_out, ttft_ms = "abort", 0, 0.0
-        async for d in llm.generate(prompt.token_ids, request.params, uuid.uuid4().hex):
+        async for d in llm.generate(prompt.token_ids, params, uuid.uuid4().hex):
             n_out = d.num_generated_tokens
             if d.text_delta:
                 ttft_ms = ttft_ms or (time.perf_counter() - start) * 1e3

@@ -1,5 +1,6 @@
 """The generator's chat prompt: the system prompt, the conversation, and a last user turn holding the numbered
-context passages and the question.
+context passages and the question, as messages rendered by the model's own chat template. A template that rejects
+a system role (Mixtral-Instruct's raises on one) gets the instructions folded into the first user turn instead.
 
 Pure functions, no I/O. The context is trimmed by score to fit the model's window minus max_tokens: lower-scored
 passages are dropped whole (a cut-off passage reads as a different statement), and the citations sent to the
@@ -26,6 +27,8 @@ SYSTEM_PROMPT = (
 
 
 class TokenizerLike(Protocol):
+    accepts_system_role: bool  # whether the chat template renders a system message
+
     def encode(self, text: str) -> list[int]: ...
     def apply_chat_template(
         self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True, tokenize: bool = False
@@ -45,6 +48,22 @@ def render_user_turn(question: str, passages: Sequence[Passage]) -> str:
     if not context:
         context = "(no passages found)"
     return f"Context:\n{context}\n\nQuestion: {question}"
+
+
+def chat_messages(
+    system_prompt: str, conversation: Sequence[dict[str, str]], accepts_system_role: bool
+) -> list[dict[str, str]]:
+    """[system, *conversation], or, for a template without a system role, the conversation with every system
+    content (the instructions, and any the client sent) folded into the first user turn, in order."""
+    system = [system_prompt] if system_prompt else []
+    if accepts_system_role:
+        return [{"role": "system", "content": s} for s in system] + list(conversation)
+    system += [m["content"] for m in conversation if m["role"] == "system"]
+    out = [dict(m) for m in conversation if m["role"] != "system"]
+    first = next(i for i, m in enumerate(out) if m["role"] == "user")
+    if system:
+        out[first]["content"] = "\n\n".join([*system, out[first]["content"]])
+    return out
 
 
 def conversation_query(messages: Sequence[dict[str, str]]) -> str:
@@ -72,11 +91,12 @@ def build_prompt(
     """
     assert messages and messages[-1]["role"] == "user", "the last message is the user's question"
     history, question = list(messages[:-1]), messages[-1]["content"]
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    accepts_system = tokenizer.accepts_system_role
 
     def ids_for(passages: Sequence[Passage]) -> list[int]:
         turn = {"role": "user", "content": render_user_turn(question, numbered(passages))}
-        return tokenizer.apply_chat_template([*system, *history, turn], add_generation_prompt=True, tokenize=True)
+        chat = chat_messages(system_prompt, [*history, turn], accepts_system)
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
 
     budget = max_model_len - max_tokens
     bare = ids_for([])

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.checks import positive_int
 from common.errors import InvalidArgumentError
 from llm.sampler import SamplingParams
+from retrieval import check_fusion, check_mode
+
+if TYPE_CHECKING:
+    from llm.generation_config import GenerationConfig
 
 DEFAULT_NUM_PASSAGES = 5  # retrieved passages (before merging and trimming to the window)
 MAX_NUM_PASSAGES = 50  # build_prompt renders the prompt once per candidate passage
@@ -29,12 +33,26 @@ class AnswerRequest:
     num_passages: int = DEFAULT_NUM_PASSAGES  # chunks retrieved, 1..MAX_NUM_PASSAGES
     filter: dict[str, Any] | None = None  # metadata filter, as Collection.search takes it (checked there)
     sampling: Mapping[str, Any] = field(default_factory=dict)  # SamplingParams fields set by the caller
+    mode: str | None = None  # "dense" | "lexical" | "hybrid" retrieval; None: the collection's search_mode
+    fusion: Mapping[str, Any] = field(default_factory=dict)  # hybrid's FusionParams fields set by the caller
     params: SamplingParams = field(init=False)  # DEFAULT_SAMPLING overridden by `sampling`
 
     def __post_init__(self) -> None:
         self.num_passages = positive_int(self.num_passages, "num_passages", maximum=MAX_NUM_PASSAGES)
+        self.mode = check_mode(self.mode)
+        unknown = set(self.fusion) - {"rrf_k", "alpha", "candidates"}
+        if unknown:
+            raise InvalidArgumentError(f"fusion: unknown fields {sorted(unknown)}; use rrf_k, alpha, candidates")
+        check_fusion(**self.fusion)
         self.messages = checked_messages(self.messages)
         self.params = sampling_params(self.sampling)
+
+    def params_with(self, generation_config: GenerationConfig) -> SamplingParams:
+        """The sampling of this answer on a given model: `params`, except that when the caller set no sampling
+        field the model's generation_config.json sampling (if any) replaces the greedy default (the answer length
+        stays DEFAULT_SAMPLING's unless the caller set it)."""
+        defaults = {k: v for k, v in generation_config.defaults_for(self.sampling).items() if k != "max_tokens"}
+        return sampling_params({**defaults, **self.sampling}) if defaults else self.params
 
     @classmethod
     def ask(cls, collection: str, question: str, **fields: Any) -> AnswerRequest:

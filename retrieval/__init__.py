@@ -20,7 +20,8 @@ _EXPORTS = {
     "MAX_PAGE_SIZE": "retrieval.catalog",
     "Collection": "retrieval.collection",
     "CollectionConfig": "retrieval.collection",
-    "IndexConfig": "retrieval.vector_index",
+    "IndexConfig": "retrieval.index_config",
+    "IndexParams": "retrieval.index_config",
     "ChunkerConfig": "retrieval.chunker",
     # what goes in and comes back (SearchParams.k: the one default of a search's k)
     "Document": "retrieval.types",
@@ -30,6 +31,11 @@ _EXPORTS = {
     "StoredDocument": "retrieval.types",
     "StoredChunk": "retrieval.types",
     "IngestResult": "retrieval.types",
+    # search modes and hybrid fusion (SEARCH_MODES; FusionParams holds the fusion defaults; the checks of both)
+    "SEARCH_MODES": "retrieval.fusion",
+    "FusionParams": "retrieval.fusion",
+    "check_mode": "retrieval.fusion",
+    "check_fusion": "retrieval.fusion",
     # reading a collection without owning its data directory (the trainer)
     "document_texts": "retrieval.catalog",
     "collection_version": "retrieval.catalog",

@@ -48,8 +48,9 @@ class Backend(Protocol):
     @property
     def is_trained(self) -> bool: ...
 
-    def train(self, x: torch.Tensor) -> None:
-        """Train codebooks (and coarse centroids) on x (n, d) float32 on self.device."""
+    def train(self, x: torch.Tensor, coarse: torch.Tensor | None = None) -> None:
+        """Train codebooks (and coarse centroids) on x (n, d) float32 on self.device. coarse: IVF centroids
+        (nlist, d) trained already (the tuner shares them between settings), so only the codebooks are trained."""
 
     def add(self, x: torch.Tensor, ids: np.ndarray) -> None:
         """Encode x (n, d) float32 on self.device under new int64 ids (n,) (the caller checks they are new)."""

@@ -30,7 +30,8 @@ from common.checks import optional_positive_int, positive_int
 from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from retrieval.chunker import ChunkerConfig
 from retrieval.collection import Collection, CollectionConfig
-from retrieval.embedder import Embedder, get_embedder, resolve_model_path
+from retrieval.embedder import Embedder, check_model_name, get_embedder
+from retrieval.fusion import MODES
 from retrieval.store import Store, StoreReader
 from retrieval.validation import validate_name
 from retrieval.vector_index import IndexConfig
@@ -45,12 +46,20 @@ MAX_PAGE_SIZE = 1000  # collections per list_page: the default and the most one 
 class Collections:
     """Every collection under one data directory: data_dir/pqrag.sqlite3 and data_dir/indexes/.
 
-    device: where embedders run (None: CUDA when available). snapshot_every: changed chunks between
+    device: where embedders run (None: CUDA when available). model_dirs: where the embedders collections name
+    are found, besides the bundled default (retrieval.embedder; a name is never a path). snapshot_every: changed chunks between
     index snapshots (they are also taken on close and after the index trains).
     One process at a time owns a data directory (an exclusive lock on data_dir/LOCK).
     """
 
-    def __init__(self, data_dir: str | os.PathLike, device: str | None = None, snapshot_every: int = 10_000):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        device: str | None = None,
+        snapshot_every: int = 10_000,
+        model_dirs: tuple[str | os.PathLike, ...] = (),
+    ):
+        self.model_dirs = tuple(model_dirs)
         snapshot_every = positive_int(snapshot_every, "snapshot_every")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +92,9 @@ class Collections:
 
     def _open(self, row: Mapping[str, Any], embedder: Embedder | None = None) -> Collection:
         index_dir = self._index_dir(row["cid"], row["name"])
-        return Collection(self._store, row, index_dir, self.device, self.snapshot_every, embedder)
+        return Collection(
+            self._store, row, index_dir, self.device, self.snapshot_every, embedder, model_dirs=self.model_dirs
+        )
 
     def _remove_orphan_index_dirs(self) -> None:
         """Index directories of collections deleted by a process that died before removing them."""
@@ -107,9 +118,8 @@ class Collections:
             if name in self._collections:
                 raise AlreadyExistsError(f"collection {name!r} already exists")
         # Outside the lock: loading a model takes seconds and must not stall the other collections.
-        if config.embedder:
-            config.embedder = resolve_model_path(config.embedder)  # absolute: restarts may run elsewhere
-        embedder = get_embedder(config.embedder, device=self.device)
+        config.embedder = check_model_name(config.embedder, self.model_dirs)  # a name; PermissionDeniedError
+        embedder = get_embedder(config.embedder, device=self.device, model_dirs=self.model_dirs)
         if config.dimension is not None and config.dimension != embedder.dimension:
             raise InvalidArgumentError(
                 f"dimension {config.dimension} does not match the embedder's {embedder.dimension}; "
@@ -125,6 +135,8 @@ class Collections:
             config.index.validate(embedder.dimension)
         except (ValueError, TypeError) as exc:
             raise InvalidArgumentError(f"invalid index configuration: {exc}") from exc
+        if config.search_mode not in MODES:
+            raise InvalidArgumentError(f"search_mode must be one of {', '.join(MODES)}, got {config.search_mode!r}")
 
         with self._lock:
             self._require_open()
@@ -149,6 +161,7 @@ class Collections:
 
     def get(self, name: str) -> Collection:
         self._require_open()
+        validate_name(name)  # a name that could never exist is the caller's mistake, and it has a length limit
         with self._lock:
             coll = self._collections.get(name)
         if coll is None:
@@ -173,6 +186,8 @@ class Collections:
         size = optional_positive_int(page_size, "page_size", MAX_PAGE_SIZE) or MAX_PAGE_SIZE
         if not isinstance(page_token, str):
             raise InvalidArgumentError(f"page_token must be a string, got {type(page_token).__name__}")
+        if page_token:
+            validate_name(page_token)  # the last name of the previous page
         colls = self.list()
         start = bisect.bisect_right([c.name for c in colls], page_token) if page_token else 0
         page = colls[start : start + size]
@@ -186,6 +201,7 @@ class Collections:
     def delete(self, name: str) -> None:
         """Remove a collection: its rows, its index files, and the name (free for a new create)."""
         self._require_open()
+        validate_name(name)
         with self._lock:
             coll = self._collections.get(name)
             if coll is None:
@@ -194,6 +210,14 @@ class Collections:
             del self._collections[name]
         # After the commit: a crash before this leaves an orphan directory, removed at the next open.
         shutil.rmtree(coll.index_dir, ignore_errors=True)
+
+    def check(self) -> None:
+        """Raise when the store cannot be read or written (the server's health probe: a read, and an empty write
+        transaction that takes SQLite's write lock)."""
+        self._require_open()
+        self._store.last_seq()
+        with self._store.write():
+            pass
 
     def close(self, snapshot: bool = True) -> None:
         """Snapshot every index (unless snapshot=False) and close the store. Idempotent."""

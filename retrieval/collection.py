@@ -3,19 +3,25 @@
     colls = Collections("data")                          # retrieval.catalog: every collection of a data dir
     docs = colls.create("notes", CollectionConfig())     # default embedder all-MiniLM-L6-v2, IVF-PQ index
     docs.ingest([Document(id=None, text="...", metadata={"lang": "en"})])
-    hits = docs.search("what is ...?", k=5, filter={"lang": "en"})
+    hits = docs.search("what is ...?", k=5, filter={"lang": "en"})     # the collection's mode: hybrid by default
+    hits = docs.search("what is ...?", mode="lexical")                  # or "dense", "hybrid" (fusion.py)
     colls.close()                                        # snapshots every index
 
 SQLite (store.py) is the source of truth. An ingestion validates, chunks and embeds every document first,
 then commits them (durably) before it touches the index, so a crash at any point loses nothing acknowledged;
 the vector index (vector_index.VectorIndex) is derived from the stored float16 vectors and brought back in
-step on open (recovery.py). The embedder is only loaded when the collection first needs to embed.
+step on open (recovery.py). The embedder is only loaded when the collection first needs to embed. The chunk
+texts' full-text index (lexical search) is written by the store in the same transaction as the chunks.
+
+The index trains itself: when it is due (VectorIndex.training_due), a background thread (retrainer.py) tunes and
+trains it from a copy of the vectors' rows (tuning.py) and installs it under the lock, so searches and writes go on
+meanwhile; the snapshot taken then also records what the tuning measured.
 
 User input is checked here, once, as it enters (validation.py, common.checks); the layers below assert.
 
 Thread safety: every public method may be called from any thread. Each collection has a lock that guards its
 index (held for the SQLite write and the index update of an ingestion, and for a search; never while
-embedding).
+embedding or tuning).
 """
 
 from __future__ import annotations
@@ -31,22 +37,25 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import InvalidArgumentError, NotFoundError
-from retrieval import recovery
+from common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, quote
+from retrieval import recovery, retrievers
 from retrieval.chunker import Chunker, ChunkerConfig
-from retrieval.embedder import Embedder, get_embedder
+from retrieval.embedder import Embedder, get_embedder, stored_model_name
 from retrieval.filters import compile_filter
+from retrieval.fusion import DEFAULT_MODE, Ranked, check_fusion, check_mode, fuse, single
+from retrieval.retrainer import BackgroundTrainer
 from retrieval.store import Store, blobs_to_vectors, vectors_to_blobs
-from retrieval.types import Document, Hit, IngestResult, SearchParams, SearchResult, StoredChunk, StoredDocument
+from retrieval.types import Document, IngestResult, SearchParams, SearchResult, StoredChunk, StoredDocument
 from retrieval.validation import (
     as_document,
+    check_chunk_count,
     check_document,
     check_document_id,
     check_query_text,
     check_query_vector,
     check_search,
 )
-from retrieval.vector_index import IndexConfig
+from retrieval.vector_index import IndexConfig, VectorIndex
 
 __all__ = ["Collection", "CollectionConfig"]
 
@@ -60,18 +69,22 @@ log = logging.getLogger("pqrag.collection")
 class CollectionConfig:
     """How a collection embeds, chunks and indexes. Stored in SQLite with the collection.
 
-    embedder: a local sentence-transformers model directory; None = the bundled all-MiniLM-L6-v2.
+    embedder: a model name (retrieval.embedder: the bundled all-MiniLM-L6-v2 when None, else a sentence-transformers
+      directory in one of the server's model dirs), never a path.
     dimension: the embedding dimension; filled in from the embedder at create (a given value
       must match it).
-    index: the vector index (kind, m, nbits, nlist, nprobe, metric, backend, rerank...). The
-      metric ("ip" on normalised vectors by default, or "l2") lives there; `metric` reads it.
+    index: the vector index (recall target; kind, m, nbits, nlist, nprobe, rerank factor: chosen by measurement
+      unless pinned; metric, backend...). The metric ("ip" on normalised vectors by default, or "l2") lives there;
+      `metric` reads it.
     chunker: chunk and overlap sizes in the embedder's word pieces.
+    search_mode: what a search without a mode does: "hybrid" (dense + lexical, fused), "dense" or "lexical".
     """
 
     embedder: str | None = None
     dimension: int | None = None
     index: IndexConfig = field(default_factory=IndexConfig)
     chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
+    search_mode: str = DEFAULT_MODE
 
     @property
     def metric(self) -> str:
@@ -83,6 +96,7 @@ class CollectionConfig:
             "dimension": self.dimension,
             "index": self.index.to_dict(),
             "chunker": dataclasses.asdict(self.chunker),
+            "search_mode": self.search_mode,
         }
 
     @classmethod
@@ -94,6 +108,7 @@ class CollectionConfig:
             dimension=d.get("dimension"),
             index=IndexConfig.from_dict(d.get("index") or {}),
             chunker=chunker,
+            search_mode=d.get("search_mode", DEFAULT_MODE),
         )
 
 
@@ -127,8 +142,10 @@ class Collection:
         device: str | None,
         snapshot_every: int,
         embedder: Embedder | None = None,
+        model_dirs: tuple[str, ...] = (),
     ):
         self._store = store
+        self._model_dirs = tuple(model_dirs)
         self.cid: int = row["cid"]
         self.name: str = row["name"]
         self.config = CollectionConfig.from_dict(row["config"])
@@ -145,6 +162,9 @@ class Collection:
         self._index, self.restored_from = recovery.restore(
             store, self.cid, self.dimension, self.config.index, index_dir
         )
+        self._trainer = BackgroundTrainer(self.name)
+        with self._lock:
+            self._schedule_training()
 
     def snapshot(self) -> None:
         """Save the index now (it is also saved periodically, after training, and on close)."""
@@ -160,10 +180,11 @@ class Collection:
         only restores the index, never loads it)."""
         with self._embedder_lock:
             if self._embedder is None:
-                self._embedder = get_embedder(self.config.embedder, device=self._device)
+                name = stored_model_name(self.config.embedder, self._model_dirs)
+                self._embedder = get_embedder(name, device=self._device, model_dirs=self._model_dirs)
                 if self._embedder.dimension != self.dimension:
-                    raise InvalidArgumentError(
-                        f"collection {self.name}: the embedder at {self._embedder.model_path} gives "
+                    raise FailedPreconditionError(
+                        f"collection {self.name}: the embedder {self._embedder.name!r} gives "
                         f"{self._embedder.dimension}-dimensional vectors, the collection holds {self.dimension}"
                     )
             return self._embedder
@@ -197,14 +218,15 @@ class Collection:
             chunks = chunker.chunk(doc.text)
             if not chunks:
                 raise InvalidArgumentError(
-                    f"document {i} (id {doc_id!r}) has no text the tokenizer can index (only control or "
+                    f"document {i} (id {quote(doc_id)}) has no text the tokenizer can index (only control or "
                     "unknown characters?)"
                 )
+            check_chunk_count(len(chunks), i, doc_id)
             prepared.append(
                 _Prepared(doc_id, doc.text, meta, source, [(c.start, c.end) for c in chunks], [c.text for c in chunks])
             )
         texts = [t for p in prepared for t in p.chunk_texts]
-        x = self.embedder.embed(texts)  # (n_chunks, d)
+        x = self.embedder.embed(texts, bulk=True)  # (n_chunks, d); in batches that let queries go first
         blobs = vectors_to_blobs(x)
         # The index gets exactly what the store holds, so a rebuild from the store changes nothing.
         x = blobs_to_vectors(blobs, self.dimension)
@@ -245,6 +267,44 @@ class Collection:
     def _apply(self, remove_ids: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
         """Bring the index in step with a change the store has committed (the caller holds the lock)."""
         self._index = recovery.apply(self._store, self.cid, self._index, remove_ids, x, ids, self._snapshot_every)
+        self._schedule_training()
+
+    # --- training ----------------------------------------------------------------------------------
+
+    def _schedule_training(self) -> None:
+        """Start a background (re)training when the index says one is due (the caller holds the lock); while one
+        runs, the next check is queued behind it."""
+        if self._index.training_due():
+            self._trainer.start(self._train_when_due)
+
+    def _train_when_due(self, cancelled) -> None:
+        """The background work: take the rows if a training is (still) due, then tune and install them."""
+        with self._lock:
+            if self._closed or not self._index.training_due():
+                return
+            index, job = self._index, self._index.training_job()
+        self._train(index, job, cancelled)
+
+    def _train(self, index: VectorIndex, job, cancelled=lambda: False) -> dict:
+        """Tune on `job` without the lock, then install under it (unless the collection closed or its index was
+        rebuilt meanwhile) and snapshot, the tuning report included. Returns the report."""
+        tuned = job.tune(index.config, cancelled)  # minutes for a large collection: searches and writes go on
+        with self._lock:
+            if self._closed or self._index is not index:
+                return tuned.report
+            installed = index.install(job, tuned)
+            log.info(
+                "collection %s: index %s: %s", self.name, "trained" if installed else "stays as it is", tuned.report
+            )
+            try:
+                recovery.save(self._store, self.cid, index)
+            except Exception:  # the store has everything; the next open replays it (and may tune again)
+                log.exception("collection %s: snapshot after training failed", self.name)
+        return tuned.report
+
+    def wait_for_training(self, timeout: float | None = None) -> bool:
+        """Wait for the background training in progress, if any; True when none is left."""
+        return self._trainer.wait(timeout)
 
     def get_document(self, doc_id: str, include_chunks: bool = False) -> StoredDocument:
         self._require_open()
@@ -289,45 +349,59 @@ class Collection:
         filter: Mapping[str, Any] | None = None,
         nprobe: int | None = None,
         rerank: bool | None = None,
+        mode: str | None = None,
+        rrf_k: int | None = None,
+        alpha: float | None = None,
+        candidates: int | None = None,
     ) -> SearchResult:
-        """The k chunks nearest to a query text (embedded here) or a query vector, best first.
+        """The k chunks that best match a query text or a query vector, best first.
 
-        filter: metadata conditions on documents, applied inside the index search (so k hits come back
-          whenever k matching chunks exist): {"lang": "en"}, {"lang": {"$eq": "en"}},
-          {"tag": {"$in": ["a", "b"]}}; several fields are ANDed.
-        nprobe: IVF lists to visit (None: the collection's default). rerank: re-rank PQ candidates
-          with the exact vectors (None: the collection's default).
+        mode: "dense" (nearest vectors; the text is embedded here), "lexical" (bm25 over the chunk texts: the
+          text's words, never FTS5 syntax) or "hybrid" (both, fused); None: the collection's search_mode for a
+          text, "dense" for a vector (lexical and hybrid need the text).
+        filter: metadata conditions on documents, applied inside each retriever (so k hits come back whenever k
+          matching chunks exist): {"lang": "en"}, {"lang": {"$eq": "en"}}, {"tag": {"$in": ["a", "b"]}}; several
+          fields are ANDed.
+        nprobe: IVF lists to visit (None: the index's). rerank: re-rank PQ candidates with the exact vectors
+          (None: the collection's default).
+        rrf_k, alpha, candidates: hybrid's fusion (fusion.FusionParams; None: the defaults).
+        Each hit carries its rank and score in the dense and the lexical ranking (None where it was not in one).
         """
         self._require_open()
         params = check_search(k, nprobe, rerank)
+        fusion = check_fusion(rrf_k, alpha, candidates)
         if (query is None) == (vector is None):
             raise InvalidArgumentError("give exactly one of a query text or a query vector")
+        mode = check_mode(mode) or (self.config.search_mode if query is not None else "dense")
+        if query is None and mode != "dense":
+            raise InvalidArgumentError(f"{mode} search reads the query's words: send a query text, not a vector")
         where, where_params = compile_filter(dict(filter) if isinstance(filter, Mapping) else filter)
 
         t0 = time.perf_counter()
         if query is not None:
-            xq = self.embedder.embed([check_query_text(query)])
-        else:
+            query = check_query_text(query)
+        xq = None
+        if vector is not None:
             xq = check_query_vector(vector, self.dimension, self.name)
+        elif mode != "lexical":
+            xq = self.embedder.embed([query])
         t1 = time.perf_counter()
 
+        depth = max(params.k, fusion.candidates) if mode == "hybrid" else params.k
         with self._lock:
             self._require_open()
-            hits: list[Hit] = []
-            allowed = None
-            if filter:
-                allowed = self._store.allowed_ids(self.cid, where, where_params)
-            if self._index.ntotal > 0 and (allowed is None or len(allowed) > 0):
-                D, I = self._index.search(xq, params.k, nprobe=params.nprobe, allowed=allowed, rerank=params.rerank)
-                found = [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
-                rows = self._store.chunk_rows(self.cid, [i for i, _ in found])
-                sign = 1.0 if self.config.metric == "ip" else -1.0
-                for i, d in found:
-                    r = rows.get(i)
-                    assert r is not None, f"index id {i} has no chunk row"
-                    hits.append(
-                        Hit(r["doc_id"], i, sign * d, r["text"], r["metadata"], r["source"], r["start"], r["end"])
-                    )
+            dense = lexical = Ranked.empty()
+            if mode != "lexical":
+                dense = retrievers.dense(
+                    self._store, self.cid, self._index, xq, depth, params, filter and (where, where_params)
+                )
+            if mode != "dense":
+                lexical = retrievers.lexical(self._store, self.cid, query, depth, where, where_params)
+            if mode == "hybrid":
+                fused = fuse(dense, lexical, params.k, fusion)
+            else:
+                fused = single(dense if mode == "dense" else lexical, mode == "dense", params.k)
+            hits = retrievers.hits(self._store, self.cid, fused)
         t2 = time.perf_counter()
         return SearchResult(hits, embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3)
 
@@ -339,6 +413,7 @@ class Collection:
         with self._lock:
             state = "trained" if self._index.is_trained else "exact"
             ntotal = self._index.ntotal
+            index = self._index.stats()
         return {
             "name": self.name,
             "document_count": n_docs,
@@ -349,17 +424,29 @@ class Collection:
             "metric": self.config.metric,
             "embedder": self.config.embedder,
             "created_at": self.created_at,
+            "search_mode": self.config.search_mode,
+            "index": index,  # the trained parameters and the last tuning's report (VectorIndex.stats)
+            "training": self._trainer.running,
         }
 
-    def retrain(self) -> None:
-        """Retrain the index's quantizers on the vectors it holds now (after the data drifted or grew)."""
+    def retrain(self) -> dict:
+        """Tune and retrain the index on the vectors it holds now (after the data drifted or grew), taking the best
+        setting measured even below the recall target; searches and writes go on meanwhile. Returns the tuning report;
+        FailedPreconditionError when there are too few vectors to train anything."""
+        self._require_open()
+        self._trainer.wait()  # one training at a time
         with self._lock:
             self._require_open()
-            self._index.retrain()
-            recovery.save(self._store, self.cid, self._index)
+            index, job = self._index, self._index.training_job(force=True)
+        report = self._train(index, job)
+        if report.get("params") is None:
+            raise FailedPreconditionError(f"collection {self.name!r}: cannot train its index: {report['reason']}")
+        return report
 
     def close(self, snapshot: bool = True) -> None:
-        """Snapshot the index if it changed since the last one (unless snapshot=False), and refuse further calls."""
+        """Stop a training in progress, snapshot the index if it changed since the last one (unless snapshot=False),
+        and refuse further calls."""
+        self._trainer.stop()  # before the lock: the training installs under it
         with self._lock:
             if self._closed:
                 return
@@ -374,6 +461,7 @@ class Collection:
         """Delete the collection's rows from the store (one transaction) and close it without a snapshot. Waits for
         its in-flight write or search; every later call raises NotFoundError. Collections.delete calls this and then
         removes the index directory."""
+        self._trainer.stop()
         with self._lock:
             with self._store.write() as conn:
                 self._store.delete_collection(conn, self.cid)

@@ -16,6 +16,13 @@ except ImportError:  # pragma: no cover
     faiss = None
 
 
+def single_threaded() -> None:
+    """Let faiss use one core on the calling thread (OpenMP's thread count is per thread): the background training
+    calls it, leaving the other cores to searches."""
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+
+
 class FaissBackend:
     """A faiss PQ or IVF-PQ index with external ids; filters via SearchParameters(sel=IDSelectorBatch)."""
 
@@ -33,6 +40,10 @@ class FaissBackend:
             self.base = faiss.IndexPQ(d, m, nbits, mt)
             self.base.pq.cp.seed = seed
             self.index = faiss.IndexIDMap2(self.base)
+        # the tuner measures what a small training set gives (tuning.py): silence faiss's "provide at least 39 x k
+        # training points" warning, which is all min_points_per_centroid does
+        for cp in (self.index.pq.cp, self.index.cp) if kind == "ivfpq" else (self.base.pq.cp,):
+            cp.min_points_per_centroid = 1
         self.use_gpu = device.type == "cuda" and faiss.get_num_gpus() > 0
         self._gpu = None
         self._pq_cache = None  # (positions' ids, codes) of an IndexPQ, for filtered PQ search
@@ -41,8 +52,13 @@ class FaissBackend:
     def is_trained(self) -> bool:
         return bool(self.index.is_trained)
 
-    def train(self, x: torch.Tensor) -> None:
-        if self.kind == "ivfpq" and x.shape[0] < self.nlist:
+    def train(self, x: torch.Tensor, coarse: torch.Tensor | None = None) -> None:
+        if coarse is not None and self.kind == "ivfpq":
+            c = coarse.cpu().numpy().astype(np.float32)
+            if self.metric == "ip":  # faiss assigns by inner product: unit centroids, as its own spherical training
+                c = c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12)
+            self.quantizer.add(c)  # a full quantizer: faiss's IVF train skips the coarse k-means
+        elif self.kind == "ivfpq" and x.shape[0] < self.nlist:
             raise ValueError(
                 f"training an IVF index with nlist={self.nlist} needs at least {self.nlist} vectors, got {x.shape[0]}"
             )

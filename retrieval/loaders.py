@@ -4,15 +4,19 @@
         ...
 
 Supported: .txt, .md/.markdown (as is), .html/.htm (visible text via the stdlib html.parser, without
-script/style), .json (an object or a list of objects) and .jsonl (one object per line). JSON
-records give their text in "text" (prefixed by "title" when present) and their id in "id" or
-"_id"; other files are one document whose id is the path relative to the folder given (or the file
-name for a file given directly). Metadata: "source" (that relative path) and "file_type", plus the
-scalar fields of JSON records (and of a nested "metadata" object, as in BEIR corpora).
+script/style), .pdf (the text of each page, via pypdf), .json (an object or a list of objects) and .jsonl
+(one object per line). JSON records give their text in "text" (prefixed by "title" when present) and their
+id in "id" or "_id"; a PDF gives one document per page with text, id "<path>#page=<n>" (n from 1, the
+fragment a PDF viewer opens at), so a chunk, a hit and a citation name their page; other files are one
+document whose id is the path relative to the folder given (or the file name for a file given directly).
+Metadata: "source" (that relative path) and "file_type", plus the scalar fields of JSON records (and of a
+nested "metadata" object, as in BEIR corpora), and "page" / "page_count" (and "title", when the PDF has one)
+of PDF pages. A chunk's hit carries its document's metadata, so every chunk of a PDF knows its page.
 
-Unsupported files, empty files and records without text are skipped and reported to on_skip
-(unsupported files as their path; other skips as "path (reason)"). Hidden files and folders
-(names starting with ".") are ignored.
+Unsupported files, empty files, records without text and PDFs that cannot be read or hold no extractable
+text (a scan needs OCR first) are skipped and reported to on_skip (unsupported files as their path; other
+skips as "path (reason)"): one bad file never stops a batch. Hidden files and folders (names starting with
+".") are ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from retrieval.types import Document
 TEXT_TYPES = {".txt": "txt", ".md": "md", ".markdown": "md"}
 HTML_TYPES = {".html": "html", ".htm": "html"}
 JSON_TYPES = {".json": "json", ".jsonl": "jsonl"}
-SUPPORTED = {**TEXT_TYPES, **HTML_TYPES, **JSON_TYPES}
+PDF_TYPES = {".pdf": "pdf"}
+SUPPORTED = {**TEXT_TYPES, **HTML_TYPES, **JSON_TYPES, **PDF_TYPES}
 
 OnSkip = Callable[[str], None]
 
@@ -96,6 +101,9 @@ def load_file(
     base_meta = {"source": rel, "file_type": file_type}
     if ext in JSON_TYPES:
         yield from _json_documents(path, rel, file_type, base_meta, skip)
+        return
+    if ext in PDF_TYPES:
+        yield from pdf_documents(path, rel, base_meta, skip)
         return
     raw = path.read_text(encoding="utf-8-sig", errors="replace")
     meta = dict(base_meta)
@@ -184,6 +192,44 @@ def _record(
         skip(f'{where} (no "text" field)')
         return
     yield doc
+
+
+# --- PDF -----------------------------------------------------------------------------------------
+
+PDF_NO_TEXT = "no extractable text: a scanned PDF needs OCR first"
+
+
+def pdf_documents(path: Path, rel: str, base_meta: dict[str, Any], skip: OnSkip) -> Iterator[Document]:
+    """One document per PDF page that has text; a PDF that cannot be read, or has no text at all, is reported to
+    skip as "rel (reason)". Pages are read before anything is yielded, so a file fails whole or not at all."""
+    try:
+        pages, title = pdf_pages(path)
+    except Exception as exc:  # a third-party parser on untrusted bytes: any failure is this file's, not the batch's
+        skip(f"{rel} (not a readable PDF: {type(exc).__name__}: {exc})")
+        return
+    if not any(text.strip() for text in pages):
+        skip(f"{rel} ({PDF_NO_TEXT})")
+        return
+    for number, text in enumerate(pages, start=1):
+        if text.strip():  # blank pages (covers, separators) are no documents
+            meta = {**base_meta, "page": number, "page_count": len(pages)}
+            if title:
+                meta["title"] = title
+            yield Document(id=f"{rel}#page={number}", text=text, metadata=meta, source=rel)
+
+
+def pdf_pages(path: Path) -> tuple[list[str], str]:
+    """(text of each page, the document's title or ""). Raises whatever pypdf raises for a broken or encrypted
+    file (an empty user password is tried, as viewers do)."""
+    from pypdf import PdfReader  # imported with the first PDF: plain-text ingestion never pays for it
+
+    reader = PdfReader(path)
+    if reader.is_encrypted and not reader.decrypt(""):
+        raise ValueError("the PDF is encrypted with a password")
+    pages = [page.extract_text() or "" for page in reader.pages]
+    info = reader.metadata
+    title = info.title if info is not None and isinstance(info.title, str) else ""
+    return pages, " ".join(title.split())
 
 
 # --- HTML ----------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@
 The index (vector_index.VectorIndex) is derived from the float16 vectors stored with the chunks, so it never
 holds anything the store does not. Opening loads the last snapshot and replays the chunks and tombstones newer
 than its `last_seq`; without a usable snapshot (none, damaged, from another format, out of step) the index is
-rebuilt from the stored vectors. Nothing is re-embedded. A snapshot is taken every `snapshot_every` changed
-chunks, when the index trains, and on close (Collection); after one, older tombstones are pruned from the store.
+rebuilt from the stored vectors (exact until it trains again). Nothing is re-embedded. A snapshot is taken every
+`snapshot_every` changed chunks, when the index trains, and on close (Collection); after one, older tombstones are
+pruned from the store.
 
 Not thread-safe on its own: the owning Collection holds its lock around every call.
 """
@@ -73,8 +74,7 @@ def apply(
 ) -> VectorIndex:
     """Apply a change the store has committed: remove_ids out, x (n, d) in under ids (n,). Returns the index, or
     one rebuilt from the store if the update failed (never one left out of step). Saves it once `every` changes
-    have accumulated, or at once when it has just trained."""
-    trained = index.is_trained
+    have accumulated."""
     try:
         if len(remove_ids):
             index.remove(remove_ids)
@@ -83,7 +83,7 @@ def apply(
     except Exception:
         log.exception("index %s: update failed; rebuilding it from the store", index.path)
         index = rebuild(store, cid, index.d, index.config, Path(index.path))
-    if index.unsaved >= every or index.is_trained != trained:
+    if index.unsaved >= every:
         try:
             save(store, cid, index)
         except Exception:  # the change is committed; the next open replays it from the store

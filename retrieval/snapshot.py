@@ -1,7 +1,8 @@
 """The on-disk layout of an index directory (data_dir/indexes/<cid>-<name>/):
 
-    index.npz          the snapshot: a JSON "meta" record (format, config, last_seq, ...), the row -> id table
-                       ("row_ids") and the trained backend's arrays ("index.*"); replaced atomically
+    index.npz          the snapshot: a JSON "meta" record (format, config, last_seq, the trained parameters and their
+                       tuning report, ...), the row -> id table ("row_ids") and the trained backend's arrays
+                       ("index.*"); replaced atomically
     vectors.<gen>.f16  the float16 rows (vectors.HalfStore), append-only; compaction starts a new generation
 
 The snapshot names the generation and the rows it covers, so whatever a crash leaves behind (a half-written
@@ -21,7 +22,8 @@ from common.fs import atomic_write
 
 SNAPSHOT = "index.npz"
 # Bump when what a snapshot holds changes meaning: older snapshots are then rebuilt from the store.
-FORMAT_VERSION = 1
+# 2: the trained parameters come from tuning (meta "params", "tuning", "attempted_size"), not from the config.
+FORMAT_VERSION = 2
 
 
 def exists(directory: str | os.PathLike) -> bool:

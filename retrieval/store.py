@@ -1,9 +1,15 @@
 """The document store: one SQLite file, the source of truth for every collection.
 
 Tables: collections (name, config JSON), documents (text, metadata JSON, source), chunks (character
-span, text, the embedding as a float16 blob) and tombstones (chunks deleted since the last index
-snapshot). The vector index is derived data: it can always be rebuilt from the chunk rows without
-re-embedding anything.
+span, text, the embedding as a float16 blob), tombstones (chunks deleted since the last index
+snapshot) and, per collection, chunks_fts_<cid>: an FTS5 full-text index of its chunk texts (bm25;
+porter stemming over unicode61 words) whose rowid is the chunk id. The vector index is derived data:
+it can always be rebuilt from the chunk rows without re-embedding anything. The full-text index is
+written in the same transaction as the chunks it covers (and deleted with them), so the crash
+guarantees below hold for both.
+
+The tables and their versions are schema.py's: opening a file made by an older release migrates it in
+place (schema.open_schema); one from a newer release is refused.
 
 Sequence numbers. One counter (table meta, key "seq") numbers every change: a new chunk takes the
 next value as its id (which is also its id in the vector index) and a deleted chunk leaves a
@@ -31,50 +37,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS collections (
-    cid INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: names the index directory
-    name TEXT NOT NULL UNIQUE,
-    config TEXT NOT NULL,                   -- CollectionConfig as JSON
-    dimension INTEGER NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS documents (
-    cid INTEGER NOT NULL,
-    doc_id TEXT NOT NULL,
-    text TEXT NOT NULL,
-    metadata TEXT NOT NULL,                 -- JSON object; filters use json_extract on it
-    source TEXT NOT NULL,
-    chunk_count INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (cid, doc_id)
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY,                 -- sequence number = id in the vector index
-    cid INTEGER NOT NULL,
-    doc_id TEXT NOT NULL,
-    ord INTEGER NOT NULL,                   -- position in the document
-    start_char INTEGER NOT NULL,
-    end_char INTEGER NOT NULL,
-    text TEXT NOT NULL,                     -- == document text[start_char:end_char]
-    vector BLOB NOT NULL                    -- float16, dimension values
-);
-CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (cid, doc_id, ord);
-CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks (cid, id);
-CREATE TABLE IF NOT EXISTS tombstones (
-    seq INTEGER PRIMARY KEY,
-    cid INTEGER NOT NULL,
-    chunk_id INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (cid, seq);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('schema_version', 1);
-"""
-
+from retrieval.schema import create_fts, fts_table, open_schema
 
 # --- vectors -------------------------------------------------------------------------------------
 
@@ -146,7 +109,13 @@ class Store:
         self._readers_lock = threading.Lock()
         self._closed = False
         self._writer = self._connect()
-        self._writer.executescript(SCHEMA)
+        try:
+            with self.write() as conn:
+                # the schema version this file had, when opening migrated it (None: it was current, or new)
+                self.migrated_from = open_schema(conn, self.path)
+        except BaseException:
+            self._writer.close()
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; write() issues BEGIN IMMEDIATE itself.
@@ -229,7 +198,9 @@ class Store:
             "INSERT INTO collections (name, config, dimension, created_at) VALUES (?, ?, ?, ?)",
             (name, json.dumps(config, sort_keys=True), dimension, created_at),
         )
-        return int(cur.lastrowid)
+        cid = int(cur.lastrowid)
+        create_fts(conn, cid)
+        return cid
 
     def collection_rows(self) -> list[dict[str, Any]]:
         rows = (
@@ -246,6 +217,7 @@ class Store:
 
     @staticmethod
     def delete_collection(conn: sqlite3.Connection, cid: int) -> None:
+        conn.execute(f"DROP TABLE IF EXISTS {fts_table(cid)}")
         for table in ("chunks", "documents", "tombstones", "collections"):
             conn.execute(f"DELETE FROM {table} WHERE cid = ?", (cid,))
 
@@ -288,6 +260,10 @@ class Store:
                 for o, ((s, e), t, b) in enumerate(zip(spans, chunk_texts, blobs))
             ],
         )
+        conn.executemany(
+            f"INSERT INTO {fts_table(cid)} (rowid, text) VALUES (?, ?)",
+            [(int(i), t) for i, t in zip(new_ids, chunk_texts)],
+        )
         return new_ids, old_ids, replaced
 
     def delete_document(self, conn: sqlite3.Connection, cid: int, doc_id: str) -> np.ndarray | None:
@@ -303,6 +279,13 @@ class Store:
             conn.executemany(
                 "INSERT INTO tombstones (seq, cid, chunk_id) VALUES (?, ?, ?)",
                 [(first + i, cid, int(c)) for i, c in enumerate(ids)],
+            )
+            # external content: FTS5 removes a row's terms given the text it indexed, which `chunks` still holds
+            table = fts_table(cid)
+            conn.execute(
+                f"INSERT INTO {table} ({table}, rowid, text) SELECT 'delete', id, text FROM chunks "
+                "WHERE cid = ? AND doc_id = ?",
+                (cid, doc_id),
             )
             conn.execute("DELETE FROM chunks WHERE cid = ? AND doc_id = ?", (cid, doc_id))
         conn.execute("DELETE FROM documents WHERE cid = ? AND doc_id = ?", (cid, doc_id))
@@ -354,6 +337,26 @@ class Store:
             [cid, *params],
         )
         return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    def lexical_search(self, cid: int, match: str, limit: int, where: str = "1", params: list[Any] = ()) -> np.ndarray:
+        """(n, 2) float64 rows of (chunk id, bm25 score; higher is better), best first, at most `limit`, for an FTS5
+        query `match` (lexical.match_query builds it: user text never reaches here raw) and a metadata condition on
+        documents `d` (compile_filter)."""
+        table = fts_table(cid)
+        join = ""
+        if where != "1":
+            join = f" JOIN chunks c ON c.id = {table}.rowid JOIN documents d ON d.cid = c.cid AND d.doc_id = c.doc_id"
+        rows = (
+            self._reader()
+            .execute(
+                # FTS5's bm25() is negated (smaller is better): ORDER BY it, report its negation
+                f"SELECT {table}.rowid, -bm25({table}) FROM {table}{join} WHERE {table} MATCH ? AND {where} "
+                f"ORDER BY bm25({table}) LIMIT ?",
+                [match, *params, limit],
+            )
+            .fetchall()
+        )
+        return np.array(rows, dtype=np.float64).reshape(-1, 2)
 
     def chunk_rows(self, cid: int, ids: list[int]) -> dict[int, dict[str, Any]]:
         """Chunk id -> hit fields (doc id, text, span, document metadata and source)."""

@@ -58,7 +58,7 @@ class TorchPQ:
     def is_trained(self) -> bool:
         return self.pq.is_trained
 
-    def train(self, x: torch.Tensor) -> None:
+    def train(self, x: torch.Tensor, coarse: torch.Tensor | None = None) -> None:
         self.pq.train(x)
 
     def add(self, x: torch.Tensor, ids: np.ndarray) -> None:
@@ -128,12 +128,12 @@ class TorchIVFPQ:
     def is_trained(self) -> bool:
         return self.coarse is not None and self.pq.is_trained
 
-    def train(self, x: torch.Tensor) -> None:
-        if x.shape[0] < self.nlist:
+    def train(self, x: torch.Tensor, coarse: torch.Tensor | None = None) -> None:
+        if coarse is None and x.shape[0] < self.nlist:
             raise ValueError(
                 f"training an IVF index with nlist={self.nlist} needs at least {self.nlist} vectors, got {x.shape[0]}"
             )
-        coarse = kmeans(x, self.nlist, self.coarse_config)
+        coarse = kmeans(x, self.nlist, self.coarse_config) if coarse is None else coarse.to(self.device)
         labels, _ = assign(x[None], coarse[None])
         self.pq.train(x - coarse[labels[0]])  # residual codebooks, like faiss's by_residual
         self.coarse, self._unit = coarse, None

@@ -42,12 +42,19 @@ class SearchParams:
 class Hit:
     doc_id: str
     chunk_id: int
-    score: float  # inner product (higher is closer) or negative squared L2 distance
+    # dense: inner product (higher is closer) or negative squared L2 distance; lexical: bm25 (higher is better);
+    # hybrid: the fused score (fusion.py)
+    score: float
     text: str  # the chunk: document text[start:end]
     metadata: dict[str, Any]
     source: str
     start: int
     end: int
+    # rank (from 1) and score of the chunk in each retriever's ranking; None where that retriever did not return it
+    dense_rank: int | None = None
+    dense_score: float | None = None
+    lexical_rank: int | None = None
+    lexical_score: float | None = None
 
 
 class SearchResult(list):

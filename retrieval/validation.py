@@ -2,7 +2,8 @@
 
 Pure functions that return the checked value or raise the retrieval error the service maps to a gRPC status
 (InvalidArgumentError -> INVALID_ARGUMENT, ResourceExhaustedError -> RESOURCE_EXHAUSTED), with a message that
-says what to fix. They run before anything is written, so a rejected call changes nothing.
+says what to fix. They run before anything is written, so a rejected call changes nothing. Every id and name has
+its length limit wherever it is taken, and a message quotes at most ~200 characters of the input (common.quote).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from common.checks import optional_positive_int, positive_int
-from common.errors import InvalidArgumentError, ResourceExhaustedError
+from common.errors import InvalidArgumentError, ResourceExhaustedError, quote
 from retrieval.types import Document, SearchParams
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -24,11 +25,16 @@ MAX_TEXT_BYTES = 5 * 1024 * 1024  # per document text (UTF-8)
 MAX_QUERY_BYTES = 64 * 1024
 MAX_DOC_ID_CHARS = 512
 MAX_METADATA_BYTES = 64 * 1024
+MAX_SOURCE_CHARS = 4096
+# Chunks one document may have: bounds the cost of one request, whatever the chunking (5 MB of text in 256-piece
+# chunks is ~5,000; a tiny chunk_tokens with a large overlap could otherwise make millions).
+MAX_CHUNKS_PER_DOCUMENT = 20_000
+MAX_NPROBE = 65536  # IVF lists a search may visit (no index has more lists: index_config.MAX_NLIST)
 
 
 def validate_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidArgumentError(f"invalid collection name {name!r}: use 1 to 64 letters, digits, '_' or '-'")
+        raise InvalidArgumentError(f"invalid collection name {quote(name)}: use 1 to 64 letters, digits, '_' or '-'")
     return name
 
 
@@ -61,12 +67,10 @@ def check_document(doc: Document, position: int) -> tuple[str, str, str]:
     doc_id = doc.id
     if doc_id is None or doc_id == "":
         doc_id = str(uuid.uuid4())
-    label = f"document {position} (id {doc_id!r})"
     if not isinstance(doc_id, str):
         raise InvalidArgumentError(f"document {position}: id must be a string, got {type(doc_id).__name__}")
-    if len(doc_id) > MAX_DOC_ID_CHARS or not doc_id.strip():
-        raise InvalidArgumentError(f"{label}: ids are 1 to {MAX_DOC_ID_CHARS} characters, not only spaces")
-    utf8_size(doc_id, f"{label}: the id")
+    label = f"document {position} (id {quote(doc_id)})"
+    check_document_id(doc_id, label)
     if not isinstance(doc.text, str):
         raise InvalidArgumentError(f"{label}: text must be a string, got {type(doc.text).__name__}")
     if not doc.text.strip():
@@ -92,24 +96,41 @@ def check_document(doc: Document, position: int) -> tuple[str, str, str]:
     source = doc.source if doc.source is not None else ""
     if not isinstance(source, str):
         raise InvalidArgumentError(f"{label}: source must be a string, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise InvalidArgumentError(f"{label}: source is longer than {MAX_SOURCE_CHARS} characters")
     utf8_size(source, f"{label}: the source")
     return doc_id, meta, source
 
 
+def check_chunk_count(n_chunks: int, position: int, doc_id: str) -> int:
+    if n_chunks > MAX_CHUNKS_PER_DOCUMENT:
+        raise ResourceExhaustedError(
+            f"document {position} (id {quote(doc_id)}) makes {n_chunks} chunks, more than the "
+            f"{MAX_CHUNKS_PER_DOCUMENT} one document may have; split it into several documents"
+        )
+    return n_chunks
+
+
 def check_search(k: Any, nprobe: Any, rerank: Any) -> SearchParams:
-    """k: 1..SearchParams.MAX_K; nprobe: a positive integer or None (the collection's default); rerank: a bool or
+    """k: 1..SearchParams.MAX_K; nprobe: 1..MAX_NPROBE or None (the collection's default); rerank: a bool or
     None (the collection's default)."""
     k = positive_int(k, "k", SearchParams.MAX_K)
-    nprobe = optional_positive_int(nprobe, "nprobe")
+    nprobe = optional_positive_int(nprobe, "nprobe", MAX_NPROBE)
     if rerank is not None and not isinstance(rerank, bool):
-        raise InvalidArgumentError(f"rerank must be true, false or unset, got {rerank!r}")
+        raise InvalidArgumentError(f"rerank must be true, false or unset, got {quote(rerank)}")
     return SearchParams(k, nprobe, rerank)
 
 
-def check_document_id(doc_id: Any) -> str:
-    """The id of a document to read or delete (ingestion checks ids with the rest of a document: check_document)."""
+def check_document_id(doc_id: Any, label: str = "document id") -> str:
+    """A document id, as ingestion, GetDocument and DeleteDocument take it: 1 to MAX_DOC_ID_CHARS characters of
+    valid Unicode, not only spaces."""
     if not isinstance(doc_id, str) or not doc_id:
-        raise InvalidArgumentError(f"document id must be a non-empty string, got {doc_id!r}")
+        raise InvalidArgumentError(f"{label} must be a non-empty string, got {quote(doc_id)}")
+    if len(doc_id) > MAX_DOC_ID_CHARS or not doc_id.strip():
+        raise InvalidArgumentError(
+            f"{label}: ids are 1 to {MAX_DOC_ID_CHARS} characters, not only spaces (got {len(doc_id)} characters)"
+        )
+    utf8_size(doc_id, f"{label}: the id")
     return doc_id
 
 

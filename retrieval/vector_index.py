@@ -1,107 +1,73 @@
-"""VectorIndex: one collection's vectors, searched exactly until a PQ index can be trained, then approximately.
+"""VectorIndex: one collection's vectors, searched exactly until a PQ index is trained, then approximately.
 
-A new collection has too few vectors to train codebooks (k-means with ksub = 256 centroids per sub-space
-wants ~39 points per centroid, faiss warns below that), so it answers exactly from its float16 vectors.
-Once `min_train_size` vectors are in, the add() that crosses the threshold trains the configured backend
-(IVF-PQ or PQ, backend.py) on them and moves to approximate search + exact re-ranking from the same float16
-vectors; `retrain()` rebuilds it on demand, and it rebuilds by itself when the collection has grown
-`retrain_growth` times past its training size (codebooks and nlist chosen for 10k vectors fit 1M poorly).
+A new collection answers exactly from its float16 vectors. Training is the owner's call (`training_due()` says
+when: `min_train_size` vectors, then each time the collection has grown `retrain_growth` times past its training
+size): tuning.py measures candidate settings on the vectors themselves and the cheapest one that reaches the
+recall target is installed, moving the index to approximate search (PQ or IVF-PQ codes, backend.py) + exact
+re-ranking from the same float16 vectors. When no setting qualifies the index stays exact and tries again once the
+collection has doubled.
+
+Training can run off the owner's lock: `training_job()` (under the lock) takes the live rows as they are, `tune()`
+(without it) reads them, since rows [0, n_rows) of a vector array are never rewritten (vectors.HalfStore), and
+`install()` (under the lock again) brings the trained backend up to the vectors added and removed meanwhile.
+`retrain()` does all three at once.
 
 The float16 rows and the id -> row map live in one vectors.HalfStore: a memory-mapped file in the index's
 directory (`vectors.<gen>.f16`), or memory when there is no directory. The backend keeps only codes.
-`save()` writes one snapshot (snapshot.py: config, the row -> id table, the trained backend, and the caller's
-`last_seq`) atomically. The vector file's rows [0, n_rows) are never rewritten after a snapshot names them
-(removals only tombstone rows; compaction writes a new generation), so after a crash `load()` sees exactly
-the last snapshot and the owner replays its rows newer than `last_seq` (recovery.py).
+`save()` writes one snapshot (snapshot.py: config, the trained parameters and their tuning report, the row -> id
+table, the trained backend, and the caller's `last_seq`) atomically. The vector file's rows [0, n_rows) are never
+rewritten after a snapshot names them (removals only tombstone rows; compaction writes a new generation), so after a
+crash `load()` sees exactly the last snapshot and the owner replays its rows newer than `last_seq` (recovery.py).
 
 Results follow faiss: ``search`` returns numpy ``(D, I)``, both (nq, k) (vectors.to_public). Not thread-safe:
-the owner serialises calls (Collection holds its lock around every one).
+the owner serialises calls (Collection holds its lock around every one, tune() aside).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from common.checks import is_int, optional_positive_int, positive_int
+from common.checks import is_int
 from common.device import default_device
-from common.errors import InvalidArgumentError
 from common.fs import atomic_write
 from retrieval import snapshot
-from retrieval.backend import Backend, make_backend, resolve_backend
-from retrieval.pq import as_ids, as_matrix, check_metric, check_pq_params, divisors
+from retrieval.backend import Backend, make_backend
+from retrieval.index_config import IndexConfig, IndexParams
+from retrieval.pq import as_ids, as_matrix
+from retrieval.tuning import Tuned, tune
 from retrieval.vectors import HalfStore, exact_search, to_public
 from retrieval.vectors import rerank as rerank_candidates
 
-KINDS = ("ivfpq", "pq", "flat")
+__all__ = ["IndexConfig", "IndexParams", "TrainingJob", "VectorIndex"]
+
 # Exact search keeps a float32 copy of the float16 rows between queries up to this size (a small collection's
 # vectors: converting every row per query was most of a search); larger "flat" indexes stream the rows.
 EXACT_CACHE_BYTES = 256 << 20
 
 
 @dataclass
-class IndexConfig:
-    kind: str = "ivfpq"  # "ivfpq" | "pq" | "flat" (always exact)
-    metric: str = "ip"  # "ip" for normalised embeddings, or "l2"
-    m: int | None = None  # sub-quantizers; None: d // 8 (48 for 384-d MiniLM); must divide d
-    nbits: int = 8  # bits per sub-quantizer code (ksub = 2**nbits), <= 8
-    nlist: int | None = None  # IVF lists; None: ~4 * sqrt(n) at training time, at most n / 39
-    nprobe: int | None = None  # lists scanned per query; None: max(16, 3 * sqrt(nlist)) (auto_nprobe)
-    backend: str | None = None  # "torch" | "faiss" | None (measured default per device, backend.default_backend)
-    rerank: bool = True  # re-score PQ candidates exactly from the float16 vectors
-    rerank_factor: int = 8  # candidates re-scored = rerank_factor * k
-    min_points_per_centroid: int = 39  # training waits for this many vectors per centroid
-    retrain_growth: float | None = 4.0  # retrain when ntotal >= growth * training size; None: never
-    seed: int = 0
-    device: str | None = None  # torch backend device; None: CUDA when available
+class TrainingJob:
+    """The vectors an index had when a training started: rows of `data` (read without the owner's lock) and ids."""
 
-    def resolved_m(self, d: int) -> int:
-        """m, defaulting to d // 8 (or the divisor of d closest to it)."""
-        if self.m is not None:
-            return self.m
-        return min(divisors(d), key=lambda v: (abs(v - d / 8), -v))
+    data: np.ndarray  # (n_rows, d) float16: the vector array as it was (its rows are never rewritten)
+    rows: np.ndarray  # (n,) live rows at the start
+    ids: np.ndarray  # (n,) their ids
+    force: bool  # an explicit retrain: take the best measured setting even below the target
 
-    def validate(self, d: int) -> None:
-        """Checked once, where a configuration enters (Collections.create); ValueError saying what to fix."""
-        if self.kind not in KINDS:
-            raise InvalidArgumentError(f"index kind must be one of {KINDS}, got {self.kind!r}")
-        check_metric(self.metric)
-        check_pq_params(d, self.resolved_m(d), self.nbits)
-        resolve_backend(self.backend, self.device)
-        optional_positive_int(self.nlist, "nlist")
-        optional_positive_int(self.nprobe, "nprobe")
-        positive_int(self.rerank_factor, "rerank_factor")
-        positive_int(self.min_points_per_centroid, "min_points_per_centroid")
-        if self.retrain_growth is not None and self.retrain_growth <= 1:
-            raise InvalidArgumentError(f"retrain_growth must be > 1 or None, got {self.retrain_growth!r}")
+    def vectors(self) -> np.ndarray:
+        """(n, d) float32."""
+        out = np.empty((len(self.rows), self.data.shape[1]), np.float32)
+        for s in range(0, len(self.rows), 65536):
+            out[s : s + 65536] = self.data[self.rows[s : s + 65536]]
+        return out
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> IndexConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def auto_nlist(n: int, min_points_per_centroid: int = 39) -> int:
-    """~4 sqrt(n) lists, but never fewer than min_points_per_centroid vectors per list on average."""
-    return int(max(1, min(4 * math.sqrt(n), n // min_points_per_centroid, 65536)))
-
-
-def auto_nprobe(nlist: int) -> int:
-    """~3 sqrt(nlist) lists, at least 16: the scanned fraction shrinks as collections grow.
-
-    Measured (bench/retrieval.py): MiniLM embeddings do not cluster sharply, so IVF needs a wide probe.
-    On SciFact (nlist 132) nDCG@10 with re-ranking is 4.8% below exact at nprobe 16 but 0.9% at 34 (auto);
-    on 100k synthetic mixtures (nlist 1024) recall@10 with re-ranking is 0.952 / 0.967 / 0.974 / 0.984
-    at nprobe 8 / 16 / 32 / 96 (auto).
-    """
-    return max(1, min(nlist, max(16, round(3 * math.sqrt(nlist)))))
+    def tune(self, config: IndexConfig, cancelled: Callable[[], bool] = lambda: False) -> Tuned:
+        return tune(self.vectors(), self.ids, config, force=self.force, cancelled=cancelled)
 
 
 class VectorIndex:
@@ -118,8 +84,9 @@ class VectorIndex:
     def _setup(self, d: int, config: IndexConfig, path: str | os.PathLike | None, gen: int) -> None:
         assert is_int(d) and d > 0, d
         self.d, self.config = int(d), config
-        self.m = config.resolved_m(self.d)
-        self.ksub = 1 << config.nbits
+        self.params: IndexParams | None = None  # what the backend was trained with (None while exact)
+        self.tuning: dict | None = None  # the last tuning's report (tuning.tune), installed or not
+        self.attempted_size = 0  # ntotal at the last tuning that found no qualifying setting
         self.path = os.fspath(path) if path is not None else None
         self.last_seq = 0  # the owner's change number this index reflects (saved with it)
         self.trained_size = 0
@@ -149,37 +116,33 @@ class VectorIndex:
             return self._backend.device
         return torch.device(self.config.device) if self.config.device else default_device()
 
-    @property
-    def min_train_size(self) -> int | None:
-        """Vectors needed before the index trains itself (None for kind "flat": never)."""
+    def training_due(self) -> bool:
+        """Whether the owner should (re)train now: min_train_size vectors reached while exact, or the collection grew
+        retrain_growth times past the training size; after a tuning that found nothing, not before ntotal doubled."""
         c = self.config
-        if c.kind == "flat":
-            return None
-        centroids = self.ksub if c.kind == "pq" or c.nlist is None else max(self.ksub, c.nlist)
-        return c.min_points_per_centroid * centroids
+        if c.kind == "flat" or self.ntotal < 2 * self.attempted_size:
+            return False
+        if self._backend is None:
+            return self.ntotal >= c.min_train_size
+        return c.retrain_growth is not None and self.ntotal >= c.retrain_growth * max(1, self.trained_size)
 
     @property
     def nprobe(self) -> int | None:
         """IVF lists a search visits unless it says otherwise (None unless trained as IVF-PQ)."""
-        if self._backend is None or not self._backend.nlist:
-            return None
-        return self.config.nprobe if self.config.nprobe is not None else auto_nprobe(self._backend.nlist)
+        return self.params.nprobe if self.params is not None and self.params.kind == "ivfpq" else None
 
     def stats(self) -> dict:
-        b = self._backend
+        p = self.params
         return {
-            "kind": self.config.kind,
+            "kind": p.kind if p is not None else "flat" if self.config.kind == "flat" else "exact",
             "trained": self.is_trained,
             "ntotal": self.ntotal,
             "d": self.d,
-            "m": self.m,
-            "nbits": self.config.nbits,
             "metric": self.config.metric,
-            "nlist": (b.nlist or None) if b is not None else None,
-            "nprobe": self.nprobe,
-            "backend": b.name if b is not None else None,
+            "params": p.to_dict() if p is not None else None,
+            "backend": self._backend.name if self._backend is not None else None,
             "trained_size": self.trained_size,
-            "min_train_size": self.min_train_size,
+            "tuning": self.tuning,  # holds the chosen setting's measured recall and bytes per vector
             "last_seq": self.last_seq,
         }
 
@@ -193,7 +156,7 @@ class VectorIndex:
     # -- mutation
     def add(self, x, ids=None) -> np.ndarray:
         """Add vectors x (n, d) under new int64 ids (n,) (default: consecutive ids after the largest added so far).
-        Returns the ids. May train or retrain the index (module docstring)."""
+        Returns the ids. Never trains: see training_due()."""
         xt = as_matrix(x, self.d, "vectors")
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + xt.shape[0], dtype=np.int64)
@@ -210,11 +173,6 @@ class VectorIndex:
         self._next_id = max(self._next_id, int(ids.max()) + 1)
         if self._backend is not None:
             self._backend.add(xt.to(self._backend.device), ids)
-            growth = self.config.retrain_growth
-            if growth is not None and self.ntotal >= growth * max(1, self.trained_size):
-                self._train()
-        elif self.min_train_size is not None and self.ntotal >= self.min_train_size:
-            self._train()
         return ids
 
     def remove(self, ids) -> int:
@@ -229,42 +187,50 @@ class VectorIndex:
             self.vectors.compact()  # in memory nothing refers to row numbers, so compact freely
         return n
 
-    def retrain(self) -> None:
-        """Train (or re-train) the approximate index on the current vectors, whatever their number."""
-        if self.config.kind == "flat":
-            return
-        need = self.ksub if self.config.kind == "pq" else max(self.ksub, self.config.nlist or 1)
-        if self.ntotal < need:
-            raise ValueError(
-                f"cannot train a {self.config.kind} index with nbits={self.config.nbits} "
-                f"on {self.ntotal} vectors: needs at least {need}"
-            )
-        self._train()
-
-    def _new_backend(self, nlist: int, backend: str | None) -> Backend:
-        c = self.config
-        return make_backend(c.kind, self.d, c.metric, self.m, c.nbits, nlist, c.seed, backend, c.device)
-
-    def _train(self) -> None:
-        c, n = self.config, self.ntotal
+    def training_job(self, force: bool = False) -> TrainingJob:
+        """The vectors to train on, as they are now (call under the owner's lock; tune them without it)."""
         rows = self.vectors.live_rows()
-        row_ids = self.vectors.row_ids()
-        nlist = 0
-        if c.kind == "ivfpq":
-            nlist = c.nlist if c.nlist is not None else max(1, min(auto_nlist(n, c.min_points_per_centroid), n))
-        backend = self._new_backend(nlist, c.backend)
-        # k-means subsamples to 256 points per centroid anyway: do not convert more than that
-        max_train = 256 * max(self.ksub, nlist)
-        train_rows = rows
-        if len(rows) > max_train:
-            gen = np.random.default_rng(c.seed)
-            train_rows = np.sort(gen.choice(rows, max_train, replace=False))
-        backend.train(self.vectors.get_rows(train_rows, backend.device))
-        for s in range(0, len(rows), 65536):
-            r = rows[s : s + 65536]
-            backend.add(self.vectors.get_rows(r, backend.device), row_ids[r])
-        self._backend, self.trained_size = backend, n
+        return TrainingJob(self.vectors.view(), rows, self.vectors.row_ids()[rows].copy(), force)
+
+    def install(self, job: TrainingJob, tuned: Tuned) -> bool:
+        """Serve from a tuned backend (under the owner's lock), brought up to the vectors added and removed since
+        `job` was taken. Returns whether it was installed (False: no setting qualified; the index stays as it is)."""
+        self.tuning = tuned.report
+        if tuned.backend is None:
+            self.attempted_size = len(job.ids)
+            return False
+        backend, now = tuned.backend, self.vectors.ids()
+        gone = np.setdiff1d(job.ids, now)
+        if len(gone):
+            backend.remove(gone)
+        new = np.setdiff1d(now, job.ids)
+        for s in range(0, len(new), 65536):
+            part = new[s : s + 65536]
+            backend.add(torch.from_numpy(self.vectors.get(part)).to(backend.device), part)
+        self._backend, self.params = backend, tuned.params
+        self.trained_size, self.attempted_size = len(job.ids), 0
+        self.unsaved += 1  # a new trained state is worth a snapshot
         self._exact = None  # searches go through the trained index from now on: free the copy
+        return True
+
+    def retrain(self) -> dict:
+        """Tune and train the approximate index on the current vectors now, whatever their number, taking the best
+        setting measured even below the recall target. Returns the tuning report; ValueError when there are too few
+        vectors to train anything."""
+        if self.config.kind == "flat":
+            return {}
+        job = self.training_job(force=True)
+        tuned = job.tune(self.config)
+        if tuned.backend is None:
+            raise ValueError(f"cannot train a {self.config.kind or 'pq'} index: {tuned.report['reason']}")
+        self.install(job, tuned)
+        return tuned.report
+
+    def _new_backend(self, params: IndexParams, backend: str | None) -> Backend:
+        c = self.config
+        return make_backend(
+            params.kind, self.d, c.metric, params.m, params.nbits, params.nlist, c.seed, backend, c.device
+        )
 
     # -- search
     def search(
@@ -296,7 +262,7 @@ class VectorIndex:
         if self.ntotal == 0 or nq == 0 or (allowed is not None and len(allowed) == 0):
             return to_public(np.full((nq, k), np.inf, np.float32), np.full((nq, k), -1, np.int64), metric)
         rerank = self.config.rerank if rerank is None else rerank
-        kc = k * self.config.rerank_factor if rerank else k
+        kc = k * self.params.rerank_factor if rerank else k
         dist, ids = self._backend.search(q.to(self._backend.device), kc, nprobe or self.nprobe or 1, allowed)
         if rerank:
             dist, ids = rerank_candidates(self.vectors, q, ids, k, metric)
@@ -350,6 +316,9 @@ class VectorIndex:
             "last_seq": self.last_seq,
             "next_id": self._next_id,
             "trained_size": self.trained_size,
+            "attempted_size": self.attempted_size,
+            "params": self.params.to_dict() if self.params is not None else None,
+            "tuning": self.tuning,
             "trained": self._backend is not None,
             # the trained state is backend specific (a faiss blob or torch arrays): reload with the same one
             "backend": self._backend.name if self._backend is not None else None,
@@ -357,8 +326,6 @@ class VectorIndex:
         arrays = {"row_ids": row_ids}
         if self._backend is not None:
             arrays.update({f"index.{k}": v for k, v in self._backend.state_dict().items()})
-            if self._backend.nlist:
-                arrays["nlist"] = np.array(self._backend.nlist)
         snapshot.write(target, meta, arrays)
         snapshot.remove_other_generations(target, gen)
         if own:
@@ -383,12 +350,14 @@ class VectorIndex:
         self = cls.__new__(cls)
         self._setup(int(meta["d"]), config, path, gen=int(meta["gen"]))
         self.last_seq, self.trained_size = int(meta["last_seq"]), int(meta["trained_size"])
+        self.attempted_size, self.tuning = int(meta["attempted_size"]), meta["tuning"]
         row_ids = np.asarray(arrays["row_ids"], np.int64)
         self.vectors.restore(row_ids)
         # snapshots before next_id was saved: after the largest id they name
         self._next_id = int(meta.get("next_id", int(row_ids.max(initial=-1)) + 1))
         if meta["trained"]:
-            backend = self._new_backend(int(arrays.get("nlist", 0)), meta["backend"])
+            self.params = IndexParams.from_dict(meta["params"])
+            backend = self._new_backend(self.params, meta["backend"])
             backend.load_state_dict({k[len("index.") :]: v for k, v in arrays.items() if k.startswith("index.")})
             self._backend = backend
         snapshot.remove_other_generations(self.path, self._gen)  # a compaction that crashed before its snapshot

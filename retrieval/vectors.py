@@ -90,7 +90,8 @@ class HalfStore:
 
     rows [0, n_rows) are written once; remove() sets the row's id to -1 (a tombstone). `layout` changes whenever
     rows are renumbered (compact, restore), so (layout, n_rows) names what view() holds: a copy of the rows taken
-    under the same pair is still exact.
+    under the same pair is still exact. Growing or compacting switches to a new array and leaves the old one as it
+    was, so an array view() returned can be read later, without the owner's lock (a background training does).
     """
 
     def __init__(self, d: int, path: str | os.PathLike | None = None):

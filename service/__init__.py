@@ -9,4 +9,7 @@ metrics.py     Prometheus metrics of the RPCs, the generation and the engine
 client.py      the synchronous Python client (CLI, demo, tests, benchmarks)
 cli.py         the `pqrag` command line; demo.py (`make demo`), launcher.py (a server subprocess)
 codegen.py     the committed stubs in pqrag/v1 from proto/ (`make proto`); structs.py: Struct <-> dict
+gate.py        what every request passes first: auth.py (API keys, roles, scopes), interceptors.py (the gRPC
+               interceptor: keys, decoding, scopes, audit), ratelimit.py, admission.py, audit.py; tls.py; health.py
+keys_cli.py    `pqrag keys`; cli_options.py: the security and backpressure flags of serve and the clients
 """

@@ -5,8 +5,9 @@
     pqrag ingest ./notes ./README.md --collection docs
     pqrag search "how do I open a file?" --collection docs -k 5 --json
 
-Client commands take --server HOST:PORT (default localhost:50051, or $PQRAG_SERVER) and --json
-(machine-readable output on stdout). Errors go to stderr with the gRPC status code; exit status 1.
+Client commands take --server HOST:PORT (default localhost:50051, or $PQRAG_SERVER), --api-key (or
+$PQRAG_API_KEY), --tls-ca/--tls-cert/--tls-key (service.cli_options) and --json (machine-readable output on
+stdout). Errors go to stderr with the gRPC status code; exit status 1. `pqrag keys` manages API keys (keys_cli.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from service.cli_options import add_client_flags, add_serve_flags, client_options, serve_config
+from service.cli_retrieval import (
+    add_index_flags,
+    add_mode_flags,
+    index_spec,
+    mode_options,
+    print_collection,
+    print_hits,
+)
 from service.config import ServerConfig
+from service.keys_cli import add_keys_parser
+from service.models_cli import add_models_parser
 
 DEFAULT_DATA_DIR = os.environ.get("PQRAG_DATA_DIR", ServerConfig.data_dir)
 DEFAULT_SERVER = os.environ.get("PQRAG_SERVER", "localhost:50051")
@@ -42,7 +54,7 @@ def _print_json(obj: Any) -> None:
 def _client(args):
     from service.client import Client
 
-    return Client(args.server, timeout=args.timeout)
+    return Client(args.server, timeout=args.timeout, **client_options(args))
 
 
 # --- serve ---------------------------------------------------------------------------------------
@@ -69,18 +81,29 @@ def cmd_serve(args) -> int:
         port=args.port,
         workers=args.workers,
         metrics_port=args.metrics_port,
+        http_port=args.http_port,
+        served_model_name=args.served_model_name,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         model=model,
         device=args.device,
         engine={k: v for k, v in engine.items() if v is not None},  # unset: the engine's defaults
+        **serve_config(args),
     )
 
-    def ready(port: int) -> None:
-        # One parseable line on stdout so scripts (and `make demo`) can find a port chosen with --port 0.
-        print(f"pqrag listening on {config.host}:{port}", flush=True)
+    def ready(server) -> None:
+        # One parseable line on stdout so scripts (and `make demo`) can find a port chosen with --port 0; a second
+        # one for the HTTP port (service.launcher reads both).
+        print(f"pqrag listening on {config.host}:{server.port}", flush=True)
+        if server.http is not None:
+            print(f"pqrag http listening on {server.http.url}", flush=True)
 
-    asyncio.run(serve(config, ready=ready))
-    return 0
+    from service.gate import UnsafeConfigError
+
+    try:
+        return asyncio.run(serve(config, ready=ready))
+    except UnsafeConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 # --- collections ---------------------------------------------------------------------------------
@@ -91,26 +114,12 @@ def cmd_collections(args) -> int:
 
     with _client(args) as c:
         if args.action == "create":
-            spec = {
-                "kind": args.kind,
-                "m": args.m,
-                "nbits": args.nbits,
-                "nlist": args.nlist,
-                "nprobe": args.nprobe,
-                "metric": args.metric,
-                "backend": args.backend,
-            }
-            if args.no_rerank:
-                spec["rerank"] = False
+            spec = index_spec(args)
             out = collection_to_dict(c.create_collection(args.name, embedder=args.embedder or "", **spec))
             _print_json(out) if args.json else print(f"created collection {out['name']} (dimension {out['dimension']})")
         elif args.action == "get":
             out = collection_to_dict(c.get_collection(args.name))
-            if args.json:
-                _print_json(out)
-            else:
-                for k, v in out.items():
-                    print(f"{k:12} {v}")
+            _print_json(out) if args.json else print_collection(out)
         elif args.action == "list":
             colls = [collection_to_dict(x) for x in c.list_collections()]
             if args.json:
@@ -211,6 +220,7 @@ def cmd_search(args) -> int:
             filter=filt,
             nprobe=args.nprobe,
             rerank=False if args.no_rerank else None,
+            **mode_options(args),
         )
     from service.client import hit_to_dict
 
@@ -218,12 +228,7 @@ def cmd_search(args) -> int:
     if args.json:
         _print_json(hits)
         return 0
-    for i, h in enumerate(hits, 1):
-        snippet = " ".join(h["text"].split())
-        if len(snippet) > 240:
-            snippet = snippet[:237] + "..."
-        print(f"[{i}] {h['score']:.4f}  {h['doc_id']}  (chunk {h['chunk_id']}, chars {h['start']}-{h['end']})")
-        print(f"    {snippet}")
+    print_hits(hits)
     print(f"({len(hits)} hits; embed {resp.embed_ms:.1f} ms, search {resp.search_ms:.1f} ms)")
     return 0
 
@@ -274,7 +279,12 @@ def cmd_ask(args) -> int:
 
     with _client(args) as c:
         events = c.ask_stream(
-            args.collection, args.question, num_passages=args.passages, filter=_filter(args), **_gen_params(args)
+            args.collection,
+            args.question,
+            num_passages=args.passages,
+            filter=_filter(args),
+            **mode_options(args),
+            **_gen_params(args),
         )
         if args.json:
             _print_json(collect_answer(events))
@@ -305,7 +315,12 @@ def cmd_chat(args) -> int:
                 continue
             messages.append({"role": "user", "content": line})
             events = c.chat_stream(
-                args.collection, messages, num_passages=args.passages, filter=_filter(args), **_gen_params(args)
+                args.collection,
+                messages,
+                num_passages=args.passages,
+                filter=_filter(args),
+                **mode_options(args),
+                **_gen_params(args),
             )
             if args.json:
                 result = collect_answer(events)
@@ -354,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT of the server (default %(default)s)")
         p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         p.add_argument("--timeout", type=float, default=600.0, help="seconds per RPC")
+        add_client_flags(p)
         p.set_defaults(fn=fn)
         return p
 
@@ -364,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=defaults.port, help="0 picks a free port")
     p.add_argument("--workers", type=int, default=defaults.workers, help="threads for embedding, search and storage")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=defaults.http_port,
+        help="also serve HTTP on this port: the OpenAI-compatible API (/v1), REST, /health, /metrics and the web "
+        "console at / (0 picks a free port)",
+    )
+    p.add_argument(
+        "--served-model-name", help="the generator's name in the OpenAI API (default: the model directory's name)"
+    )
     p.add_argument(
         "--max-message-mb", type=int, default=defaults.max_message_bytes >> 20, help="largest request accepted"
     )
@@ -378,21 +404,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="generator device (default: cuda when available, else cpu)")
     p.add_argument("--kv-cache-mb", type=int, help="KV-cache memory for the generator (default: the engine's sizing)")
     p.add_argument("--max-num-seqs", type=int, help="sequences the generator decodes together (default: the engine's)")
+    add_serve_flags(p, defaults)
     p.set_defaults(fn=cmd_serve)
+    add_keys_parser(sub, DEFAULT_DATA_DIR)
+    add_models_parser(sub)
 
     p = client_cmd("collections", "create, get, list or delete collections", cmd_collections)
     csub = p.add_subparsers(dest="action", required=True)
     c = csub.add_parser("create")
     c.add_argument("name")
-    c.add_argument("--embedder", help="local sentence-transformers model directory (default all-MiniLM-L6-v2)")
-    c.add_argument("--kind", choices=["ivfpq", "pq", "flat"])
-    c.add_argument("--m", type=int, help="sub-quantizers per vector (must divide the dimension)")
-    c.add_argument("--nbits", type=int, help="bits per code (1..8)")
-    c.add_argument("--nlist", type=int, help="IVF lists (default: from the collection size)")
-    c.add_argument("--nprobe", type=int, help="lists probed per query")
-    c.add_argument("--metric", choices=["ip", "l2"])
-    c.add_argument("--backend", choices=["torch", "faiss"])
-    c.add_argument("--no-rerank", action="store_true", help="skip exact re-ranking of PQ candidates")
+    c.add_argument(
+        "--embedder", help="embedder model name (default all-MiniLM-L6-v2; others: the server's --models-dir)"
+    )
+    add_index_flags(c)
     for action in ("get", "delete"):
         csub.add_parser(action).add_argument("name")
     csub.add_parser("list")
@@ -400,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in csub.choices.values():
         sp.add_argument("--server", default=argparse.SUPPRESS)
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        add_client_flags(sp, suppress=True)
 
-    p = client_cmd("ingest", "ingest files and folders (.txt .md .html .json .jsonl)", cmd_ingest)
+    p = client_cmd("ingest", "ingest files and folders (.txt .md .html .pdf .json .jsonl)", cmd_ingest)
     p.add_argument("paths", nargs="+")
     p.add_argument("--collection", "-c", required=True)
     p.add_argument("--create", action="store_true", help="create the collection if it does not exist")
@@ -414,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"lang": "en", "tag": {"$in": ["a", "b"]}}\'')
     p.add_argument("--nprobe", type=int, default=0)
     p.add_argument("--no-rerank", action="store_true")
+    add_mode_flags(p)
 
     p = client_cmd("documents", "get or delete one document", cmd_documents)
     dsub = p.add_subparsers(dest="action", required=True)
@@ -423,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--collection", "-c", required=True)
         d.add_argument("--server", default=argparse.SUPPRESS)
         d.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        add_client_flags(d, suppress=True)
         if action == "get":
             d.add_argument("--chunks", action="store_true", help="include chunks with their character spans")
 
@@ -438,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--passages", type=int, metavar="N", help="passages retrieved for the context (1..50, default 5)"
         )
         p.add_argument("--filter", help="metadata filter as JSON, as for search")
+        add_mode_flags(p)
         p.add_argument("--max-tokens", type=int, default=None, help="answer length limit (default 256)")
         p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
         p.add_argument("--top-p", type=float, default=None)
@@ -470,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, grpc.RpcError):
             code = exc.code().name if exc.code() else "UNKNOWN"
             print(f"error: {code}: {exc.details()}", file=sys.stderr)
+            if code == "UNAUTHENTICATED":
+                print("(pass an API key: --api-key KEY or $PQRAG_API_KEY; see `pqrag keys create`)", file=sys.stderr)
             if code == "UNAVAILABLE":
                 print(f"(is the server running at {args.server}? start one with `pqrag serve`)", file=sys.stderr)
             return 1

@@ -8,6 +8,9 @@ with Client("localhost:50051") as c:
     for event in c.ask_stream("docs", "what is a list comprehension?", num_passages=5, max_tokens=64):
         ...                                     # context, then deltas, then final
     result = c.ask("docs", "what is a list comprehension?")   # {"answer", "citations", "final"}
+
+with Client("rag.example:50051", api_key=key, tls_ca="ca.pem") as c:      # an API key over TLS
+    ...                                 # mutual TLS: tls_cert="client.pem", tls_key="client.key" as well
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pqrag.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
-from service.structs import dict_to_struct, struct_to_dict
+from service.structs import dict_to_struct, mode_from_proto, mode_to_proto, struct_to_dict
 
 DEFAULT_SERVER = "localhost:50051"
 
@@ -45,6 +48,9 @@ def document_message(doc: Any) -> documents_pb2.Document:
     )
 
 
+RANK_FIELDS = ("dense_rank", "dense_score", "lexical_rank", "lexical_score")
+
+
 def hit_to_dict(h: search_pb2.Hit) -> dict[str, Any]:
     return {
         "doc_id": h.document_id,
@@ -55,6 +61,8 @@ def hit_to_dict(h: search_pb2.Hit) -> dict[str, Any]:
         "source": h.source,
         "start": h.start,
         "end": h.end,
+        # rank (from 1) and score in each retriever's ranking; None where it did not return the hit
+        **{f: getattr(h, f) if h.HasField(f) else None for f in RANK_FIELDS},
     }
 
 
@@ -158,23 +166,98 @@ def collection_to_dict(c: collections_pb2.Collection) -> dict[str, Any]:
             "nprobe": c.index.nprobe,
             "metric": c.index.metric,
             "rerank": c.index.rerank,
+            "rerank_factor": c.index.rerank_factor,
+            "recall_target": c.index.recall_target,
+            "min_train_size": c.index.min_train_size,
         },
+        "default_search_mode": mode_from_proto(c.default_search_mode),
+        "index_training": c.index_training,
+        "tuning": tuning_to_dict(c.tuning) if c.HasField("tuning") else None,
     }
+
+
+def tuning_to_dict(t: collections_pb2.IndexTuning) -> dict[str, Any]:
+    """What the index measured when it last trained: the chosen setting (None if none qualified), recall, bytes."""
+    p = t.params
+    chosen = None
+    if t.HasField("params"):
+        chosen = {"kind": p.kind, "m": p.m, "nbits": p.nbits, "rerank_factor": p.rerank_factor}
+        if p.kind == "ivfpq":
+            chosen.update(nlist=p.nlist, nprobe=p.nprobe)
+    return {
+        "params": chosen,
+        "recall": round(t.recall, 4),
+        "recall_stderr": round(t.recall_stderr, 4),
+        "recall_target": t.recall_target,
+        "met_target": t.met_target,
+        "bytes_per_vector": round(t.bytes_per_vector, 1),
+        "trained_vectors": t.trained_vectors,
+        "queries": t.queries,
+        "settings_trained": t.settings_trained,
+        "train_seconds": round(t.train_seconds, 2),
+        "reason": t.reason,
+    }
+
+
+class _BearerKey(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Sends `authorization: Bearer KEY` with every call (on a plaintext channel too, where grpc's call
+    credentials would refuse: a loopback server, or a TLS-terminating proxy in front)."""
+
+    def __init__(self, key: str):
+        self.header = ("authorization", f"Bearer {key}")
+
+    def _details(self, details):
+        metadata = [*(details.metadata or ()), self.header]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
 
 
 class Client:
     def __init__(
-        self, target: str = DEFAULT_SERVER, timeout: float | None = 60.0, max_message_bytes: int = 64 * 1024 * 1024
+        self,
+        target: str = DEFAULT_SERVER,
+        timeout: float | None = 60.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        channel_options: list[tuple[str, object]] | None = None,
     ):
+        """api_key: sent as `authorization: Bearer KEY`. TLS when tls is set or any tls_* file is given: tls_ca is
+        the server's CA (None: the system's roots); tls_cert and tls_key, a client certificate for mutual TLS.
+        channel_options: more grpc channel options (e.g. ("grpc.max_reconnect_backoff_ms", 1000))."""
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            *(channel_options or []),
+        ]
+        if tls or tls_ca or tls_cert or tls_key:
+            from service.tls import client_credentials
+
+            channel = grpc.secure_channel(target, client_credentials(tls_ca, tls_cert, tls_key), options=options)
+        else:
+            channel = grpc.insecure_channel(target, options=options)
+        self.channel = grpc.intercept_channel(channel, _BearerKey(api_key)) if api_key else channel
         self.collections = collections_pb2_grpc.CollectionsStub(self.channel)
         self.documents = documents_pb2_grpc.DocumentsStub(self.channel)
         self.searcher = search_pb2_grpc.SearchStub(self.channel)
@@ -198,13 +281,18 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     # collections
-    def create_collection(self, name: str, embedder: str = "", **index: Any) -> collections_pb2.Collection:
+    def create_collection(
+        self, name: str, embedder: str = "", search_mode: str | None = None, **index: Any
+    ) -> collections_pb2.Collection:
+        """index: IndexSpec fields (kind, m, nbits, recall_target, ...) and chunk_tokens / overlap_tokens; None or
+        absent: the server's choice. search_mode: what a search naming no mode does (None: hybrid)."""
         chunking = {k: index.pop(k) for k in ("chunk_tokens", "overlap_tokens") if k in index}
         coll = collections_pb2.Collection(
             name=name,
             embedder=embedder,
             index=collections_pb2.IndexSpec(**{k: v for k, v in index.items() if v is not None}),
             chunking=collections_pb2.ChunkingSpec(**chunking),
+            default_search_mode=mode_to_proto(search_mode),
         )
         return self.collections.CreateCollection(
             collections_pb2.CreateCollectionRequest(collection=coll), timeout=self.timeout
@@ -262,8 +350,12 @@ class Client:
         filter: dict | None = None,
         nprobe: int = 0,
         rerank: bool | None = None,
+        mode: str | None = None,  # "dense" | "lexical" | "hybrid"; None: the collection's default
+        fusion: dict[str, Any] | None = None,  # hybrid: rrf_k, alpha, candidates (None: the server's defaults)
     ) -> search_pb2.SearchResponse:
-        req = search_pb2.SearchRequest(collection=collection, nprobe=nprobe)
+        req = search_pb2.SearchRequest(collection=collection, nprobe=nprobe, mode=mode_to_proto(mode))
+        if fusion:
+            req.fusion.CopyFrom(search_pb2.FusionParams(**{k: v for k, v in fusion.items() if v is not None}))
         if k is not None:
             req.top_k = k
         if vector is not None:
@@ -281,11 +373,16 @@ class Client:
 
     # rag
     @staticmethod
-    def _rag_fields(req, num_passages: int | None, filter: dict | None, params: dict[str, Any]) -> None:
+    def _rag_fields(
+        req, num_passages: int | None, filter: dict | None, mode: str | None, fusion: dict | None, params: dict
+    ) -> None:
         if num_passages is not None:
             req.num_passages = num_passages
         if filter is not None:
             req.filter.CopyFrom(dict_to_struct(filter))
+        req.mode = mode_to_proto(mode)
+        if fusion:
+            req.fusion.CopyFrom(search_pb2.FusionParams(**{k: v for k, v in fusion.items() if v is not None}))
         req.params.CopyFrom(generation_params(**params))
 
     def ask_stream(
@@ -294,12 +391,15 @@ class Client:
         question: str,
         num_passages: int | None = None,
         filter: dict | None = None,
+        mode: str | None = None,
+        fusion: dict | None = None,
         **params: Any,
     ):
         """The raw AskResponse stream (a grpc call: iterate it, or .cancel() it). num_passages: passages retrieved
-        (None: the server's default); params: GenerationParams fields (see generation_params)."""
+        (None: the server's default); mode, fusion: how they are retrieved, as for search (None: the collection's
+        default); params: GenerationParams fields (see generation_params)."""
         req = rag_pb2.AskRequest(collection=collection, question=question)
-        self._rag_fields(req, num_passages, filter, params)
+        self._rag_fields(req, num_passages, filter, mode, fusion, params)
         return self.rag.Ask(req, timeout=self.timeout)
 
     def chat_stream(
@@ -308,13 +408,15 @@ class Client:
         messages: list[dict[str, str]],
         num_passages: int | None = None,
         filter: dict | None = None,
+        mode: str | None = None,
+        fusion: dict | None = None,
         **params: Any,
     ):
         req = rag_pb2.ChatRequest(
             collection=collection,
             messages=[rag_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
         )
-        self._rag_fields(req, num_passages, filter, params)
+        self._rag_fields(req, num_passages, filter, mode, fusion, params)
         return self.rag.Chat(req, timeout=self.timeout)
 
     def ask(self, collection: str, question: str, **kw: Any) -> dict[str, Any]:

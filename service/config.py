@@ -18,6 +18,10 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     workers: int = 4  # threads for embedding, search and SQLite
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None disables
+    # The HTTP front door on the same host (OpenAI-compatible API, REST, /health, /metrics, the console at /), in
+    # this process, over the same generator and collections; None disables, 0 picks a free port.
+    http_port: int | None = None
+    served_model_name: str | None = None  # the generator's name in the OpenAI API; None: the model dir's name
     # The colocated generator: a checkpoint directory (config.json + safetensors + tokenizer.json), or None to
     # serve retrieval alone (Rag answers FAILED_PRECONDITION).
     model: str | None = None
@@ -25,3 +29,25 @@ class ServerConfig:
     # llm.engine.EngineConfig fields to override (max_num_seqs, kv_cache_memory, ...); a field left out keeps the
     # engine's default, which lives only there.
     engine: dict[str, Any] = field(default_factory=dict)
+
+    # --- security and reliability (issue 17; README "Security") ---
+    # Serving beyond the loopback interface with no API key in the data dir refuses to start unless insecure.
+    insecure: bool = False
+    reflection: bool = True  # gRPC server reflection (open, like health); --no-reflection leaves it out
+    # TLS for gRPC, HTTP and /metrics: PEM certificate chain and key; a client CA makes it mutual TLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    admin_key_file: str | None = None  # a key (pqrag keys generate) to register as the admin key "bootstrap"
+    metrics_host: str = "127.0.0.1"  # address of /metrics (no auth): loopback unless asked
+    # Embedders are model names: the bundled default, or directories in these (never a client-given path).
+    models_dirs: tuple[str, ...] = ()
+    # Admission control for answers (RESOURCE_EXHAUSTED before anything is streamed); None: no limit.
+    max_waiting_requests: int | None = None
+    max_waiting_tokens: int | None = None
+    # Per-key rate limits (token buckets; a key's own limits override these); None: no limit.
+    rate_limit_rps: float | None = None
+    rate_limit_tps: float | None = None  # generated (prompt + answer) tokens per second
+    grace_period: float = 30.0  # seconds in-flight calls get to finish after SIGTERM
+    bulk_workers: int = 2  # threads for ingestion, apart from `workers`: queries never queue behind a bulk ingest
+    health_probe_s: float = 5.0  # how often the store is probed for health

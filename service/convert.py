@@ -17,6 +17,7 @@ from rag.passages import Passage
 from rag.pipeline import AnswerEnd, AnswerEvent, Context, TextDelta
 from rag.request import AnswerRequest
 from retrieval import ChunkerConfig, CollectionConfig, Document, IndexConfig
+from service import structs
 from service.structs import dict_to_struct, struct_to_dict
 
 EMPTY = empty_pb2.Empty()
@@ -50,6 +51,9 @@ def collection_config_from_proto(c: collections_pb2.Collection) -> tuple[str, Co
         "metric": spec.metric or None,
         "backend": spec.backend or None,
         "rerank": spec.rerank if spec.HasField("rerank") else None,
+        "recall_target": spec.recall_target if spec.HasField("recall_target") else None,
+        "rerank_factor": spec.rerank_factor or None,
+        "min_train_size": spec.min_train_size or None,
     }
     index = _replace(index, overrides)
     chunker = _replace(
@@ -57,6 +61,7 @@ def collection_config_from_proto(c: collections_pb2.Collection) -> tuple[str, Co
         {"chunk_tokens": c.chunking.chunk_tokens or None, "overlap_tokens": c.chunking.overlap_tokens or None},
     )
     config = CollectionConfig(embedder=c.embedder or None, index=index, chunker=chunker)
+    config = _replace(config, {"search_mode": mode_from_proto(c.default_search_mode)})
     return name, config
 
 
@@ -78,14 +83,17 @@ def collection_to_proto(coll) -> collections_pb2.Collection:
         embedder=cfg.embedder or "",
         dimension=int(stats["dimension"]),
         index=collections_pb2.IndexSpec(
-            kind=ix.kind,
+            kind=ix.kind or "",
             m=ix.m or 0,
-            nbits=ix.nbits,
+            nbits=ix.nbits or 0,
             nlist=ix.nlist or 0,
             nprobe=ix.nprobe or 0,
             metric=ix.metric,
             backend=ix.backend or "",
             rerank=bool(ix.rerank),
+            recall_target=ix.recall_target,
+            rerank_factor=ix.rerank_factor or 0,
+            min_train_size=ix.min_train_size,
         ),
         chunking=collections_pb2.ChunkingSpec(
             chunk_tokens=cfg.chunker.chunk_tokens, overlap_tokens=cfg.chunker.overlap_tokens
@@ -94,7 +102,56 @@ def collection_to_proto(coll) -> collections_pb2.Collection:
         chunk_count=int(stats["chunk_count"]),
         index_state=str(stats["index_state"]),
         create_time=created,
+        default_search_mode=structs.mode_to_proto(cfg.search_mode),
+        tuning=tuning_to_proto(stats["index"]["tuning"]),
+        index_training=bool(stats["training"]),
     )
+
+
+def tuning_to_proto(report: dict[str, Any] | None) -> collections_pb2.IndexTuning | None:
+    """The tuning report of VectorIndex.stats() (retrieval.tuning.tune) -> IndexTuning; None before any tuning."""
+    if report is None:
+        return None
+    p = report.get("params")
+    params = None
+    if p is not None:
+        params = collections_pb2.IndexSpec(
+            kind=p["kind"],
+            m=p["m"],
+            nbits=p["nbits"],
+            nlist=p["nlist"],
+            nprobe=p["nprobe"],
+            rerank_factor=p["rerank_factor"],
+        )
+    return collections_pb2.IndexTuning(
+        params=params,
+        recall=float(report.get("recall", 0.0)),
+        recall_stderr=float(report.get("recall_stderr", 0.0)),
+        recall_target=float(report["recall_target"]),
+        met_target=bool(report["met"]),
+        bytes_per_vector=float(report.get("bytes_per_vector", 0.0)),
+        trained_vectors=int(report["vectors"]),
+        queries=int(report["queries"]),
+        settings_trained=int(report.get("settings_trained", 0)),
+        train_seconds=float(report.get("seconds", 0.0)),
+        reason=report.get("reason") or "",
+    )
+
+
+# --- search modes --------------------------------------------------------------------------------
+
+
+def mode_from_proto(mode: int) -> str | None:
+    """SearchMode -> the domain's mode name; None for SEARCH_MODE_UNSPECIFIED (the collection's default)."""
+    try:
+        return structs.mode_from_proto(mode)
+    except ValueError:
+        raise InvalidArgumentError(f"unknown SearchMode {mode}; use DENSE, LEXICAL, HYBRID or leave it unset") from None
+
+
+def fusion_from_proto(f: search_pb2.FusionParams) -> dict[str, Any]:
+    """The FusionParams fields the client set, by name (retrieval.FusionParams's)."""
+    return {field.name: value for field, value in f.ListFields()}
 
 
 # --- documents -----------------------------------------------------------------------------------
@@ -151,6 +208,8 @@ def search_query_from_proto(req: search_pb2.SearchRequest) -> tuple[str, dict[st
         "filter": struct_to_dict(req.filter) if req.HasField("filter") else None,
         "nprobe": req.nprobe or None,
         "rerank": req.rerank if req.HasField("rerank") else None,
+        "mode": mode_from_proto(req.mode),
+        **fusion_from_proto(req.fusion),
     }
     if req.HasField("top_k"):
         query["k"] = req.top_k
@@ -168,6 +227,10 @@ def search_result_to_proto(result) -> search_pb2.SearchResponse:
             source=h.source or "",
             start=int(h.start),
             end=int(h.end),
+            dense_rank=h.dense_rank,
+            dense_score=h.dense_score,
+            lexical_rank=h.lexical_rank,
+            lexical_score=h.lexical_score,
         )
         for h in result.hits
     ]
@@ -192,6 +255,10 @@ def _answer_fields(req: rag_pb2.AskRequest | rag_pb2.ChatRequest) -> dict[str, A
         fields["num_passages"] = req.num_passages
     if req.HasField("filter"):
         fields["filter"] = struct_to_dict(req.filter)
+    if req.mode != search_pb2.SEARCH_MODE_UNSPECIFIED:
+        fields["mode"] = mode_from_proto(req.mode)
+    if req.HasField("fusion"):
+        fields["fusion"] = fusion_from_proto(req.fusion)
     return fields
 
 

@@ -1,4 +1,5 @@
-"""`make demo`: start the server on embedded defaults, index the Python docs, ask a question over them.
+"""`make demo`: start the server on embedded defaults, index the Python docs, ask a question over them, and point
+to the web console (the HTTP front door: the OpenAI-compatible API and the console at http://localhost:8080/).
 
 Embedded defaults: a data dir with the SQLite store and the PQ index, the offline all-MiniLM-L6-v2
 embedder, the bundled corpus (the Python reference topics shipped with every Python) and the bundled
@@ -9,6 +10,7 @@ A second run finds the collection already there and skips straight to the questi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from tqdm import tqdm
 from retrieval.corpora import python_docs
 from service.cli import default_model
 from service.client import Client, print_answer
-from service.launcher import start_server_process
+from service.launcher import read_http_url, start_server_process
 
 COLLECTION = "python-docs"
 QUESTIONS = [
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="demo-data")
     parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--http-port", type=int, default=8080, help="the console and the OpenAI-compatible API")
     parser.add_argument(
         "--keep-serving",
         action=argparse.BooleanOptionalAction,
@@ -57,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or default_model()
     print(f"starting pqrag server (data dir {args.data_dir}, generator {model or 'none'}) ...", flush=True)
     extra = ("--model", model) if model else ("--no-generator",)
+    extra += ("--http-port", str(args.http_port))
     try:
         proc, target = start_server_process(args.data_dir, args.port, quiet=False, extra_args=extra)
+        http_url = read_http_url(proc)
     except RuntimeError as exc:
-        raise SystemExit(f"{exc}\ntry another port: make demo PORT=50052") from None
+        raise SystemExit(f"{exc}\ntry other ports: make demo PORT=50052 HTTP_PORT=8081") from None
     try:
         with Client(target, timeout=600) as client:
             client.wait_ready()
@@ -69,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                 client.create_collection(COLLECTION)
                 ingest(client)
             info = client.get_collection(COLLECTION)
+            p, t = info.tuning.params, info.tuning
             index = (
-                f"IVF-PQ m={info.index.m}, nbits={info.index.nbits}"
+                f"{p.kind} m={p.m} nbits={p.nbits}, recall@10 {t.recall:.3f} measured, {t.bytes_per_vector:.0f} B/vector"
                 if info.index_state == "trained"
-                else "exact search until there are enough vectors to train the PQ codebooks"
+                else "exact search until the index has tuned and trained itself"
             )
             print(
                 f"\ncollection {COLLECTION}: {info.document_count} documents, {info.chunk_count} chunks, "
@@ -98,9 +104,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  .venv/bin/pqrag chat --collection {COLLECTION} {s}")
         print(f'  .venv/bin/pqrag search "how do I open a file?" --collection {COLLECTION} {s}')
         print(f"  .venv/bin/pqrag ingest ./my-notes --collection notes --create {s}")
+        console = http_url.replace("127.0.0.1", "localhost") + "/"
+        print(f"\nWeb console: {console}   (OpenAI-compatible API: {console}v1)")
+        if model:
+            body = {
+                "messages": [{"role": "user", "content": "how do I open a file?"}],
+                "rag": {"collection": COLLECTION},
+            }
+            print(f"  curl {console}v1/chat/completions -H 'content-type: application/json' -d '{json.dumps(body)}'")
         keep = sys.stdin.isatty() if args.keep_serving is None else args.keep_serving
         if keep:
-            print(f"\nserver running on {target}; press Ctrl-C to stop")
+            print(f"\nserver running on {target} (gRPC) and {console} (HTTP); press Ctrl-C to stop")
             proc.wait()
         else:
             print(f"\n(start a server with `.venv/bin/pqrag serve --data-dir {args.data_dir}`)")

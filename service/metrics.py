@@ -76,6 +76,22 @@ class ServerMetrics:
         )
         self.generated_tokens = Counter("pqrag_generated_tokens", "Answer tokens generated", registry=self.registry)
         self.engine_gauges: dict[str, Gauge] = {}
+        self.serving = Gauge(
+            "pqrag_serving",
+            "1 while health says SERVING, 0 while NOT_SERVING (a reason is set)",
+            registry=self.registry,
+        )
+        self.serving.set(1)
+        self.waiting_requests = Gauge(
+            "pqrag_waiting_requests",
+            "Answers admitted, not yet started (--max-waiting-requests)",
+            registry=self.registry,
+        )
+        self.waiting_tokens = Gauge(
+            "pqrag_waiting_tokens",
+            "Tokens of the answers waiting to start (--max-waiting-tokens)",
+            registry=self.registry,
+        )
 
     def observe_generation(self, retrieval_s: float, ttft_s: float, total_s: float, tokens: int) -> None:
         self.rag_retrieval_seconds.observe(retrieval_s)
@@ -92,6 +108,11 @@ class ServerMetrics:
                 g.set_function(lambda key=key: float(stats().get(key, 0) or 0))
                 self.engine_gauges[key] = g
 
+    def watch_admission(self, admission) -> None:
+        """Export service.admission.Admission's waiting requests and tokens, read at scrape time."""
+        self.waiting_requests.set_function(lambda: float(admission.waiting_requests))
+        self.waiting_tokens.set_function(lambda: float(admission.waiting_tokens))
+
     @contextmanager
     def observe(self, method: str) -> Iterator[dict]:
         """Times one RPC; the handler sets outcome["code"] when it fails."""
@@ -106,9 +127,14 @@ class ServerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve_http(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Start the /metrics endpoint (a prometheus_client HTTP server thread; close() stops it)."""
-        self.http_server, _ = start_http_server(port, addr=addr, registry=self.registry)
+    def serve_http(
+        self, port: int, addr: str = "127.0.0.1", certfile: str | None = None, keyfile: str | None = None
+    ) -> int:
+        """Start the /metrics endpoint (a prometheus_client HTTP server thread; close() stops it), over TLS when given
+        a certificate and key; returns the bound port (port 0 picks one)."""
+        tls = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
+        self.http_server, _ = start_http_server(port, addr=addr, registry=self.registry, **tls)
+        return int(self.http_server.server_port)
 
     def close(self) -> None:
         if self.http_server is not None:

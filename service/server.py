@@ -5,6 +5,13 @@ colocated generator), health and reflection, and runs them until a signal.
     await server.start()              # serving on server.port
     ...
     await server.stop(grace=5)        # drains calls, stops the generator and the workers, closes the store
+
+Every call passes the gate first (service.gate: API keys, rate limits, decoding, scopes, audit). Health tells the
+truth (service.health): NOT_SERVING when the store fails, the generator's engine dies or the server drains.
+
+serve() runs until SIGTERM/SIGINT: health NOT_SERVING, new calls refused (UNAVAILABLE), in-flight ones get
+`grace_period` seconds, index snapshots are written, exit 0; a second signal exits at once. When the generator's
+engine thread dies the server does the same and exits EXIT_ENGINE_DIED, for its supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,11 +42,15 @@ from pqrag.v1 import (
 from rag.generator import load_generator
 from retrieval import Collections
 from service.config import ServerConfig
+from service.gate import Gate
+from service.health import Health
+from service.http.server import HttpServer, create_http_server
 from service.metrics import ServerMetrics
 from service.servicers.collections import CollectionsServicer
 from service.servicers.documents import DocumentsServicer
 from service.servicers.rag import RagServicer
 from service.servicers.search import SearchServicer
+from service.tls import ServerTLS
 
 if TYPE_CHECKING:
     from llm.async_engine import AsyncLLM
@@ -52,7 +64,9 @@ SERVICE_NAMES = (
     rag_pb2.DESCRIPTOR.services_by_name["Rag"].full_name,
 )
 
-__all__ = ["SERVICE_NAMES", "Server", "ServerConfig", "create_server", "serve"]
+__all__ = ["EXIT_ENGINE_DIED", "SERVICE_NAMES", "Server", "ServerConfig", "create_server", "serve"]
+
+EXIT_ENGINE_DIED = 70  # EX_SOFTWARE: the generator's engine thread died; a supervisor restarts the process
 
 
 @dataclass
@@ -65,82 +79,179 @@ class Server:
     generator: AsyncLLM | None  # None: retrieval only (Rag answers FAILED_PRECONDITION)
     metrics: ServerMetrics
     executor: ThreadPoolExecutor  # the worker pool for blocking domain work
+    http: HttpServer | None = None  # the HTTP front door (ServerConfig.http_port), over the same domain objects
+    gate: Gate | None = None  # keys, rate limits, admission, audit, the interceptor (service.gate)
+    health: Health | None = None
+    bulk_executor: ThreadPoolExecutor | None = None  # ingestion's pool, apart from the queries'
+    metrics_port: int | None = None  # the bound /metrics port, when served
+    fatal: asyncio.Event | None = None  # set when the server must exit non-zero (the engine died)
+
+    def engine_died(self, exc: BaseException) -> None:
+        """On the loop: report NOT_SERVING and ask serve() to exit EXIT_ENGINE_DIED (AsyncLLM's docstring says why
+        no restart in-process)."""
+        if self.health is not None:
+            message = f"the generator engine thread died ({type(exc).__name__}); the server exits to be restarted"
+            asyncio.ensure_future(self.health.report("engine", message))
+        if self.fatal is not None:
+            self.fatal.set()
 
     async def start(self) -> None:
         await self.grpc_server.start()
+        if self.http is not None:
+            await self.http.start()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones finish for `grace` seconds, then stop the generator's thread and
-        the worker pool and close the collections (snapshotting their indexes)."""
-        await self.grpc_server.stop(grace)
+        """Health NOT_SERVING and new calls refused (UNAVAILABLE; health stays open), in-flight ones get `grace`
+        seconds, then the rest is cancelled, the generator's thread and the worker pools stop and the collections
+        close (snapshotting their indexes)."""
+        deadline = time.monotonic() + (grace or 0)
+        if self.gate is not None:
+            self.gate.interceptor.drain()
+        if self.health is not None:
+            await self.health.report("shutdown", "the server is shutting down")
+        if self.http is not None:
+            self.http.ctx.draining = True
+
+        async def grpc_stop() -> None:
+            if self.gate is not None and not await self.gate.interceptor.wait_idle(grace):
+                log.warning(
+                    "%d calls still running after the grace period: cancelling them", self.gate.interceptor.in_flight
+                )
+            await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
+
+        if self.http is not None:
+            await asyncio.gather(grpc_stop(), self.http.stop(grace))
+        else:
+            await grpc_stop()
         if self.generator is not None:
             self.generator.shutdown()
         self.executor.shutdown(wait=True)
+        if self.bulk_executor is not None:
+            self.bulk_executor.shutdown(wait=True)
+        if self.health is not None:
+            await self.health.close()
         self.metrics.close()
-        self.collections.close()
+        self.collections.close()  # snapshots every index
+        if self.gate is not None:
+            self.gate.close()
 
 
 async def create_server(config: ServerConfig) -> Server:
     """Build (not start) the server: open the data dir, load the generator, bind the port."""
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="pqrag-worker")
-    collections = Collections(config.data_dir)
+    bulk_executor = ThreadPoolExecutor(max_workers=config.bulk_workers, thread_name_prefix="pqrag-bulk")
+    collections = Collections(config.data_dir, model_dirs=tuple(config.models_dirs))
     generator = None
     try:
         if config.model:
             generator = load_generator(config.model, device=config.device, **config.engine)
-        return await _build(config, collections, executor, generator)
+        return await _build(config, collections, executor, generator, bulk_executor)
     except BaseException:
         if generator is not None:
             generator.shutdown()
         executor.shutdown(wait=False)
+        bulk_executor.shutdown(wait=False)
         collections.close(snapshot=False)
         raise
 
 
 async def _build(
-    config: ServerConfig, collections: Collections, executor: ThreadPoolExecutor, generator: AsyncLLM | None
+    config: ServerConfig,
+    collections: Collections,
+    executor: ThreadPoolExecutor,
+    generator: AsyncLLM | None,
+    bulk_executor: ThreadPoolExecutor,
 ) -> Server:
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
-    server = grpc.aio.server(options=options)
     metrics = ServerMetrics()
-    args = (collections, executor, metrics)
+    gate = Gate.for_config(config, metrics)  # UnsafeConfigError: refuses to serve openly (check_exposure)
+    server = grpc.aio.server(options=options, interceptors=[gate.interceptor])
+    args = (collections, executor, metrics, bulk_executor)
     collections_pb2_grpc.add_CollectionsServicer_to_server(CollectionsServicer(*args), server)
     documents_pb2_grpc.add_DocumentsServicer_to_server(DocumentsServicer(*args), server)
     search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(*args), server)
-    rag_pb2_grpc.add_RagServicer_to_server(RagServicer(*args, generator=generator), server)
+    rag = RagServicer(*args, generator=generator, admission=gate.admission, limits=gate.limits)
+    rag_pb2_grpc.add_RagServicer_to_server(rag, server)
     if generator is not None:
         metrics.watch_engine(generator.metrics)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    checker = Health(health_servicer, ("", *SERVICE_NAMES), gauge=metrics.serving)
+    await checker.publish()
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+    tls = ServerTLS(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
+    address = f"{config.host}:{config.port}"
+    port = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
+    http = None
+    if config.http_port is not None:
+        http = create_http_server(config, collections, executor, metrics, generator)
+    metrics_port = None
     if config.metrics_port is not None:
-        metrics.serve_http(config.metrics_port, addr=config.host)
-    return Server(server, port, collections, generator, metrics, executor)
+        cert = {"certfile": config.tls_cert, "keyfile": config.tls_key} if tls else {}
+        metrics_port = metrics.serve_http(config.metrics_port, addr=config.metrics_host, **cert)
+    if http is not None:
+        http.ctx.authorize = gate.http_authorizer  # the same keys, roles, scopes and rate limits as gRPC
+        http.ctx.admission, http.ctx.limits, http.ctx.health = gate.admission, gate.limits, checker
+    built = Server(
+        server, port, collections, generator, metrics, executor, http, gate, checker, bulk_executor, metrics_port
+    )
+    built.fatal = asyncio.Event()
+    checker.watch_store(collections.check, config.health_probe_s)
+    if generator is not None:
+        loop = asyncio.get_running_loop()
+        generator.on_death = lambda exc: loop.call_soon_threadsafe(built.engine_died, exc)
+    return built
 
 
-async def serve(config: ServerConfig, ready: Callable[[int], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM, then drain in-flight RPCs and close the store."""
+async def serve(config: ServerConfig, ready: Callable[[Server], None] | None = None) -> int:
+    """Run until SIGINT/SIGTERM (or the engine's death), then drain and close (module docstring); returns the exit
+    status. ready(server): once serving."""
     server = await create_server(config)
     await server.start()
     log.info("pqrag serving on %s:%d (data dir %s)", config.host, server.port, config.data_dir)
+    if server.http is not None:
+        log.info("HTTP on %s: OpenAI API at %s/v1, console at %s/", server.http.url, server.http.url, server.http.url)
     if ready is not None:
-        ready(server.port)
+        ready(server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def second_signal(sig: int) -> None:
+        log.warning("second signal: exiting now (acknowledged documents are durable; snapshots are not written)")
+        signal.signal(sig, signal.SIG_DFL)  # the signal's default action: the process ends at once
+        signal.raise_signal(sig)
+
+    def first_signal(sig: int) -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(s, second_signal, s)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await server.stop(grace=5)
+        loop.add_signal_handler(sig, first_signal, sig)
+    assert server.fatal is not None
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.fatal.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    died = server.fatal.is_set()
+    log.info(
+        "shutting down: finishing the calls in flight (at most %.0f s), then writing index snapshots",
+        config.grace_period,
+    )
+    if died:
+        stop.set()
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(s, second_signal, s)
+    await server.stop(grace=config.grace_period)
+    log.info("stopped%s", f" (the generator engine died: exit status {EXIT_ENGINE_DIED})" if died else "")
+    return EXIT_ENGINE_DIED if died else 0

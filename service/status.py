@@ -19,7 +19,10 @@ from common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
 )
 
 log = logging.getLogger("pqrag.server")
@@ -30,7 +33,13 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,  # llm's QueueFullError too: a subclass
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,  # e.g. Rag on a --no-generator server
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,  # a key's role or scope; an embedder not allowed
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,  # no valid API key
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,  # shutting down, the engine died: retry elsewhere or later
 }
+# Characters of a status message at most: gRPC refuses trailers past its metadata limit (8 KiB by default), and a
+# message that quoted a 100 KB input would turn the caller's mistake into RESOURCE_EXHAUSTED.
+MAX_DETAILS = 2000
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
@@ -39,6 +48,19 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         if isinstance(exc, kind):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def status_and_details(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    """The code and message a call that raised `exc` ends with; INTERNAL errors are logged with the traceback."""
+    code = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", method, exc_info=exc)
+        details = f"internal error: {type(exc).__name__}: {exc}"
+    else:
+        details = str(exc)
+    if len(details) > MAX_DETAILS:
+        details = details[: MAX_DETAILS - 40] + f"... ({len(details)} characters in all)"
+    return code, details
 
 
 def rpc(method: str) -> Callable:
@@ -52,12 +74,9 @@ def rpc(method: str) -> Callable:
         async def fail(context: grpc.aio.ServicerContext, outcome: dict, exc: Exception) -> None:
             if context.code() not in (None, grpc.StatusCode.OK):
                 raise exc  # the handler already aborted with its own code
-            code = status_for(exc)
+            code, details = status_and_details(exc, method)
             outcome["code"] = code.name
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method, exc_info=exc)
-                await context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
-            await context.abort(code, str(exc))
+            await context.abort(code, details)
 
         if inspect.isasyncgenfunction(fn):
 

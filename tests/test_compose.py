@@ -62,3 +62,17 @@ def test_every_command_parses_with_the_cli(compose):
 
             build_arg_parser().parse_args(args.train_args)
     assert seen >= {"serve", "ingest", "health", "train"}
+
+
+def test_the_server_never_serves_openly(compose):
+    """The server listens on 0.0.0.0 inside its container, so it registers an admin key from a Docker secret; the
+    ingest job uses the same secret; /metrics (no auth) is published on the host's loopback only."""
+    server = compose["services"]["server"]
+    cmd = server["command"]
+    key_file = cmd[cmd.index("--admin-key-file") + 1]
+    assert "--insecure" not in cmd and key_file == "/run/secrets/pqrag_api_key"
+    assert "pqrag_api_key" in server["secrets"] and "pqrag_api_key" in compose["secrets"]
+    ingest = compose["services"]["ingest"]
+    assert ingest["environment"]["PQRAG_API_KEY_FILE"] == key_file and "pqrag_api_key" in ingest["secrets"]
+    metrics = [p for p in server["ports"] if p.endswith(":9464")]
+    assert metrics == ["127.0.0.1:9464:9464"]

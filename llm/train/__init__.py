@@ -5,10 +5,12 @@
     python -m llm.train --config train.toml --out out/run1 --resume              # continue after an interruption
     python -m llm.train --init-from out/pydoc --data sft.jsonl --out out/sft     # fine-tune an exported model
     torchrun --nproc_per_node 4 -m llm.train --data corpus/ --out out/ddp        # DDP, one process per GPU
+    torchrun --nproc_per_node 8 -m llm.train ... --expert-parallel 8 --fsdp      # experts and FSDP shards per rank
     pqrag train ...                                                              # the same, from the service CLI
 
 Outputs in --out: tokenizer.json (+ tokenizer_config.json), data/{train,val}.bin token shards, checkpoint.pt
-(model, optimizer, schedule, data position, RNG states; replaced atomically), metrics.jsonl (one line per step),
+(model, optimizer, schedule, data position, RNG states; replaced atomically; checkpoint/step-N/ for a sharded
+run), metrics.jsonl (one line per step),
 loss.png, and at the end config.json + model.safetensors in Hugging Face Mixtral layout, so the directory loads with
 `llm.checkpoint.load_model(out)` and with `transformers.AutoModelForCausalLM.from_pretrained(out)`.
 
@@ -22,11 +24,17 @@ The modules, in the order a run meets them:
     shards.py         token shards on disk: per-document split, chat alignment, loss masks, the cache key
     sampler.py        the order sequences are drawn in, resumable from one integer
     distributed.py    ranks, devices, collectives, and how the model is wrapped for the world (DDP)
+    parallel_dims.py  the layout (dp x ep mesh, FSDP) checked before any work
+    parallelize.py    Parallelism: the model laid out over the ranks, gradients synced, clipped and gathered
+    expert_parallel.py  each MoE layer's experts sliced per rank, tokens dispatched and combined by all-to-all
+    fsdp.py           FSDP2 units per block and root (bf16 parameters, fp32 reduction on CUDA)
+    activation_checkpointing.py  each block recomputed in the backward
     optim.py          AdamW parameter groups and the warm-up + cosine schedule
     loss.py           cross-entropy + load-balancing + router z-loss, equal on 1 and N processes
     evaluation.py     validation loss and a greedy sample
     metrics.py        metrics.jsonl, the progress bar, loss.png
-    checkpointing.py  checkpoint.pt: save atomically, check, restore bit for bit
+    checkpointing.py  checkpoint.pt: save atomically, check, restore bit for bit (or reshard into another layout)
+    sharded_checkpoint.py  checkpoint/step-N/ through torch.distributed.checkpoint: any layout resumes any other
     loop.py           train(): plan -> set up -> steps -> export
 """
 

@@ -76,6 +76,23 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-batches", dest="eval_batches", type=int, default=S)
     g.add_argument("--checkpoint-interval", dest="checkpoint_interval", type=int, default=S)
     g.add_argument("--sample-tokens", dest="sample_tokens", type=int, default=S)
+    g = p.add_argument_group("parallelism (torchrun)")
+    g.add_argument("--fsdp", action="store_true", default=S, help="FSDP2: shard params, grads, optimizer state")
+    g.add_argument(
+        "--expert-parallel",
+        dest="expert_parallel",
+        type=int,
+        default=S,
+        metavar="N",
+        help="shard each MoE layer's experts over groups of N ranks (all-to-all token dispatch)",
+    )
+    g.add_argument(
+        "--activation-checkpointing",
+        dest="activation_checkpointing",
+        action="store_true",
+        default=S,
+        help="recompute each block's activations in the backward",
+    )
     g = p.add_argument_group("system")
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--dtype", default=S, choices=["auto", "fp32", "bf16"])

@@ -52,7 +52,7 @@ class TrainConfig:
     # usual choice); True trains on every token of them. Plain text always trains on every token.
     train_on_prompt: bool = False
     seq_len: int = 256  # tokens per training sequence (<= model max_position_embeddings)
-    batch_size: int = 8  # sequences per micro-step, all DDP ranks together (divisible by the world size)
+    batch_size: int = 8  # sequences per micro-step, all ranks together (divisible by the world size)
     grad_accum: int = 1  # micro-steps per optimizer step
     max_steps: int = 1000  # optimizer steps to train to (a resumed run continues up to this)
     # ---- optimizer and schedule ----
@@ -72,6 +72,14 @@ class TrainConfig:
     sample_tokens: int = 32  # greedy sample length shown at each evaluation; 0 disables
     sample_prompt: str = "The"
     checkpoint_interval: int = 100  # steps between checkpoints (and at the last step)
+    # ---- parallelism over torchrun's processes (one process alone trains the same model) ----
+    # FSDP2: parameters, gradients and optimizer state sharded over the ranks, one unit per block plus the root;
+    # on CUDA bf16 parameters in compute and float32 gradient reduction
+    fsdp: bool = False
+    # ranks per expert-parallel group: each holds num_experts / expert_parallel experts of every MoE layer and
+    # routed tokens travel to their expert's rank (all-to-all); the world is a dp x ep mesh, ep = this
+    expert_parallel: int = 1
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward (less memory)
     # ---- system ----
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
@@ -91,6 +99,7 @@ class TrainConfig:
             "eval_interval",
             "eval_batches",
             "checkpoint_interval",
+            "expert_parallel",
         )
         for name in positive:
             positive_int(getattr(self, name), name)

@@ -1,9 +1,9 @@
 """Distributed set-up for the trainer: which process this is, its device, and the few collectives the loop needs.
 
 torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; a plain `python -m llm.train` is a world of one, and every helper here is
-then a no-op, so the loop is written once for both. The strategy (today DDP: every rank holds the whole model and
-gradients are averaged) is chosen in one place, `wrap_model` with `grad_sync`: sharding the model (FSDP, expert
-parallelism) replaces those two and extends DistInfo, and the loop stays as it is.
+then a no-op, so the loop is written once for both. The replicated strategy (DDP: every rank holds the whole model
+and gradients are averaged) is `wrap_model` with `grad_sync`; parallelize.Parallelism chooses it or a sharded
+layout (FSDP, expert parallelism), and the loop asks only Parallelism.
 """
 
 from __future__ import annotations
@@ -41,16 +41,25 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def setup_distributed(device: str = "auto") -> DistInfo:
+def setup_distributed(device: str = "auto", group_of_one: bool = False) -> DistInfo:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: join the group (NCCL on CUDA, gloo on CPU), one device per rank.
 
-    device: TrainConfig.device ("auto": CUDA when there is one)."""
+    device: TrainConfig.device ("auto": CUDA when there is one). group_of_one: a world of one gets a process group
+    too (an in-memory store, no torchrun needed): FSDP lays a model out over a device mesh even on one rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise InvalidArgumentError(f"device={device!r} but CUDA is not available")
     if world <= 1:
-        return DistInfo(device=default_device() if device == "auto" else torch.device(device))
+        info = DistInfo(device=default_device() if device == "auto" else torch.device(device))
+        if group_of_one:
+            import torch.distributed as dist
+
+            if info.device.type == "cuda" and info.device.index is not None:
+                torch.cuda.set_device(info.device)
+            backend = "nccl" if info.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        return info
     import torch.distributed as dist
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -68,21 +77,21 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=dev)
 
 
-def teardown_distributed(info: DistInfo) -> None:
-    if info.enabled:
+def teardown_distributed(info: DistInfo, group_of_one: bool = False) -> None:
+    if info.enabled or group_of_one:
         import torch.distributed as dist
 
         dist.destroy_process_group()
 
 
 @contextlib.contextmanager
-def distributed(device: str = "auto") -> Iterator[DistInfo]:
+def distributed(device: str = "auto", group_of_one: bool = False) -> Iterator[DistInfo]:
     """setup_distributed, and leave the process group however the block ends."""
-    info = setup_distributed(device)
+    info = setup_distributed(device, group_of_one)
     try:
         yield info
     finally:
-        teardown_distributed(info)
+        teardown_distributed(info, group_of_one)
 
 
 def all_reduce(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

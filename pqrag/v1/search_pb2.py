@@ -25,21 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pqrag/v1/search.proto\x12\x08pqrag.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd7\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\"\n\x06vector\x18\x03 \x01(\x0b\x32\x10.pqrag.v1.VectorH\x00\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06nprobe\x18\x06 \x01(\r\x12\x13\n\x06rerank\x18\x07 \x01(\x08H\x02\x88\x01\x01\x42\x07\n\x05queryB\x08\n\x06_top_kB\t\n\x07_rerank\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xa0\x01\n\x03Hit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\x03\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\r\n\x05start\x18\x07 \x01(\r\x12\x0b\n\x03\x65nd\x18\x08 \x01(\r\"R\n\x0eSearchResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.pqrag.v1.Hit\x12\x10\n\x08\x65mbed_ms\x18\x02 \x01(\x01\x12\x11\n\tsearch_ms\x18\x03 \x01(\x01\x32\x45\n\x06Search\x12;\n\x06Search\x12\x17.pqrag.v1.SearchRequest\x1a\x18.pqrag.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pqrag/v1/search.proto\x12\x08pqrag.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa3\x02\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\"\n\x06vector\x18\x03 \x01(\x0b\x32\x10.pqrag.v1.VectorH\x00\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06nprobe\x18\x06 \x01(\r\x12\x13\n\x06rerank\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\"\n\x04mode\x18\x08 \x01(\x0e\x32\x14.pqrag.v1.SearchMode\x12&\n\x06\x66usion\x18\t \x01(\x0b\x32\x16.pqrag.v1.FusionParamsB\x07\n\x05queryB\x08\n\x06_top_kB\t\n\x07_rerank\"r\n\x0c\x46usionParams\x12\x12\n\x05rrf_k\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\ncandidates\x18\x03 \x01(\rH\x02\x88\x01\x01\x42\x08\n\x06_rrf_kB\x08\n\x06_alphaB\r\n\x0b_candidates\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xcc\x02\n\x03Hit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\x03\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\r\n\x05start\x18\x07 \x01(\r\x12\x0b\n\x03\x65nd\x18\x08 \x01(\r\x12\x17\n\ndense_rank\x18\t \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65nse_score\x18\n \x01(\x02H\x01\x88\x01\x01\x12\x19\n\x0clexical_rank\x18\x0b \x01(\rH\x02\x88\x01\x01\x12\x1a\n\rlexical_score\x18\x0c \x01(\x02H\x03\x88\x01\x01\x42\r\n\x0b_dense_rankB\x0e\n\x0c_dense_scoreB\x0f\n\r_lexical_rankB\x10\n\x0e_lexical_score\"R\n\x0eSearchResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.pqrag.v1.Hit\x12\x10\n\x08\x65mbed_ms\x18\x02 \x01(\x01\x12\x11\n\tsearch_ms\x18\x03 \x01(\x01*q\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x01\x12\x17\n\x13SEARCH_MODE_LEXICAL\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03\x32\x45\n\x06Search\x12;\n\x06Search\x12\x17.pqrag.v1.SearchRequest\x1a\x18.pqrag.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pqrag.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SEARCHMODE']._serialized_start=920
+  _globals['_SEARCHMODE']._serialized_end=1033
   _globals['_SEARCHREQUEST']._serialized_start=66
-  _globals['_SEARCHREQUEST']._serialized_end=281
-  _globals['_VECTOR']._serialized_start=283
-  _globals['_VECTOR']._serialized_end=307
-  _globals['_HIT']._serialized_start=310
-  _globals['_HIT']._serialized_end=470
-  _globals['_SEARCHRESPONSE']._serialized_start=472
-  _globals['_SEARCHRESPONSE']._serialized_end=554
-  _globals['_SEARCH']._serialized_start=556
-  _globals['_SEARCH']._serialized_end=625
+  _globals['_SEARCHREQUEST']._serialized_end=357
+  _globals['_FUSIONPARAMS']._serialized_start=359
+  _globals['_FUSIONPARAMS']._serialized_end=473
+  _globals['_VECTOR']._serialized_start=475
+  _globals['_VECTOR']._serialized_end=499
+  _globals['_HIT']._serialized_start=502
+  _globals['_HIT']._serialized_end=834
+  _globals['_SEARCHRESPONSE']._serialized_start=836
+  _globals['_SEARCHRESPONSE']._serialized_end=918
+  _globals['_SEARCH']._serialized_start=1035
+  _globals['_SEARCH']._serialized_end=1104
 # @@protoc_insertion_point(module_scope)

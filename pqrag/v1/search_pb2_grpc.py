@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class SearchStub:
-    """Search: nearest chunks to a text (embedded by the collection's embedder) or to a raw vector.
+    """Search: the chunks that best match a text or a raw vector: by their embeddings (dense), by their words (lexical,
+    bm25) or both fused (hybrid).
     """
 
     def __init__(self, channel):
@@ -43,7 +44,8 @@ class SearchStub:
 
 
 class SearchServicer:
-    """Search: nearest chunks to a text (embedded by the collection's embedder) or to a raw vector.
+    """Search: the chunks that best match a text or a raw vector: by their embeddings (dense), by their words (lexical,
+    bm25) or both fused (hybrid).
     """
 
     def Search(self, request, context):
@@ -69,7 +71,8 @@ def add_SearchServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Search:
-    """Search: nearest chunks to a text (embedded by the collection's embedder) or to a raw vector.
+    """Search: the chunks that best match a text or a raw vector: by their embeddings (dense), by their words (lexical,
+    bm25) or both fused (hybrid).
     """
 
     @staticmethod

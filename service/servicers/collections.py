@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pqrag.v1 import collections_pb2, collections_pb2_grpc
 from service import convert
+from service.auth import current_principal
 from service.servicers.base import Servicer
 from service.status import rpc
 
@@ -24,7 +25,8 @@ class CollectionsServicer(Servicer, collections_pb2_grpc.CollectionsServicer):
     async def ListCollections(self, request, context):
         # page_size 0 is unset in proto3: the domain's default page
         page, next_token = await self.run(self.collections.list_page, request.page_size or None, request.page_token)
-        protos = [await self.run(convert.collection_to_proto, c) for c in page]
+        principal = current_principal()  # a key scoped to some collections sees only those (a page may come short)
+        protos = [await self.run(convert.collection_to_proto, c) for c in page if principal.may_access(c.name)]
         return collections_pb2.ListCollectionsResponse(collections=protos, next_page_token=next_token)
 
     @rpc("DeleteCollection")

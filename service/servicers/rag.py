@@ -1,7 +1,12 @@
 """pqrag.v1.Rag: Ask and Chat, streamed from rag's answer pipeline (Context -> AnswerDelta* -> AnswerEnd).
 
-When the client cancels, grpc.aio cancels this handler's task; the cancellation reaches the engine stream inside
-the pipeline, whose cleanup aborts the request and frees its KV blocks at once.
+Nothing is streamed before the answer has started: the Context (the citations) is held back until the first text
+delta (or the end) comes from the generator, so a refusal (admission control, the engine's full queue, a prompt
+that does not fit, a dead engine) reaches the client as a status code before any message, never after the
+citations. Admission (service.admission) counts the answer as waiting until then.
+
+When the client cancels or its deadline passes, grpc.aio cancels this handler's task; the cancellation reaches the
+engine stream inside the pipeline, whose cleanup aborts the request and frees its KV blocks at once.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from pqrag.v1 import rag_pb2, rag_pb2_grpc
-from rag.pipeline import AnswerEnd, RagPipeline
+from rag.pipeline import AnswerEnd, Context, RagPipeline
 from rag.request import AnswerRequest
 from service import convert
+from service.admission import Admission, AdmittedGenerator
+from service.auth import current_principal
+from service.ratelimit import RateLimits
 from service.servicers.base import Servicer
 from service.status import rpc
 
@@ -21,16 +29,35 @@ if TYPE_CHECKING:
 
 
 class RagServicer(Servicer, rag_pb2_grpc.RagServicer):
-    def __init__(self, *args, generator: AsyncLLM | None):
+    def __init__(
+        self,
+        *args,
+        generator: AsyncLLM | None,
+        admission: Admission | None = None,
+        limits: RateLimits | None = None,
+    ):
         super().__init__(*args)
-        self.pipeline = RagPipeline(self.collections, generator, self.run)
+        self.generator = generator
+        self.admission = admission or Admission()
+        self.limits = limits or RateLimits()
 
     async def _answer(self, request: AnswerRequest) -> AsyncIterator[rag_pb2.AskResponse]:
-        async for event in self.pipeline.answer(request):
-            if isinstance(event, AnswerEnd):
-                seconds = (event.retrieval_ms / 1e3, event.time_to_first_token_ms / 1e3, event.total_ms / 1e3)
-                self.metrics.observe_generation(*seconds, event.completion_tokens)
-            yield convert.answer_event_to_proto(event)
+        with self.admission.ticket() as ticket:  # ResourceExhaustedError: nothing was sent
+            llm = AdmittedGenerator(self.generator, ticket) if self.generator is not None else None
+            pipeline = RagPipeline(self.collections, llm, self.run)
+            held: Context | None = None
+            async for event in pipeline.answer(request):
+                if isinstance(event, Context):
+                    held = event  # until the answer has started
+                    continue
+                if held is not None:
+                    yield convert.answer_event_to_proto(held)
+                    held = None
+                if isinstance(event, AnswerEnd):
+                    seconds = (event.retrieval_ms / 1e3, event.time_to_first_token_ms / 1e3, event.total_ms / 1e3)
+                    self.metrics.observe_generation(*seconds, event.completion_tokens)
+                    self.limits.charge_tokens(current_principal(), event.prompt_tokens + event.completion_tokens)
+                yield convert.answer_event_to_proto(event)
 
     @rpc("Ask")
     async def Ask(self, request, context):

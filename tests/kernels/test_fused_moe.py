@@ -45,13 +45,16 @@ def _ref(x, wg, wu, wd, w, ids):
 
 
 # (T, d, F, E, topk, skew): T * topk and d, F off the tiles (16-row blocks, 32/16 tiles under the interpreter),
-# decode T = 1, top-1 / top-2 / top-4, more experts than assignments (empty experts), one skewed routing.
+# decode T = 1, top-1 / top-2 / top-4, more experts than assignments (empty experts), one skewed routing, and the
+# widest MoE served: Qwen3-MoE's 128 experts top-8 (OLMoE's 64 top-8), at a small width.
 CASES = [
     (37, 48, 40, 4, 2, False),
     (1, 32, 64, 8, 2, False),
     (23, 40, 24, 3, 1, False),
     (9, 32, 48, 16, 4, False),
     (45, 24, 56, 6, 2, True),
+    (13, 32, 24, 128, 8, False),
+    (3, 24, 16, 64, 8, True),
 ]
 
 

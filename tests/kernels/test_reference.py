@@ -216,9 +216,10 @@ def test_pq_reference_blocks_queries_and_codes():
     assert v0.shape == i0.shape == (2, 0)
 
 
-def test_fused_moe_reference_matches_dense_mixture():
+@pytest.mark.parametrize("E,topk", [(4, 2), (128, 8)])  # Mixtral-like; Qwen3-MoE's 128 experts top-8
+def test_fused_moe_reference_matches_dense_mixture(E, topk):
     g = gen()
-    T, d, Fd, E, topk = 9, 16, 24, 4, 2
+    T, d, Fd = 9, 16, 24
     x = randn(T, d, g=g, dtype=torch.float64, device="cpu")
     wg, wu = (randn(E, Fd, d, g=g, dtype=torch.float64, device="cpu") / math.sqrt(d) for _ in range(2))
     wd = randn(E, d, Fd, g=g, dtype=torch.float64, device="cpu") / math.sqrt(Fd)

@@ -151,3 +151,78 @@ def test_async_errors_before_the_first_delta(model, tok):
     finally:
         allm.shutdown()
     assert deltas[-1].finished and sum(len(d.token_ids) for d in deltas) == GREEDY.max_tokens
+
+
+def test_engine_thread_death_ends_open_streams_and_refuses_new_ones(model, tok):
+    """A fault outside one request's step (here: the stats read after a step) kills the engine thread: the open
+    stream ends with EngineDeadError (UNAVAILABLE at the server), new requests get it at once, and on_death hears."""
+    from common.errors import UnavailableError
+    from llm.async_engine import EngineDeadError
+
+    engine = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=64))
+    allm = AsyncLLM(engine)
+    deaths: list[BaseException] = []
+    allm.on_death = deaths.append
+    long = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    prompt = tok.encode(PROMPTS[0])
+
+    async def main():
+        got = 0
+        with pytest.raises(EngineDeadError) as info:
+            async for _ in allm.generate(prompt, long, "open"):
+                got += 1
+                if got == 2:
+
+                    def broken():
+                        raise OSError("injected fault")
+
+                    engine.stats = broken
+        assert isinstance(info.value, UnavailableError) and "OSError" in str(info.value)
+        with pytest.raises(EngineDeadError):
+            async for _ in allm.generate(prompt, long, "late"):
+                pass
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        allm.shutdown()
+    assert not allm.running and isinstance(allm.dead, OSError) and len(deaths) == 1
+
+
+def test_failed_steps_in_a_row_mean_the_engine_is_dead(model, tok):
+    from llm.async_engine import MAX_FAILED_STEPS, EngineDeadError
+
+    engine = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=64))
+    allm = AsyncLLM(engine)
+    calls = []
+
+    def failing_step():
+        calls.append(1)
+        raise RuntimeError("injected step failure")
+
+    engine.step = failing_step
+    prompt = tok.encode(PROMPTS[0])
+
+    async def one(rid):
+        async for _ in allm.generate(prompt, SamplingParams(temperature=0, max_tokens=4), rid):
+            pass
+
+    async def main():
+        for i in range(MAX_FAILED_STEPS - 1):
+            with pytest.raises(RuntimeError, match="engine step failed"):  # one batch's failure: its requests fail
+                await one(f"r{i}")
+        assert allm.dead is None and allm.running
+        with pytest.raises((RuntimeError, EngineDeadError)):
+            await one("last")
+        for _ in range(100):
+            if allm.dead is not None:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(EngineDeadError):
+            await one("after")
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        allm.shutdown()
+    assert len(calls) == MAX_FAILED_STEPS and allm.dead is not None

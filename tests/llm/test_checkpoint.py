@@ -161,3 +161,35 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     again = load_model(tmp_path)
     for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_dtype_defaults_to_the_checkpoints_own_and_conversions_are_exact(tmp_path):
+    """bf16 loads as bf16 (no float32 copy); fp16 on a CPU runs in fp32; a conversion equals the stored values."""
+    from llm.checkpoint import auto_dtype
+
+    model = random_ours(tie=True)
+    save_model(model, tmp_path / "bf16", dtype=torch.bfloat16)
+    stored = load_model(tmp_path / "bf16")
+    assert {p.dtype for p in stored.parameters()} == {torch.bfloat16}
+    assert stored.lm_head.weight is stored.model.embed_tokens.weight  # a mapped tie stays a tie
+    upcast = load_model(tmp_path / "bf16", dtype=torch.float32)
+    for (name, a), b in zip(stored.state_dict().items(), upcast.state_dict().values()):
+        assert b.dtype == torch.float32 and torch.equal(a.float(), b), name
+    save_model(model, tmp_path / "fp16", dtype=torch.float16)
+    assert next(load_model(tmp_path / "fp16").parameters()).dtype == torch.float32
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert auto_dtype(torch.float32, cuda) == torch.bfloat16 and auto_dtype(torch.float16, cuda) == torch.float16
+    assert auto_dtype(torch.float32, cpu) == torch.float32 and auto_dtype(torch.bfloat16, cpu) == torch.bfloat16
+
+
+def test_loaded_weights_are_private_to_the_process(tmp_path):
+    """CPU weights used as stored are copy-on-write views of the file: changing them never touches the checkpoint."""
+    model = random_ours(tie=False)
+    save_model(model, tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    loaded = load_model(tmp_path)
+    with torch.no_grad():
+        loaded.lm_head.weight.mul_(2.0)
+        loaded.model.norm.weight.zero_()
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert torch.equal(load_model(tmp_path).lm_head.weight, model.lm_head.weight)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from llm.generation_config import GenerationConfig
 from rag.pipeline import AnswerEnd, Context, GeneratorUnavailableError, RagPipeline, TextDelta
 from rag.request import AnswerRequest
 from tests.rag.conftest import hit
@@ -16,10 +17,11 @@ from tests.rag.conftest import hit
 
 class FakeCollection:
     def __init__(self, hits):
-        self.hits, self.searches = hits, []
+        self.hits, self.searches, self.modes = hits, [], []
 
-    def search(self, query, k, filter):
+    def search(self, query, k, filter, mode=None, **fusion):
         self.searches.append((query, k, filter))
+        self.modes.append((mode, fusion))
         return SimpleNamespace(hits=self.hits[:k])
 
 
@@ -36,9 +38,10 @@ class FakeCollections:
 class FakeGenerator:
     """Streams the deltas of AsyncLLM.generate: a few texts, the last one finished."""
 
-    def __init__(self, tok, texts=("Eta", " theta", ""), finish_reason="length", window=512):
+    def __init__(self, tok, texts=("Eta", " theta", ""), finish_reason="length", window=512, generation_config=None):
         self.tokenizer, self.texts, self.finish_reason = tok, texts, finish_reason
         self.max_model_len = window
+        self.generation_config = generation_config or GenerationConfig()
         self.prompts = []
 
     async def generate(self, prompt_token_ids, params, request_id):
@@ -95,6 +98,13 @@ def test_a_chat_retrieves_with_the_previous_user_turn(tok, coll):
     assert coll.searches[0][0] == "Tell me about eta.\nWhat follows it?"
 
 
+def test_retrieval_uses_the_collections_default_mode_unless_the_request_names_one(tok, coll):
+    pipeline = RagPipeline(FakeCollections(coll), FakeGenerator(tok), run_inline)
+    answer(pipeline, AnswerRequest.ask("kb", "q"))
+    answer(pipeline, AnswerRequest.ask("kb", "q", mode="lexical", fusion={"alpha": 0.3}))
+    assert coll.modes == [(None, {}), ("lexical", {"alpha": 0.3})]  # None: Collection.search takes its default
+
+
 def test_an_answer_without_text_ends_at_its_first_token(tok, coll):
     gen = FakeGenerator(tok, texts=("",), finish_reason="stop")
     *_, end = answer(RagPipeline(FakeCollections(coll), gen, run_inline), AnswerRequest.ask("kb", "q"))
@@ -124,3 +134,18 @@ def test_blocking_work_goes_through_run(tok, coll):
 
     answer(RagPipeline(FakeCollections(coll), FakeGenerator(tok), run), AnswerRequest.ask("kb", "q"))
     assert ran == ["get", "search", "build_prompt"]
+
+
+def test_the_models_default_sampling_applies_when_the_caller_sets_none(tok, coll):
+    """generation_config.json's sampling replaces the greedy default; any sampling field the caller sets keeps
+    pqrag's defaults for the rest; the answer length is the request's."""
+    gc = GenerationConfig.from_dict({"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 2048})
+    gen = FakeGenerator(tok, generation_config=gc)
+    pipeline = RagPipeline(FakeCollections(coll), gen, run_inline)
+    answer(pipeline, AnswerRequest.ask("kb", "q"))
+    answer(pipeline, AnswerRequest.ask("kb", "q", sampling={"max_tokens": 9}))
+    answer(pipeline, AnswerRequest.ask("kb", "q", sampling={"top_k": 5}))
+    (_, model), (_, sized), (_, own) = gen.prompts
+    assert (model.temperature, model.top_p, model.max_tokens) == (0.6, 0.9, 256)
+    assert (sized.temperature, sized.top_p, sized.max_tokens) == (0.6, 0.9, 9)
+    assert (own.temperature, own.top_p, own.top_k) == (0.0, 1.0, 5)

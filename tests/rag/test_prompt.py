@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.errors import InvalidArgumentError
-from rag.prompt import build_prompt, conversation_query
+from rag.prompt import build_prompt, chat_messages, conversation_query
 from tests.rag.conftest import H, hit
 
 
@@ -51,3 +51,37 @@ def test_conversation_query_reads_the_previous_user_turn():
     # A conversation without a user question never gets here: AnswerRequest refuses it (tests/rag/test_request.py).
     with pytest.raises(AssertionError):
         conversation_query([{"role": "assistant", "content": "hi"}])
+
+
+def test_a_template_without_a_system_role_gets_the_instructions_in_the_first_user_turn(tmp_path):
+    """Mixtral-Instruct's template raises on a system message: the instructions (and a system message the client
+    sent) go first in the first user turn; the passages stay with the question."""
+    from llm.tokenizer import Tokenizer
+    from rag.prompt import SYSTEM_PROMPT
+    from tests.llm import tiny_tokenizers
+
+    tok = Tokenizer.from_file(tiny_tokenizers.mixtral_instruct(tmp_path / "mixtral"))
+    assert not tok.accepts_system_role
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tell me about eta."},
+        {"role": "assistant", "content": "A letter."},
+        {"role": "user", "content": "What follows it?"},
+    ]
+    p = build_prompt(tok, chat, [hit("b", 2, 0.9, 38, 53)], 2048, 32)
+    text = tok.decode(p.token_ids, skip_special_tokens=False)
+    assert text.startswith(f"<s> [INST] {SYSTEM_PROMPT}\n\nBe brief.\n\nTell me about eta. [/INST]")
+    assert text.index("A letter.</s>") < text.index("[1] (b.txt) Eta theta iota.") < text.index("What follows it?")
+    assert text.endswith("[/INST]")
+    assert chat_messages("S", chat[1:], accepts_system_role=True)[0] == {"role": "system", "content": "S"}
+
+
+def test_the_prompt_is_the_models_own_template(tmp_path):
+    from llm.tokenizer import Tokenizer
+    from tests.llm import tiny_tokenizers
+
+    tok = Tokenizer.from_file(tiny_tokenizers.chatml(tmp_path / "chatml"))
+    p = build_prompt(tok, [{"role": "user", "content": "What follows eta?"}], [hit("b", 2, 0.9, 38, 53)], 512, 32)
+    text = tok.decode(p.token_ids, skip_special_tokens=False)
+    assert text.startswith("<|im_start|>system\nYou answer questions about the documents below.")
+    assert text.endswith("Question: What follows eta?<|im_end|>\n<|im_start|>assistant\n")

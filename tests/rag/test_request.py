@@ -21,6 +21,20 @@ def test_caller_fields_override_the_defaults():
     assert r.params.max_tokens == 256  # the default still applies to what was not set
 
 
+def test_retrieval_mode_and_fusion():
+    r = AnswerRequest.ask("kb", "q")
+    assert r.mode is None and r.fusion == {}  # the collection's default mode, the default fusion
+    r = AnswerRequest.ask("kb", "q", mode="hybrid", fusion={"rrf_k": 10, "candidates": 20})
+    assert r.mode == "hybrid" and r.fusion == {"rrf_k": 10, "candidates": 20}
+    for kwargs, message in [
+        ({"mode": "bm25"}, "search mode must be one of"),
+        ({"fusion": {"alpha": 3}}, "alpha"),
+        ({"fusion": {"k": 3}}, "unknown fields"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=message):
+            AnswerRequest.ask("kb", "q", **kwargs)
+
+
 @pytest.mark.parametrize("n", [0, 51, True, 2.5])
 def test_num_passages_out_of_range_is_refused(n):
     with pytest.raises(InvalidArgumentError, match=r"num_passages must be in 1\.\.50"):

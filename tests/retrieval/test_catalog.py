@@ -6,7 +6,7 @@ import threading
 import pytest
 
 import retrieval
-from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from retrieval.catalog import MAX_PAGE_SIZE, Collections
 from retrieval.chunker import ChunkerConfig
 from retrieval.collection import CollectionConfig
@@ -61,8 +61,10 @@ def test_create_get_list_delete(colls, tmp_path):
         colls.create("dim", CollectionConfig(dimension=128))
     with pytest.raises(InvalidArgumentError, match="index"):
         colls.create("idx", CollectionConfig(index=IndexConfig(m=7)))  # 7 does not divide 384
-    with pytest.raises(InvalidArgumentError, match="not a directory"):
-        colls.create("emb", CollectionConfig(embedder=str(tmp_path / "no-model")))
+    with pytest.raises(PermissionDeniedError, match="not one of this server's models"):
+        colls.create("emb", CollectionConfig(embedder=str(tmp_path / "no-model")))  # a name, never a path
+    with pytest.raises(InvalidArgumentError, match="collection name"):
+        colls.get("x" * 10_000)
     assert colls.names() == ["alpha", "beta_2-x"]  # failed creates left nothing behind
 
     a.ingest([Document(id="d", text="some text")])

@@ -90,9 +90,9 @@ def test_long_documents_are_chunked_with_exact_spans(colls):
         assert c.text == text[c.start : c.end]
     # Any chunk's exact text finds that chunk first, with the right span.
     target = doc.chunks[len(doc.chunks) // 2]
-    hit = coll.search(target.text, k=1)[0]
+    hit = coll.search(target.text, k=1, mode="dense")[0]
     assert (hit.chunk_id, hit.start, hit.end) == (target.chunk_id, target.start, target.end)
-    assert hit.score > 0.99
+    assert hit.score > 0.99 and hit.dense_score == hit.score and hit.dense_rank == 1
 
 
 def test_upsert_replaces_chunks(colls):
@@ -225,7 +225,7 @@ def test_validation_changes_nothing(colls):
 def test_l2_metric_scores_are_negative_distances(colls):
     coll = colls.create("l2", CollectionConfig(index=IndexConfig(kind="flat", metric="l2")))
     coll.ingest(topic_docs())
-    hits = coll.search(TOPICS["python"], k=5)
+    hits = coll.search(TOPICS["python"], k=5, mode="dense")
     assert hits[0].doc_id == "python" and hits[0].score == pytest.approx(0.0, abs=1e-2)
     assert all(h.score <= 1e-3 for h in hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -323,31 +323,101 @@ def test_restart_restores_without_reembedding(tmp_path, embedder):
         colls.close()
 
 
-def test_adaptive_transition_to_trained_index(tmp_path, embedder):
+def test_the_index_trains_itself_in_the_background(tmp_path, embedder):
+    """Exact until min_train_size vectors; then a background tuning picks the index's parameters from its vectors
+    and installs them; a retrain on demand; the trained state and its report survive a restart."""
     data = tmp_path / "data"
-    # nbits=4: 16 centroids per sub-space, so training needs 10 * 16 = 160 vectors, not 39 * 256.
-    config = CollectionConfig(index=IndexConfig(kind="ivfpq", nbits=4, nlist=2, min_points_per_centroid=10))
+    config = CollectionConfig(index=IndexConfig(min_train_size=150))
     colls = Collections(data, device="cpu")
     coll = colls.create("ad", config)
     docs = [Document(id=f"r{i}", text=unique_text(i), metadata={"odd": i % 2 == 1}) for i in range(170)]
     coll.ingest(docs[:120])
-    assert coll.stats()["index_state"] == "exact"
-    coll.ingest(docs[120:])
+    assert coll.wait_for_training(60) and coll.stats()["index_state"] == "exact"
+    assert coll.stats()["index"]["tuning"] is None  # nothing tried below min_train_size
+    coll.ingest(docs[120:])  # 170 >= 150: a background training starts
+    assert coll.wait_for_training(120)
     st = coll.stats()
     assert st["index_state"] == "trained" and st["indexed_vectors"] == st["chunk_count"] == 170
+    tuning = st["index"]["tuning"]
+    assert tuning["met"] and tuning["recall"] - tuning["recall_stderr"] >= 0.95 and tuning["vectors"] == 170
+    assert st["index"]["params"] == tuning["params"] and tuning["params"]["kind"] in ("pq", "ivfpq")
+    assert 0 < tuning["bytes_per_vector"] < 4 * 384  # codes, not float32 vectors
     for i in (3, 77, 150):
-        assert coll.search(docs[i].text, k=1)[0].doc_id == f"r{i}"  # re-ranked with the exact vectors
-    hits = coll.search(docs[4].text, k=10, filter={"odd": True}, nprobe=1)
+        assert coll.search(docs[i].text, k=1, mode="dense")[0].doc_id == f"r{i}"  # re-ranked exactly
+    hits = coll.search(docs[4].text, k=10, filter={"odd": True}, mode="dense")
     assert len(hits) == 10 and all(h.metadata["odd"] for h in hits)
-    assert len(coll.search(docs[4].text, k=5, rerank=False, nprobe=2)) == 5
-    coll.retrain()
-    assert coll.search(docs[77].text, k=1)[0].doc_id == "r77"
+    assert len(coll.search(docs[4].text, k=5, rerank=False, mode="dense")) == 5
+    report = coll.retrain()
+    assert report["vectors"] == 170 and coll.stats()["index"]["tuning"] == report
+    assert coll.search(docs[77].text, k=1, mode="dense")[0].doc_id == "r77"
     colls.close(snapshot=False)  # training snapshotted by itself
 
     colls = Collections(data, device="cpu")
     coll = colls.get("ad")
     assert coll.restored_from == "snapshot" and coll.stats()["index_state"] == "trained"
-    assert coll.search(docs[150].text, k=1)[0].doc_id == "r150"
+    assert coll.stats()["index"]["tuning"] == report and not coll.stats()["training"]
+    assert coll.search(docs[150].text, k=1, mode="dense")[0].doc_id == "r150"
+    colls.close()
+
+
+def test_searches_and_writes_go_on_while_the_index_retrains(tmp_path, embedder, monkeypatch):
+    """A (re)training tunes without the collection's lock: while it runs, searches answer and ingests commit; the
+    vectors that arrived meanwhile reach the new index when it is installed."""
+    import retrieval.vector_index as vector_index
+
+    started, release = threading.Event(), threading.Event()
+    real_tune = vector_index.tune
+
+    def slow_tune(*args, **kwargs):
+        started.set()
+        assert release.wait(60)
+        return real_tune(*args, **kwargs)
+
+    monkeypatch.setattr(vector_index, "tune", slow_tune)
+    colls = Collections(tmp_path / "data", device="cpu")
+    coll = colls.create("bg", CollectionConfig(index=IndexConfig(min_train_size=100)))
+    docs = [Document(id=f"r{i}", text=unique_text(i)) for i in range(160)]
+    coll.ingest(docs[:100])
+    assert started.wait(30) and coll.stats()["training"]
+    for i in (5, 50):  # the training holds no lock: searches answer (exactly, from the old index)
+        assert coll.search(docs[i].text, k=1, mode="dense")[0].doc_id == f"r{i}"
+    coll.ingest(docs[100:])  # and writes commit
+    coll.delete_document("r7")
+    assert coll.stats()["index_state"] == "exact"
+    release.set()
+    assert coll.wait_for_training(120)
+    st = coll.stats()
+    assert st["index_state"] == "trained" and st["index"]["tuning"]["vectors"] == 100
+    assert st["indexed_vectors"] == st["chunk_count"] == 159
+    assert coll.search(docs[140].text, k=1, mode="dense")[0].doc_id == "r140"  # added during the training
+    assert "r7" not in {h.doc_id for h in coll.search(docs[7].text, k=10, mode="dense")}
+    colls.close()
+
+
+def test_closing_cancels_a_training_in_progress(tmp_path, embedder, monkeypatch):
+    import retrieval.tuning as tuning
+
+    started, built = threading.Event(), []
+    real_settings, real_make = tuning.settings, tuning.make_backend
+
+    def many_settings(*args):
+        return real_settings(*args) * 50  # a long tuning: nothing meets recall 1.0, so every setting is measured
+
+    def counting_make(*args, **kwargs):
+        built.append(1)
+        started.set()
+        return real_make(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "settings", many_settings)
+    monkeypatch.setattr(tuning, "make_backend", counting_make)
+    colls = Collections(tmp_path / "data", device="cpu")
+    coll = colls.create("cx", CollectionConfig(index=IndexConfig(min_train_size=100, recall_target=1.0)))
+    coll.ingest([Document(id=f"r{i}", text=unique_text(i)) for i in range(100)])
+    assert started.wait(30)
+    colls.close()  # cancels the training and waits for it
+    assert coll.wait_for_training(0) and len(built) < len(many_settings(IndexConfig(), 68, 384)) // 2
+    colls = Collections(tmp_path / "data", device="cpu")
+    assert colls.get("cx").stats()["index"]["tuning"] is None  # nothing was installed nor saved
     colls.close()
 
 

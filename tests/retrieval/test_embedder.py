@@ -1,10 +1,20 @@
+import os
 import threading
 
 import numpy as np
 import pytest
 
-from common.errors import InvalidArgumentError
-from retrieval.embedder import Embedder, default_model_path, get_embedder, resolve_model_path
+from common.errors import FailedPreconditionError, PermissionDeniedError
+from retrieval.embedder import (
+    DEFAULT_MODEL_NAME,
+    Embedder,
+    available_models,
+    check_model_name,
+    default_model_path,
+    get_embedder,
+    resolve_model,
+    stored_model_name,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +56,9 @@ def test_models_are_cached_per_path_and_device(embedder):
     other = get_embedder(None, device="cpu")
     assert other is not embedder  # own counters ...
     assert other._m is embedder._m  # ... on the same loaded model
-    same_path = Embedder(default_model_path(), device="cpu")
-    assert same_path._m is embedder._m
-    assert resolve_model_path(None) == resolve_model_path("") == default_model_path()
+    same = Embedder(DEFAULT_MODEL_NAME, device="cpu")
+    assert same._m is embedder._m
+    assert resolve_model(None) == resolve_model("") == resolve_model(DEFAULT_MODEL_NAME) == default_model_path()
 
 
 def test_model_limits(embedder):
@@ -56,12 +66,106 @@ def test_model_limits(embedder):
     assert embedder.max_text_tokens == 254  # [CLS] and [SEP] take two
 
 
-def test_bad_model_path(tmp_path):
-    with pytest.raises(InvalidArgumentError, match="not a directory"):
-        get_embedder(str(tmp_path / "missing"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InvalidArgumentError, match="could not load"):
-        get_embedder(str(tmp_path / "empty"), device="cpu")
+def models_dir(tmp_path):
+    """A models dir with a copy of the default under another name, a directory that is not a sentence-transformers
+    model (a generator checkpoint has config.json and weights, but no modules.json) and a broken one."""
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(default_model_path(), root / "minilm-copy")
+    (root / "generator").mkdir()
+    (root / "generator" / "config.json").write_text("{}")
+    (root / "broken").mkdir()
+    (root / "broken" / "modules.json").write_text("not json")
+    return root
+
+
+def test_embedders_are_names_inside_allowed_model_dirs(tmp_path, embedder):
+    root = models_dir(tmp_path)
+    assert available_models([root]) == [DEFAULT_MODEL_NAME, "broken", "minilm-copy"]
+    e = get_embedder("minilm-copy", device="cpu", model_dirs=[root])
+    assert e.name == "minilm-copy" and e._m is not embedder._m
+    np.testing.assert_allclose(e.embed(["same weights"]), embedder.embed(["same weights"]), atol=1e-6)
+    assert check_model_name("minilm-copy", [root]) == "minilm-copy"
+    assert check_model_name(DEFAULT_MODEL_NAME, [root]) is None and check_model_name("", [root]) is None
+    secret = str(tmp_path)
+    for name in (
+        str(root / "minilm-copy"),  # a path, even to an allowed model
+        "~/models",
+        "../models/minilm-copy",
+        "minilm-copy/../minilm-copy",
+        "..",
+        "generator",  # not a sentence-transformers model
+        "missing",
+        "x" * 10_000,
+    ):
+        with pytest.raises(PermissionDeniedError) as info:
+            get_embedder(name, device="cpu", model_dirs=[root])
+        message = str(info.value).replace(name[:200], "")  # the caller's own input may be quoted back, no more
+        assert secret not in message and os.path.expanduser("~") not in message, message
+        assert "minilm-copy" in message and len(message) < 800, message
+    with pytest.raises(PermissionDeniedError):
+        get_embedder("minilm-copy", device="cpu")  # not without its models dir
+    with pytest.raises(FailedPreconditionError, match="could not be loaded") as info:
+        get_embedder("broken", device="cpu", model_dirs=[root])
+    assert secret not in str(info.value)
+
+
+def test_stored_paths_of_older_collections_map_to_names(tmp_path):
+    root = models_dir(tmp_path)
+    assert stored_model_name(None) is None and stored_model_name("minilm-copy") == "minilm-copy"
+    assert stored_model_name(default_model_path()) is None
+    assert stored_model_name(str(root / "minilm-copy"), [root]) == "minilm-copy"
+    with pytest.raises(FailedPreconditionError, match="--models-dir") as info:
+        stored_model_name(str(root / "minilm-copy"))
+    assert str(tmp_path) not in str(info.value)
+
+
+def test_matches_sentence_transformers_encode(embedder):
+    texts = ["A cat sleeps.", "word " * 400, "Stock markets fell sharply today. " * 5, "x", "é 東京 😀"]
+    ref = embedder._m.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    np.testing.assert_allclose(embedder.embed(texts), ref, atol=1e-5)
+    np.testing.assert_allclose(embedder.embed(texts, bulk=True), ref, atol=1e-5)
+
+
+def test_queries_never_wait_for_bulk_embedding(embedder):
+    """A bulk embedding in progress holds no lock a query needs: while one runs (slowed down on purpose, batch by
+    batch), queries finish, and the bulk batches wait for queries in flight."""
+    import time
+
+    from retrieval import embedder as module
+
+    m = embedder._m
+    started, release = threading.Event(), threading.Event()
+    real = Embedder._encode
+    calls: list[str] = []
+
+    def slow_encode(self, texts):
+        calls.append("bulk" if len(texts) == module.BULK_BATCH_SIZE else "query")
+        if len(texts) == module.BULK_BATCH_SIZE:
+            started.set()
+            release.wait(10)
+        return real(self, texts)
+
+    bulk_texts = [f"chunk {i} of a long document" for i in range(3 * module.BULK_BATCH_SIZE)]
+    Embedder._encode = slow_encode
+    try:
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.setdefault("x", embedder.embed(bulk_texts, bulk=True)))
+        t.start()
+        assert started.wait(10)
+        t0 = time.perf_counter()
+        q = embedder.embed(["a query while the bulk batch is stuck"])
+        assert time.perf_counter() - t0 < 5 and q.shape == (1, embedder.dimension)
+        with m.priority.query():  # a query in flight: the next bulk batch waits for it
+            release.set()
+            time.sleep(0.3)
+            assert calls.count("bulk") == 1
+        t.join(30)
+    finally:
+        Embedder._encode = real
+    assert calls.count("bulk") == 3
+    np.testing.assert_allclose(out["x"], embedder.embed(bulk_texts), atol=1e-5)
 
 
 def test_token_offsets_of_long_texts_match_one_pass(embedder):

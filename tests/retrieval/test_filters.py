@@ -68,3 +68,42 @@ def test_bad_filters_say_what_is_supported(flt, msg):
     with pytest.raises(InvalidArgumentError, match=msg) as info:
         compile_filter(flt)
     assert "$in" in str(info.value)  # the message lists the supported syntax
+
+
+def test_filters_at_the_documented_limits_run_in_sqlite(store):
+    """An $in of MAX_IN_VALUES values and MAX_FILTER_FIELDS ANDed fields compile to shallow SQL that SQLite runs
+    (a chain of ORs / ANDs used to pass its expression depth limit of 1000 and fail with OperationalError)."""
+    from retrieval.filters import MAX_FILTER_FIELDS, MAX_IN_VALUES
+
+    cid = new_collection(store)
+    put(store, cid, "hit", 1, metadata={"tag": "t1023", **{f"f{i}": i for i in range(MAX_FILTER_FIELDS)}})
+    put(store, cid, "miss", 1, metadata={"tag": "other", "f0": 0}, seed=1)
+    values = [f"t{i}" for i in range(MAX_IN_VALUES - 2)] + [True, "t1023"]
+    assert allowed_docs(store, cid, {"tag": {"$in": values}}) == ["hit"]
+    mixed = [f"t{i}" for i in range(500)] + list(range(500)) + [True, False]
+    assert allowed_docs(store, cid, {"f3": {"$in": mixed}}) == ["hit"]  # 3 matches the number, not "3"
+    assert allowed_docs(store, cid, {f"f{i}": i for i in range(MAX_FILTER_FIELDS)}) == ["hit"]
+    many = {f"f{i}": {"$in": [i, *range(1000, 1000 + 60)]} for i in range(MAX_FILTER_FIELDS)}
+    assert allowed_docs(store, cid, many) == ["hit"]
+
+
+@pytest.mark.parametrize(
+    "flt,msg",
+    [
+        ({f"f{i}": i for i in range(65)}, "more than 64"),
+        ({"tag": {"$in": list(range(1025))}}, "at most 1024"),
+        ({f"f{i}": {"$in": list(range(1000))} for i in range(5)}, "values in all"),
+    ],
+)
+def test_filters_past_the_limits_are_refused(flt, msg):
+    with pytest.raises(InvalidArgumentError, match=msg):
+        compile_filter(flt)
+
+
+def test_filter_messages_quote_at_most_about_200_characters():
+    with pytest.raises(InvalidArgumentError) as info:
+        compile_filter({"k" * 10_000: 1})
+    assert len(str(info.value)) < 1000
+    with pytest.raises(InvalidArgumentError) as info:
+        compile_filter({"tag": {"$in": [{"deep": "y" * 100_000}]}})
+    assert len(str(info.value)) < 1000

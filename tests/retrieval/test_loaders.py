@@ -3,7 +3,8 @@ import types
 
 import pytest
 
-from retrieval.loaders import count_files, html_to_text, load_documents, load_file
+from retrieval.loaders import PDF_NO_TEXT, count_files, html_to_text, load_documents, load_file
+from tests.pdf_fixtures import make_pdf
 
 HTML = """<!doctype html><html><head><title>The  Page</title>
 <style>body { color: red }</style><script>var secret = "do not index";</script></head>
@@ -22,7 +23,7 @@ def tree(tmp_path):
     (root / "sub" / "deeper" / "page.html").write_text(HTML, encoding="utf-8")
     (root / "empty.txt").write_text("  \n", encoding="utf-8")
     (root / "image.png").write_bytes(b"\x89PNG")
-    (root / "notes.pdf").write_bytes(b"%PDF")
+    (root / "notes.pdf").write_bytes(b"%PDF")  # a header and nothing else: not readable
     (root / ".hidden.txt").write_text("hidden", encoding="utf-8")
     (root / ".git" / "config.txt").write_text("git internals", encoding="utf-8")
     records = [
@@ -87,8 +88,8 @@ def test_folder_is_streamed_into_documents(tree):
     assert docs["one.json"].metadata == {"kind": "note", "source": "one.json", "file_type": "json"}
 
     # Unsupported files are reported by path, other skips with a reason; hidden entries are ignored.
-    assert "image.png" in skipped and "notes.pdf" in skipped
-    reasons = [s for s in skipped if " (" in s]
+    assert "image.png" in skipped
+    reasons = [s for s in skipped if " (" in s and not s.startswith("notes.pdf (not a readable PDF: ")]
     assert sorted(reasons) == sorted(
         [
             "empty.txt (no text)",
@@ -102,8 +103,8 @@ def test_folder_is_streamed_into_documents(tree):
 
 
 def test_count_files_and_several_paths(tree):
-    # 8 supported files (hidden ones excluded, empty.txt and bad.json still count as files).
-    assert count_files(tree) == 8
+    # 9 supported files (hidden ones excluded, empty.txt, bad.json and notes.pdf still count as files).
+    assert count_files(tree) == 9
     assert count_files([tree / "a.txt", tree / "sub"]) == 3
     docs = list(load_documents([tree / "a.txt", str(tree / "sub")]))
     # A file given directly is named relative to its folder; a folder's files relative to it.
@@ -114,8 +115,35 @@ def test_count_files_and_several_paths(tree):
 
 def test_load_file_reports_unsupported(tree):
     skipped = []
-    assert list(load_file(tree / "notes.pdf", tree, skipped.append)) == []
-    assert skipped == ["notes.pdf"]
+    assert list(load_file(tree / "image.png", tree, skipped.append)) == []
+    assert skipped == ["image.png"]
+
+
+def test_pdf_gives_a_document_per_page_with_its_page_number(tmp_path):
+    (tmp_path / "docs").mkdir()
+    pdf = tmp_path / "docs" / "geo.pdf"
+    pdf.write_bytes(make_pdf(["Volcanoes erupt (often).\nLava flows.", "", "Saturn has rings."], title="Geo  Notes"))
+    skipped: list[str] = []
+    docs = list(load_documents(tmp_path / "docs", on_skip=skipped.append))
+    assert skipped == []  # a blank page is no document, and no error
+    assert [d.id for d in docs] == ["geo.pdf#page=1", "geo.pdf#page=3"]
+    assert docs[0].text.split("\n")[:2] == ["Volcanoes erupt (often).", "Lava flows."]
+    assert docs[1].text.strip() == "Saturn has rings."
+    meta = {"source": "geo.pdf", "file_type": "pdf", "page_count": 3, "title": "Geo Notes"}
+    assert docs[0].metadata == {**meta, "page": 1} and docs[1].metadata == {**meta, "page": 3}
+    assert {d.source for d in docs} == {"geo.pdf"}
+
+
+def test_a_pdf_without_text_or_unreadable_is_reported_and_the_batch_goes_on(tmp_path):
+    (tmp_path / "a-scan.pdf").write_bytes(make_pdf(["", ""]))
+    (tmp_path / "b-broken.pdf").write_bytes(b"%PDF-1.4 truncated")
+    (tmp_path / "c.txt").write_text("after the bad PDFs")
+    (tmp_path / "d.pdf").write_bytes(make_pdf(["fine"]))
+    skipped: list[str] = []
+    docs = list(load_documents(tmp_path, on_skip=skipped.append))
+    assert [d.id for d in docs] == ["c.txt", "d.pdf#page=1"]
+    assert skipped[0] == f"a-scan.pdf ({PDF_NO_TEXT})" and "OCR" in skipped[0]
+    assert skipped[1].startswith("b-broken.pdf (not a readable PDF: ") and len(skipped) == 2
 
 
 def test_html_to_text_keeps_blocks_and_pre():

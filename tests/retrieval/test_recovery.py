@@ -112,13 +112,18 @@ def test_snapshots_every_n_changes(store, tmp_path):
     assert _open(store, cid, path)[0].unsaved == 0  # and nothing to replay
 
 
-def test_training_is_saved_at_once(store, tmp_path):
+def test_a_trained_index_comes_back_trained(store, tmp_path):
+    """The owner snapshots an index once it installed a trained backend (Collection._train); restoring gives back the
+    same parameters and tuning report, and replays what changed since."""
     cid, path = _cid(store), tmp_path / "ix"
-    config = IndexConfig(kind="pq", m=4, nbits=2, min_points_per_centroid=2, backend="torch")  # trains at 8 vectors
+    config = IndexConfig(kind="pq", m=4, nbits=2, backend="torch", recall_target=0.5)
     index, _ = recovery.restore(store, cid, D, config, path)
-    index, _, _ = _indexed(store, cid, index, "a", 5, 0)
-    assert not index.is_trained and index.unsaved > 0
+    index, _, _ = _indexed(store, cid, index, "a", 40, 0)
+    assert not index.is_trained
+    index.retrain()
+    recovery.save(store, cid, index)
+    assert index.unsaved == 0
     index, _, _ = _indexed(store, cid, index, "b", 5, 1)
-    assert index.is_trained and index.unsaved == 0
     again, how = recovery.restore(store, cid, D, config, path)
-    assert how == "snapshot" and again.is_trained and again.unsaved == 0
+    assert how == "snapshot" and again.is_trained and again.ntotal == 45
+    assert again.params == index.params and again.tuning == index.tuning

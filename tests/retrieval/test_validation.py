@@ -108,3 +108,29 @@ def test_query_vector_shape_and_values():
         check_query_vector([1.0, float("nan"), 0.0], 3, "c")
     with pytest.raises(InvalidArgumentError, match="list of numbers"):
         check_query_vector(["a", "b", "c"], 3, "c")
+
+
+def test_every_id_and_name_has_its_length_limit_and_messages_stay_short():
+    from retrieval.validation import MAX_DOC_ID_CHARS
+
+    huge = "x" * 100_000
+    for call in (
+        lambda: validate_name(huge),
+        lambda: check_document_id(huge),
+        lambda: check_document(Document(id=huge, text="t"), 0),
+        lambda: check_document(Document(id="a", text="t", source=huge), 0),
+    ):
+        with pytest.raises(InvalidArgumentError) as info:
+            call()
+        assert len(str(info.value)) < 600, str(info.value)[:300]
+    assert check_document_id("i" * MAX_DOC_ID_CHARS) == "i" * MAX_DOC_ID_CHARS
+    with pytest.raises(InvalidArgumentError, match="1 to 512 characters"):
+        check_document_id("i" * (MAX_DOC_ID_CHARS + 1))
+    with pytest.raises(InvalidArgumentError, match="not only spaces"):
+        check_document_id("   ")
+
+
+@pytest.mark.parametrize("nprobe", [0, -1, 2**32 - 1, 65537])
+def test_nprobe_out_of_range_is_refused(nprobe):
+    with pytest.raises(InvalidArgumentError, match="nprobe"):
+        check_search(5, nprobe, None)

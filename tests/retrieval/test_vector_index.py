@@ -1,13 +1,16 @@
-"""VectorIndex: exact search until trainable, then PQ / IVF-PQ candidates re-ranked from the one float16 store;
-snapshots and crash recovery of its directory. Both backends where the results depend on them."""
+"""VectorIndex: exact search until trained, then PQ / IVF-PQ candidates re-ranked from the one float16 store;
+training off the owner's lock (training_job / tune / install); snapshots and crash recovery of its directory. Both
+backends where the results depend on them."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 
 from common.errors import InvalidArgumentError
-from retrieval.vector_index import IndexConfig, VectorIndex, auto_nlist
+from retrieval import snapshot
+from retrieval.vector_index import IndexConfig, VectorIndex
 from retrieval.vectors import FLT_MAX
 from tests.retrieval.helpers import clustered, ground_truth, recall
 
@@ -28,22 +31,31 @@ def exact_ids(xb, ids, xq, k):
 
 
 def small_config(**kw):
-    # nbits=4: 16 centroids per sub-space, so training starts at 39 * 16 = 624 vectors
-    return IndexConfig(**{"kind": "ivfpq", "m": 8, "nbits": 4, "nlist": 8, "nprobe": 4, **kw})
+    # everything but the re-rank factor pinned (the tuner picks it); training is due at 624 vectors
+    return IndexConfig(**{"kind": "ivfpq", "m": 8, "nbits": 4, "nlist": 8, "nprobe": 4, "min_train_size": 624, **kw})
+
+
+def trained(ix):
+    ix.retrain()
+    assert ix.is_trained
+    return ix
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_exact_then_trained_transition(backend):
     ci = VectorIndex(D, small_config(backend=backend))
-    assert ci.min_train_size == 624
     x, ids = vectors(1000), np.arange(1000) * 3 + 1
     xq = vectors(20, seed=9)
     ci.add(x[:600], ids[:600])
-    assert not ci.is_trained
+    assert not ci.is_trained and not ci.training_due()
     _, I = ci.search(xq, 5)
     np.testing.assert_array_equal(I, exact_ids(x[:600], ids[:600], xq, 5))  # exact while untrained
-    ci.add(x[600:], ids[600:])  # crosses 624: trains itself
+    ci.add(x[600:], ids[600:])  # crosses 624: training is due, never done inside add()
+    assert ci.training_due() and not ci.is_trained
+    report = ci.retrain()
     assert ci.is_trained and ci.trained_size == 1000 and ci.stats()["backend"] == backend
+    assert report["met"] and report["recall"] >= 0.95 and report["params"]["nlist"] == 8
+    assert not ci.training_due()
     G = exact_ids(x, ids, xq, 10)
     _, I = ci.search(xq, 10)
     assert recall(I, G) >= 0.95  # PQ candidates + exact float16 re-ranking
@@ -114,6 +126,7 @@ def test_save_load_roundtrip_and_crash_recovery(tmp_path, backend):
     x, ids = vectors(900), np.arange(900) + 10
     xq = vectors(10, seed=3)
     ci.add(x, ids)
+    params, tuning = trained(ci).params, ci.tuning
     ci.remove(ids[:5])
     ci.save(last_seq=17)
     D1, I1 = ci.search(xq, 10)
@@ -123,6 +136,7 @@ def test_save_load_roundtrip_and_crash_recovery(tmp_path, backend):
     del ci  # "crash": nothing else saved
     back = VectorIndex.load(path)
     assert back.last_seq == 17 and back.ntotal == 895 and back.is_trained
+    assert back.params == params and back.tuning == tuning and back.trained_size == 900
     D2, I2 = back.search(xq, 10)
     np.testing.assert_array_equal(I1, I2)
     np.testing.assert_allclose(D1, D2, rtol=1e-5)
@@ -163,35 +177,81 @@ def test_compaction_on_save_and_copy_to_other_dir(tmp_path):
 def test_retrain_and_growth():
     ci = VectorIndex(D, small_config(backend="torch", retrain_growth=2.0))
     ci.add(vectors(300), np.arange(300))
+    assert not ci.training_due()
     ci.retrain()  # forced below the automatic threshold
     assert ci.is_trained and ci.trained_size == 300
-    ci.add(vectors(300, seed=1), np.arange(300, 600))  # 600 >= 2 * 300: retrains itself
-    assert ci.trained_size == 600
+    ci.add(vectors(299, seed=1), np.arange(300, 599))
+    assert not ci.training_due()
+    ci.add(vectors(1, seed=2), [599])  # 600 >= 2 * 300
+    assert ci.training_due()
+    ci.retrain()
+    assert ci.trained_size == 600 and not ci.training_due()
     few = VectorIndex(D, small_config())
     few.add(vectors(5), np.arange(5))
-    with pytest.raises(ValueError, match="needs at least 16"):
+    with pytest.raises(ValueError, match="too few vectors"):
         few.retrain()
+
+
+def test_training_off_the_lock_catches_up_with_changes():
+    """training_job() takes the rows as they are; vectors added and removed while tune() runs reach the installed
+    backend (install), so a background training loses nothing."""
+    ci = VectorIndex(D, small_config(backend="faiss"))
+    x, ids = vectors(1500), np.arange(1500)
+    ci.add(x[:1000], ids[:1000])
+    job = ci.training_job()
+    tuned = job.tune(ci.config)
+    ci.add(x[1000:], ids[1000:])  # meanwhile
+    ci.remove(ids[:100])
+    assert not ci.is_trained  # still exact until install
+    assert ci.install(job, tuned) and ci.is_trained and ci.trained_size == 1000
+    xq = vectors(30, seed=8)
+    live = ids[100:]
+    G = exact_ids(x[100:], live, xq, 10)
+    _, I = ci.search(xq, 10)
+    assert recall(I, G) >= 0.9 and not np.isin(I, ids[:100]).any()
+    assert ci.vectors.ntotal == 1400 and sorted(ci.ids()) == live.tolist()
+    _, I = ci.search(x[1400:1410], 10)
+    assert (I == ids[1400:1410, None]).any(1).all()  # added during the training, found through the new backend
+
+
+def test_a_tuning_that_finds_nothing_leaves_the_index_exact_until_it_doubles():
+    ci = VectorIndex(D, small_config(recall_target=1.0, rerank=False))  # no re-ranking: recall 1.0 is out of reach
+    x = vectors(2000)
+    ci.add(x[:700], np.arange(700))
+    assert ci.training_due()
+    job = ci.training_job()
+    tuned = job.tune(ci.config)
+    assert tuned.backend is None and not tuned.report["met"] and "no setting met" in tuned.report["reason"]
+    assert not ci.install(job, tuned) and not ci.is_trained and ci.tuning == tuned.report
+    ci.add(x[700:1399], np.arange(700, 1399))
+    assert not ci.training_due()  # the next attempt waits until the index doubled
+    ci.add(x[1399:1400], [1399])
+    assert ci.training_due()
 
 
 def test_pq_and_flat_kinds():
     x, ids = vectors(700), np.arange(700)
     flat = VectorIndex(D, IndexConfig(kind="flat"))
     flat.add(x, ids)
-    assert not flat.is_trained and flat.min_train_size is None
+    assert not flat.is_trained
     pq = VectorIndex(D, IndexConfig(kind="pq", m=8, nbits=4, backend="torch"))
     pq.add(x, ids)
-    assert pq.is_trained and pq.stats()["nlist"] is None
-    xq = vectors(10, seed=4)
+    assert pq.training_due() and not flat.training_due()
+    trained(pq)
+    assert pq.stats()["params"]["nlist"] == 0 and pq.nprobe is None and flat.retrain() == {}
+    xq = vectors(100, seed=4)
     G = flat.search(xq, 10)[1]
-    assert recall(pq.search(xq, 10)[1], G) >= 0.95
+    # the held-out estimate met the target (minus its standard error); fresh queries land near it
+    assert pq.tuning["recall"] - pq.tuning["recall_stderr"] >= 0.95
+    assert recall(pq.search(xq, 10)[1], G) >= 0.9
 
 
 def test_config_defaults_and_validation():
-    assert IndexConfig().resolved_m(384) == 48
-    assert IndexConfig().resolved_m(100) in (10, 20)  # no d // 8: a divisor close to it
-    assert auto_nlist(10000) == 256 and auto_nlist(1_000_000) == 4000
+    c = IndexConfig()
+    assert (c.kind, c.m, c.nbits, c.nlist, c.nprobe, c.rerank_factor) == (None,) * 6  # chosen by measurement
+    assert c.recall_target == 0.95 and c.min_train_size == 512 and c.retrain_growth == 4.0
     ci = VectorIndex(384)
-    assert ci.min_train_size == 39 * 256 and ci.m == 48
+    assert ci.stats()["kind"] == "exact" and ci.stats()["params"] is None
     # a configuration is checked where it enters (Collections.create), with a message saying what to fix
     with pytest.raises(ValueError, match="must divide d=384"):
         IndexConfig(m=50).validate(384)
@@ -201,6 +261,11 @@ def test_config_defaults_and_validation():
         IndexConfig(nprobe=0).validate(D)
     with pytest.raises(InvalidArgumentError, match="nlist"):
         IndexConfig(nlist=True).validate(D)
+    for bad in (0.0, 1.5, True, "high"):
+        with pytest.raises(InvalidArgumentError, match="recall_target"):
+            IndexConfig(recall_target=bad).validate(D)
+    with pytest.raises(ValueError, match="nbits"):
+        IndexConfig(nbits=9).validate(D)
     with pytest.raises(ValueError, match="backend"):
         IndexConfig(backend="annoy").validate(D)
     with pytest.raises(ValueError, match="metric"):
@@ -219,6 +284,23 @@ def test_config_defaults_and_validation():
         VectorIndex.load("/nonexistent-dir-for-test")
     cfg = IndexConfig(kind="pq", m=8, nbits=6, rerank_factor=4)
     assert IndexConfig.from_dict(cfg.to_dict()) == cfg
+    # a configuration stored before self-tuning held the old defaults explicitly: they become "tuned"
+    old = {"kind": "ivfpq", "m": None, "nbits": 8, "nlist": None, "nprobe": None, "rerank_factor": 8, "metric": "ip"}
+    assert IndexConfig.from_dict(old) == IndexConfig()
+    assert IndexConfig.from_dict({**old, "nbits": 6, "kind": "pq"}) == IndexConfig(kind="pq", nbits=6)
+
+
+def test_snapshots_of_the_previous_format_are_refused(tmp_path):
+    """A format-1 snapshot (parameters from the config, no tuning report) is refused: the owner rebuilds the index
+    from the store (recovery.restore)."""
+    ix = VectorIndex(D, small_config(), path=tmp_path / "ix")
+    ix.add(vectors(10), np.arange(10))
+    ix.save(last_seq=1)
+    meta, arrays = snapshot.read(tmp_path / "ix")
+    record = np.frombuffer(json.dumps({**meta, "format": 1}).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "ix" / snapshot.SNAPSHOT, meta=record, **arrays)
+    with pytest.raises(ValueError, match="unsupported index snapshot format 1"):
+        VectorIndex.load(tmp_path / "ix")
 
 
 # --- results over both backends: re-ranking, ids and padding, the memory-mapped store, bad inputs -------------
@@ -234,7 +316,7 @@ _built = {}
 
 def built_ivfpq(backend, metric, data):
     """A trained IVF-PQ index over the shared data (cached: the tests below do not mutate it); nbits=6 keeps
-    k-means cheap, 5,000 vectors cross min_train_size (39 * 64) in one add, so it trains on all of them."""
+    k-means cheap; every parameter is pinned, so the tuner only measures it."""
     key = (backend, metric)
     if key not in _built:
         cfg = IndexConfig(
@@ -242,7 +324,9 @@ def built_ivfpq(backend, metric, data):
         )
         ix = VectorIndex(D, cfg)
         ix.add(data[0], np.arange(len(data[0])))
-        assert ix.is_trained and ix.trained_size == 5000
+        assert ix.training_due()
+        trained(ix)
+        assert ix.trained_size == 5000
         _built[key] = ix
     return _built[key]
 
@@ -272,6 +356,8 @@ def test_ids_remove_and_padding(backend, kind):
     idx = VectorIndex(16, dataclass_replace(cfg, backend=backend))
     ids = 1000 + 7 * np.arange(len(x))
     idx.add(x, ids)
+    if kind != "flat":
+        trained(idx)
     assert idx.ntotal == len(x) and idx.is_trained == (kind != "flat")
     _, I = idx.search(x[:20], 3)
     assert (I[:, 0] == ids[:20]).all()  # each vector finds itself, under its own id
@@ -298,7 +384,7 @@ def test_memory_mapped_vector_store(tmp_path):
     x = clustered(700, 16, k=4, seed=7)
     idx = VectorIndex(16, IndexConfig(kind="pq", m=4, nbits=4, backend="torch"), path=tmp_path / "ix")
     idx.add(x, np.arange(700))
-    assert idx.is_trained
+    trained(idx)
     assert (tmp_path / "ix" / "vectors.0.f16").stat().st_size >= 700 * 16 * 2
     np.testing.assert_allclose(idx.get([0, 5]), x[[0, 5]], atol=1e-2)
 
@@ -306,7 +392,7 @@ def test_memory_mapped_vector_store(tmp_path):
 def test_bad_inputs(data):
     xb, _ = data
     idx = VectorIndex(D, IndexConfig(kind="pq", m=8, nbits=4, backend="torch"))
-    with pytest.raises(ValueError, match="needs at least 16"):
+    with pytest.raises(ValueError, match="too few vectors"):
         idx.add(xb[:10], np.arange(10))
         idx.retrain()
     with pytest.raises(ValueError, match="vectors has dimension 16 but the index has 32"):

@@ -25,9 +25,9 @@ def test_cli_end_to_end(server, capsys):
     assert created["name"] == "docs" and created["dimension"] == 384
 
     summary = run_json(capsys, "ingest", str(FIXTURES / "docs"), "--collection", "docs", *s)
-    # planets.json, volcanoes.txt, sourdough.md, chess.html and three jsonl records; the .pdf is skipped.
+    # planets.json, volcanoes.txt, sourdough.md, chess.html and three jsonl records; the broken .pdf is skipped.
     assert summary["documents"] == 7 and summary["chunks"] >= 7
-    assert any(p.endswith("ignored.pdf") for p in summary["skipped"])
+    assert any(p.startswith("ignored.pdf (not a readable PDF") for p in summary["skipped"])
 
     hits = run_json(capsys, "search", "which planet has rings?", "--collection", "docs", "-k", "3", *s)
     assert len(hits) == 3
@@ -152,6 +152,7 @@ def test_serve_leaves_unset_engine_options_to_the_engine(monkeypatch, tmp_path):
 
     async def fake_serve(config, ready=None):
         configs.append(config)
+        return 0
 
     monkeypatch.setattr(service.server, "serve", fake_serve)
     base = ["serve", "--data-dir", str(tmp_path), "--no-generator"]
@@ -159,3 +160,67 @@ def test_serve_leaves_unset_engine_options_to_the_engine(monkeypatch, tmp_path):
     assert main([*base, "--max-num-seqs", "8", "--kv-cache-mb", "64"]) == 0
     assert configs[0].engine == {} and configs[0].port == 50051 and configs[0].workers == 4
     assert configs[1].engine == {"max_num_seqs": 8, "kv_cache_memory": 64 << 20}
+    assert configs[0].http_port is None and configs[0].served_model_name is None  # HTTP is off unless asked for
+    assert main([*base, "--http-port", "8080", "--served-model-name", "pqrag"]) == 0
+    assert configs[2].http_port == 8080 and configs[2].served_model_name == "pqrag"
+
+
+def test_ingest_reads_pdfs_page_by_page_and_reports_a_scan(server, capsys, tmp_path):
+    from tests.pdf_fixtures import make_pdf
+
+    (tmp_path / "report.pdf").write_bytes(make_pdf(["Revenue grew in spring.", "", "Costs fell in autumn."]))
+    (tmp_path / "scan.pdf").write_bytes(make_pdf([""]))
+    (tmp_path / "notes.txt").write_text("Plain notes after the scan.")
+    summary = run_json(capsys, "ingest", str(tmp_path), "--collection", "pdf", "--create", "--server", server.target)
+    assert summary["documents"] == 3  # two pages with text and the notes, over IngestStream
+    assert [s for s in summary["skipped"] if s.startswith("scan.pdf (no extractable text")]
+    hits = run_json(capsys, "search", "costs in autumn", "--collection", "pdf", "-k", "1", "--server", server.target)
+    assert hits[0]["doc_id"] == "report.pdf#page=3" and hits[0]["metadata"]["page"] == 3
+
+
+def test_cli_search_modes_and_the_tuning_report(server, capsys):
+    s = ["--server", server.target]
+    created = run_json(
+        capsys,
+        "collections",
+        "create",
+        "kb",
+        "--mode",
+        "lexical",
+        "--recall-target",
+        "0.9",
+        "--min-train-size",
+        "150",
+        *s,
+    )
+    assert created["default_search_mode"] == "lexical" and created["index"]["recall_target"] == 0.9
+    assert created["index"]["min_train_size"] == 150 and created["tuning"] is None
+    run_json(capsys, "ingest", str(FIXTURES / "docs"), "--collection", "kb", *s)
+    hits = run_json(capsys, "search", "Sicilian Defence", "--collection", "kb", *s)  # the default: lexical
+    assert hits[0]["doc_id"] == "chess.html" and hits[0]["lexical_rank"] == 1 and hits[0]["dense_rank"] is None
+    hits = run_json(capsys, "search", "Sicilian Defence", "-c", "kb", "--mode", "hybrid", "--rrf-k", "1", *s)
+    assert hits[0]["score"] == pytest.approx(1 / (1 + hits[0]["dense_rank"]) + 1 / (1 + hits[0]["lexical_rank"]))
+    assert main(["search", "Sicilian Defence", "-c", "kb", "--mode", "dense", "-k", "2", *s]) == 0
+    out = capsys.readouterr().out
+    assert "dense #1" in out and "lexical #" not in out and "(2 hits;" in out
+    assert main(["collections", "get", "kb", *s]) == 0
+    out = capsys.readouterr().out
+    assert "default_search_mode  lexical" in out and "none yet (exact search" in out  # 7 documents: no training
+
+
+def test_ask_and_chat_modes_reach_the_request(monkeypatch):
+    from service import client as client_mod
+
+    sent = {}
+
+    def spy(self, collection, question, **kw):
+        sent.update(kw)
+        return iter(())
+
+    monkeypatch.setattr(client_mod.Client, "ask_stream", spy)
+    assert main(["ask", "q?", "-c", "kb", "--mode", "lexical"]) == 0
+    assert sent["mode"] == "lexical" and sent["fusion"] is None
+    assert main(["ask", "q?", "-c", "kb", "--mode", "hybrid", "--alpha", "0.4", "--candidates", "30"]) == 0
+    assert sent["mode"] == "hybrid" and sent["fusion"] == {"alpha": 0.4, "candidates": 30}
+    with pytest.raises(SystemExit):
+        main(["ask", "q?", "-c", "kb", "--mode", "sparse"])

@@ -16,11 +16,65 @@ from service import convert
 def test_search_leaves_unset_fields_to_the_domain():
     name, query = convert.search_query_from_proto(search_pb2.SearchRequest(collection="kb", text="lava"))
     assert name == "kb" and "k" not in query  # Collection.search's default k
-    assert query == {"query": "lava", "vector": None, "filter": None, "nprobe": None, "rerank": None}
+    assert query == {"query": "lava", "vector": None, "filter": None, "nprobe": None, "rerank": None, "mode": None}
     _, query = convert.search_query_from_proto(search_pb2.SearchRequest(collection="kb", text="lava", top_k=0))
     assert query["k"] == 0  # set, even to 0: the domain refuses it (INVALID_ARGUMENT), it is not the default
     with pytest.raises(InvalidArgumentError, match="set the query"):
         convert.search_query_from_proto(search_pb2.SearchRequest(collection="kb"))
+
+
+def test_search_modes_and_fusion_arrive_under_the_domain_names():
+    req = search_pb2.SearchRequest(
+        collection="kb", text="lava", mode=search_pb2.SEARCH_MODE_LEXICAL, fusion=search_pb2.FusionParams(alpha=0.25)
+    )
+    _, query = convert.search_query_from_proto(req)
+    assert query["mode"] == "lexical" and query["alpha"] == 0.25 and "rrf_k" not in query and "candidates" not in query
+    req = search_pb2.SearchRequest(collection="kb", text="x", fusion=search_pb2.FusionParams(rrf_k=0, candidates=5))
+    _, query = convert.search_query_from_proto(req)
+    assert query["rrf_k"] == 0 and query["candidates"] == 5 and query["mode"] is None  # set, even to 0
+    with pytest.raises(InvalidArgumentError, match="unknown SearchMode 9"):
+        convert.search_query_from_proto(search_pb2.SearchRequest(collection="kb", text="x", mode=9))
+    r = convert.ask_request_from_proto(
+        rag_pb2.AskRequest(
+            collection="kb", question="q", mode=search_pb2.SEARCH_MODE_DENSE, fusion=search_pb2.FusionParams(rrf_k=7)
+        )
+    )
+    assert r.mode == "dense" and r.fusion == {"rrf_k": 7}
+    r = convert.chat_request_from_proto(
+        rag_pb2.ChatRequest(collection="kb", messages=[rag_pb2.ChatMessage(role="user", content="hi")])
+    )
+    assert r.mode is None and r.fusion == {}
+
+
+def test_a_tuning_report_becomes_index_tuning():
+    assert convert.tuning_to_proto(None) is None
+    params = {"kind": "ivfpq", "m": 24, "nbits": 4, "nlist": 64, "nprobe": 8, "rerank_factor": 4}
+    report = {
+        "vectors": 9000,
+        "queries": 256,
+        "recall_target": 0.95,
+        "met": True,
+        "recall": 0.97,
+        "recall_stderr": 0.005,
+        "bytes_per_vector": 21.5,
+        "settings_trained": 3,
+        "seconds": 4.5,
+        "params": params,
+    }
+    t = convert.tuning_to_proto(report)
+    assert (t.params.kind, t.params.nlist, t.params.rerank_factor, t.trained_vectors) == ("ivfpq", 64, 4, 9000)
+    assert t.met_target and t.recall == pytest.approx(0.97) and t.bytes_per_vector == pytest.approx(21.5)
+    failed = convert.tuning_to_proto(
+        {
+            "vectors": 600,
+            "queries": 120,
+            "recall_target": 0.99,
+            "met": False,
+            "recall": 0.9,
+            "reason": "no setting met recall@10 0.99",
+        }
+    )
+    assert not failed.HasField("params") and not failed.met_target and "no setting" in failed.reason
 
 
 def test_ask_unset_fields_are_the_domain_defaults():

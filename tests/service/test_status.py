@@ -14,7 +14,10 @@ from common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
 )
 from service.status import STATUS_CODES, status_for
 from tests.service.conftest import DOCS, ingest_all
@@ -26,6 +29,9 @@ CASES = [
     (InvalidArgumentError("k must be in 1..1000"), S.INVALID_ARGUMENT),
     (ResourceExhaustedError("queue full"), S.RESOURCE_EXHAUSTED),
     (FailedPreconditionError("no generator"), S.FAILED_PRECONDITION),
+    (PermissionDeniedError("role too low"), S.PERMISSION_DENIED),
+    (UnauthenticatedError("no key"), S.UNAUTHENTICATED),
+    (UnavailableError("shutting down"), S.UNAVAILABLE),
     (ValueError("a bug of ours"), S.INTERNAL),  # not a user's mistake unless the domain says so
     (KeyError("bug"), S.INTERNAL),
     (RuntimeError("bug"), S.INTERNAL),
@@ -44,7 +50,8 @@ def test_subclasses_take_their_base_class_code():
     assert status_for(QueueFullError("full")) == S.RESOURCE_EXHAUSTED
     assert status_for(GeneratorUnavailableError("none")) == S.FAILED_PRECONDITION
     assert set(STATUS_CODES.values()) == {S.NOT_FOUND, S.ALREADY_EXISTS, S.INVALID_ARGUMENT, S.RESOURCE_EXHAUSTED,
-                                          S.FAILED_PRECONDITION}  # fmt: skip
+                                          S.FAILED_PRECONDITION, S.PERMISSION_DENIED, S.UNAUTHENTICATED,
+                                          S.UNAVAILABLE}  # fmt: skip
 
 
 def test_errors_raised_inside_servicers_get_their_code_and_the_server_keeps_serving(
@@ -76,3 +83,17 @@ def test_errors_raised_inside_servicers_get_their_code_and_the_server_keeps_serv
     metrics = server.server.metrics.render().decode()
     assert 'pqrag_rpc_requests_total{code="INTERNAL",method="GetCollection"} 3.0' in metrics
     assert 'pqrag_rpc_requests_total{code="INVALID_ARGUMENT",method="IngestStream"} 1.0' in metrics
+
+
+def test_long_messages_are_cut_before_they_reach_the_wire(server, client, monkeypatch):
+    """A message quoting a huge input would pass gRPC's metadata limit (the call would end RESOURCE_EXHAUSTED
+    instead of with its own code): every message is cut to MAX_DETAILS characters."""
+    from service.status import MAX_DETAILS
+
+    def fail(*args, **kwargs):
+        raise InvalidArgumentError("x" * 100_000)
+
+    monkeypatch.setattr(server.server.collections, "get", fail)
+    with pytest.raises(grpc.RpcError) as e:
+        client.get_collection("kb")
+    assert e.value.code() == S.INVALID_ARGUMENT and len(e.value.details()) <= MAX_DETAILS

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import grpc
+import numpy as np
 import pytest
 
 from pqrag.v1 import collections_pb2
-from tests.service.conftest import code_of
+from tests.service.conftest import code_of, ingest_all
 
 
 def test_collections_crud_and_errors(client):
@@ -90,3 +94,86 @@ def test_bad_index_and_chunking_specs_are_the_callers_mistake(client, spec, mess
         client.create_collection("bad", **spec)
     assert code_of(e) == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details()
     assert client.list_collections() == []
+
+
+# --- the self-tuning index, through the real server ------------------------------------------------------------
+
+WORDS = "amber basalt cedar delta ember fjord garnet harbor island jasper kelp lagoon meadow nectar orchid".split()
+
+
+def record(i: int) -> dict:
+    """A short distinct document: one chunk each."""
+    rng = np.random.default_rng(i)
+    return {"id": f"r{i}", "text": f"Record {i} mentions {' and '.join(rng.choice(WORDS, 3, replace=False))}."}
+
+
+def wait_trained(client, name, vectors, timeout=180.0):
+    """GetCollection until the index has trained on at least `vectors` vectors and no training runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c = client.get_collection(name)
+        if not c.index_training and c.HasField("tuning") and c.tuning.trained_vectors >= vectors:
+            return c
+        time.sleep(0.1)
+    raise AssertionError(f"{name}: no training on {vectors} vectors within {timeout} s")
+
+
+def test_a_small_collection_trains_and_reports_its_tuning(client):
+    created = client.create_collection("small", min_train_size=100, recall_target=0.9)
+    assert created.index.min_train_size == 100 and created.index.recall_target == pytest.approx(0.9)
+    assert created.index.kind == "" and created.index.nbits == 0  # chosen by measurement
+    assert not created.HasField("tuning") and created.index_state == "exact"
+    ingest_all(client, "small", [record(i) for i in range(120)])
+    c = wait_trained(client, "small", 100)
+    t = c.tuning
+    assert c.index_state == "trained" and t.met_target and t.recall - t.recall_stderr >= 0.9
+    assert t.params.kind in ("pq", "ivfpq") and t.params.m in (24, 48, 96) and t.params.nbits in (4, 6)
+    assert t.params.rerank_factor >= 1 and 0 < t.bytes_per_vector < 2 * 384 and t.queries >= 32
+    assert t.settings_trained >= 1 and t.train_seconds > 0
+    for i in (3, 77, 119):  # served by PQ + re-ranking now
+        assert client.search("small", record(i)["text"], k=1, mode="dense")[0]["doc_id"] == f"r{i}"
+    spec = {"kind": "pq", "nbits": 4, "m": 48, "rerank_factor": 4, "min_train_size": 200, "recall_target": 0.9}
+    client.create_collection("pinned", **spec)
+    ingest_all(client, "pinned", [record(i) for i in range(200)])
+    p = wait_trained(client, "pinned", 200).tuning.params
+    assert (p.kind, p.m, p.nbits, p.rerank_factor) == ("pq", 48, 4, 4)  # pinned values are kept
+    for bad in ({"recall_target": 1.5}, {"recall_target": 0.0}, {"rerank_factor": 0, "nbits": 9}):
+        with pytest.raises(grpc.RpcError) as e:
+            client.create_collection("bad", **bad)
+        assert code_of(e) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_retraining_runs_in_the_background_while_searches_go_on(client, monkeypatch):
+    """Each training blocks (a stand-in for minutes of k-means) until the test has searched and ingested: both are
+    answered meanwhile, by the index as it was; the new one is installed after, with the vectors that arrived."""
+    import retrieval.vector_index as vector_index
+
+    gate, entered = threading.Semaphore(0), threading.Semaphore(0)
+    real_tune = vector_index.tune
+
+    def held_tune(x, ids, config, **kwargs):
+        entered.release()
+        assert gate.acquire(timeout=120)
+        return real_tune(x, ids, config, **kwargs)
+
+    monkeypatch.setattr(vector_index, "tune", held_tune)
+    client.create_collection("bg", min_train_size=160)
+    ingest_all(client, "bg", [record(i) for i in range(160)])
+    assert entered.acquire(timeout=60)  # the first training started, and waits
+    c = client.get_collection("bg")
+    assert c.index_training and c.index_state == "exact"
+    assert client.search("bg", record(5)["text"], k=1, mode="dense")[0]["doc_id"] == "r5"
+    ingest_all(client, "bg", [record(i) for i in range(160, 200)])  # writes commit too
+    gate.release()
+    c = wait_trained(client, "bg", 160)
+    assert c.index_state == "trained" and c.tuning.trained_vectors == 160 and c.chunk_count == 200
+    assert client.search("bg", record(190)["text"], k=1, mode="dense")[0]["doc_id"] == "r190"  # added meanwhile
+
+    ingest_all(client, "bg", [record(i) for i in range(200, 640)])  # 640 = 4 x 160: a retraining starts
+    assert entered.acquire(timeout=60)
+    assert client.get_collection("bg").index_training
+    for i in (7, 500):  # the old trained index answers while the new one is tuned
+        assert client.search("bg", record(i)["text"], k=1, mode="dense")[0]["doc_id"] == f"r{i}"
+    gate.release()
+    c = wait_trained(client, "bg", 640)
+    assert c.tuning.trained_vectors == 640 and c.index_state == "trained" and not c.index_training

@@ -1,0 +1,158 @@
+"""REST for collections and search, for jobs and scripts that don't speak gRPC:
+
+    GET    /v1/collections                    list (with counts and index state), paged like ListCollections
+    POST   /v1/collections                    create {"name", "embedder"?, "index"?: {...}, "chunking"?: {...}}
+    GET    /v1/collections/{c}                one collection
+    DELETE /v1/collections/{c}                delete it, its documents and its index
+    POST   /v1/collections/{c}/search         {"query" | "vector", "top_k"?, "filter"?, "mode"?, "nprobe"?, "rerank"?}
+
+Each route translates JSON to the same domain calls the gRPC servicers make (retrieval's Collections and
+Collection), in the worker pool; values are checked there, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval import ChunkerConfig, Collection, CollectionConfig, IndexConfig
+from service.http.auth import authorize
+from service.http.context import HttpContext
+from service.http.embeddings import embedder_name
+from service.http.errors import ApiError
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+
+class CreateCollection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    embedder: str | None = Field(None, description="a local sentence-transformers directory; default MiniLM")
+    index: dict[str, Any] | None = Field(None, description="IndexConfig fields to set (kind, m, nbits, metric, ...)")
+    chunking: dict[str, Any] | None = Field(None, description="ChunkerConfig fields (chunk_tokens, overlap_tokens)")
+    search_mode: str | None = Field(None, description="a search without a mode: hybrid, dense or lexical")
+
+
+class SearchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = None
+    vector: list[float] | None = None
+    top_k: int | None = Field(None, description="hits to return (default: the server's)")
+    filter: dict[str, Any] | None = None
+    mode: str | None = Field(None, description="dense, lexical or hybrid (default: the collection's)")
+    nprobe: int | None = None
+    rerank: bool | None = None
+
+
+def _ctx(request: Request) -> HttpContext:
+    return request.app.state.ctx
+
+
+def _with(obj: Any, fields: dict[str, Any] | None, what: str) -> Any:
+    """A config dataclass with the fields a request set; an unknown name is a 400 naming the known ones."""
+    known = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(fields or {}) - known)
+    if unknown:
+        raise ApiError(400, f"unknown {what} field(s) {unknown}; known: {sorted(known)}", param=what)
+    return dataclasses.replace(obj, **(fields or {}))
+
+
+def collection_config(body: CreateCollection) -> CollectionConfig:
+    config = CollectionConfig(
+        embedder=body.embedder or None,
+        index=_with(IndexConfig(), body.index, "index"),
+        chunker=_with(ChunkerConfig(), body.chunking, "chunking"),
+    )
+    if body.search_mode is not None:
+        config = _with(config, {"search_mode": body.search_mode}, "collection")
+    return config
+
+
+def collection_json(coll: Collection) -> dict[str, Any]:
+    """A collection with its counts and index state (reads SQLite: call it in the worker pool)."""
+    stats = coll.stats()
+    return {
+        "object": "collection",
+        **stats,
+        "embedder": embedder_name(coll.config.embedder),
+        "index": coll.config.index.to_dict(),
+        "chunking": dataclasses.asdict(coll.config.chunker),
+    }
+
+
+def hit_json(h: Any) -> dict[str, Any]:
+    return {
+        "document_id": h.doc_id,
+        "chunk_id": int(h.chunk_id),
+        "score": float(h.score),
+        "text": h.text,
+        "metadata": h.metadata,
+        "source": h.source,
+        "start": int(h.start),
+        "end": int(h.end),
+    }
+
+
+def _page(ctx: HttpContext, page_size: int | None, page_token: str) -> dict[str, Any]:
+    page, next_token = ctx.collections.list_page(page_size, page_token)
+    return {"object": "list", "data": [collection_json(c) for c in page], "next_page_token": next_token}
+
+
+@router.get("")
+async def list_collections(request: Request, page_size: int | None = None, page_token: str = "") -> dict[str, Any]:
+    await authorize(request, "read")
+    ctx = _ctx(request)
+    return await ctx.run(_page, ctx, page_size, page_token)
+
+
+@router.post("", status_code=201)
+async def create_collection(request: Request, body: CreateCollection) -> dict[str, Any]:
+    await authorize(request, "admin", body.name)
+    ctx = _ctx(request)
+    coll = await ctx.run(ctx.collections.create, body.name, collection_config(body))
+    return await ctx.run(collection_json, coll)
+
+
+@router.get("/{collection}")
+async def get_collection(request: Request, collection: str) -> dict[str, Any]:
+    await authorize(request, "read", collection)
+    ctx = _ctx(request)
+    return await ctx.run(collection_json, await ctx.run(ctx.collections.get, collection))
+
+
+@router.delete("/{collection}")
+async def delete_collection(request: Request, collection: str) -> dict[str, Any]:
+    await authorize(request, "admin", collection)
+    ctx = _ctx(request)
+    await ctx.run(ctx.collections.delete, collection)
+    return {"id": collection, "object": "collection.deleted", "deleted": True}
+
+
+def _search(ctx: HttpContext, collection: str, body: SearchBody) -> dict[str, Any]:
+    coll = ctx.collections.get(collection)
+    query = body.model_dump(exclude_none=True, exclude={"top_k"})
+    if body.top_k is not None:
+        query["k"] = body.top_k
+    result = coll.search(**query)
+    ctx.metrics.embed_seconds.observe(result.embed_ms / 1e3)
+    ctx.metrics.search_seconds.observe(result.search_ms / 1e3)
+    return {
+        "object": "list",
+        "data": [hit_json(h) for h in result.hits],
+        "embed_ms": result.embed_ms,
+        "search_ms": result.search_ms,
+    }
+
+
+@router.post("/{collection}/search")
+async def search(request: Request, collection: str, body: SearchBody) -> JSONResponse:
+    """The chunks nearest to a query text (or vector), best first, each with its document's span [start, end)."""
+    await authorize(request, "read", collection)
+    ctx = _ctx(request)
+    return JSONResponse(await ctx.run(_search, ctx, collection, body))

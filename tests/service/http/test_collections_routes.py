@@ -1,0 +1,75 @@
+"""REST for collections and search over real HTTP: create (with index and chunking settings), list with counts and
+index state, get, delete, search with a filter, and the errors in OpenAI's shape."""
+
+from __future__ import annotations
+
+from tests.service.conftest import DOCS
+
+
+def test_collection_lifecycle(http):
+    created = http.post(
+        "/v1/collections", json={"name": "life", "index": {"kind": "flat"}, "chunking": {"chunk_tokens": 64}}
+    )
+    assert created.status_code == 201
+    c = created.json()
+    assert c["object"] == "collection" and c["name"] == "life" and c["dimension"] == 384
+    assert c["index"]["kind"] == "flat" and c["chunking"]["chunk_tokens"] == 64 and c["embedder"] == "all-MiniLM-L6-v2"
+    assert (c["document_count"], c["chunk_count"], c["index_state"]) == (0, 0, "exact")
+
+    again = http.post("/v1/collections", json={"name": "life"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_exists"
+
+    assert http.post("/v1/collections/life/documents", json={"documents": DOCS}).status_code == 200
+    listing = http.get("/v1/collections").json()
+    assert listing["object"] == "list" and listing["next_page_token"] == ""
+    life = next(x for x in listing["data"] if x["name"] == "life")
+    assert life["document_count"] == 4 and life["chunk_count"] >= 4
+    first = http.get("/v1/collections", params={"page_size": 1}).json()
+    assert len(first["data"]) == 1 and first["next_page_token"] == first["data"][0]["name"]
+    assert http.get("/v1/collections/life").json()["document_count"] == 4
+
+    deleted = http.delete("/v1/collections/life")
+    assert deleted.json() == {"id": "life", "object": "collection.deleted", "deleted": True}
+    gone = http.get("/v1/collections/life")
+    assert gone.status_code == 404 and gone.json()["error"]["message"] == "collection 'life' not found"
+    assert http.delete("/v1/collections/life").status_code == 404
+
+
+def test_bad_collection_settings_are_400s_naming_the_field(http):
+    r = http.post("/v1/collections", json={"name": "bad", "index": {"kidn": "flat"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "index" and "kidn" in r.json()["error"]["message"]
+    r = http.post("/v1/collections", json={"name": "bad", "index": {"metric": "cosine"}})
+    assert r.status_code == 400 and "metric" in r.json()["error"]["message"]
+    r = http.post("/v1/collections", json={"name": "bad/name"})
+    assert r.status_code == 400
+    r = http.post("/v1/collections", json={"nme": "x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] in ("name", "nme")
+
+
+def test_search_with_top_k_filter_and_spans(http):
+    http.post("/v1/collections", json={"name": "find"})
+    http.post("/v1/collections/find/documents", json={"documents": DOCS})
+    r = http.post("/v1/collections/find/search", json={"query": "bread in a hot oven", "top_k": 2})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "list" and len(body["data"]) == 2 and body["embed_ms"] >= 0
+    hit = body["data"][0]
+    assert hit["document_id"] in ("bread", "pain") and set(hit) == {
+        "document_id",
+        "chunk_id",
+        "score",
+        "text",
+        "metadata",
+        "source",
+        "start",
+        "end",
+    }
+    doc = next(d for d in DOCS if d["id"] == hit["document_id"])
+    assert doc["text"][hit["start"] : hit["end"]] == hit["text"]  # the span the console highlights
+    fr = http.post("/v1/collections/find/search", json={"query": "bread", "filter": {"lang": "fr"}}).json()
+    assert [h["document_id"] for h in fr["data"]] == ["pain"]
+    assert http.post("/v1/collections/find/search", json={"query": "x", "top_k": 0}).status_code == 400
+    assert http.post("/v1/collections/nope/search", json={"query": "x"}).status_code == 404
+    r = http.post("/v1/collections/find/search", json={"query": "x", "filter": {"lang": {"$regex": "f"}}})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    http.delete("/v1/collections/find")
