@@ -6,6 +6,7 @@ random weights, in the same run.
     python bench/engine.py --preset tiny --num-prompts 8 --new-tokens 32    # a smoke run
     python bench/engine.py --device cuda --dtype bfloat16
     python bench/engine.py --shape qwen3-30b-a3b --layers 4 --device cuda --dtype bfloat16   # a real MoE layer shape
+    python bench/engine.py --mixed          # issue 14's mixed-length workloads, default dtype vs transformers
 
 Both generate greedily the same number of new tokens for the same prompts (eos ignored; transformers gets
 min_new_tokens = max_new_tokens). Prompts are random token ids of one length, so transformers needs no padding.
@@ -112,10 +113,25 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32; --mixed: the engine's default"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both (default: torch's)")
-    ap.add_argument("--out", default=os.path.join(HERE, "out", "engine.md"))
+    ap.add_argument("--out", help="default bench/out/engine.md (--mixed: engine_mixed.md)")
+    mixed = ap.add_argument_group("mixed-length traffic (bench/engine_mixed.py)")
+    mixed.add_argument("--mixed", action="store_true", help="the mixed workloads of issue 14 instead")
+    mixed.add_argument("--num-requests", type=int, default=64)
+    mixed.add_argument("--seeds", type=int, default=3, help="workloads, their times summed")
+    mixed.add_argument("--max-prompt", type=int, default=512)
+    mixed.add_argument("--max-output", type=int, default=192)
+    mixed.add_argument("--hf-batch", type=int, default=16, help="transformers' static batch size")
     args = ap.parse_args()
+    if args.mixed:
+        import engine_mixed
+
+        return engine_mixed.main(args)
+    args.dtype = args.dtype or "float32"
+    args.out = args.out or os.path.join(HERE, "out", "engine.md")
     dtype = getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)

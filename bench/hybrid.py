@@ -12,8 +12,9 @@ returned with the server's own fusion code (retrieval.fusion.fuse) offline, and 
 the store's lexical SQL on an in-memory FTS5 copy of the same chunks.
 
 * SciFact (../shared/data/scifact; BEIR layout): 5,183 abstracts ingested as "title\\n\\ntext"; 300 test claims
-  (qrels/test.tsv). A document ranks where its best chunk does. nDCG@10 (binary relevance, BEIR's formula) from a
-  k=10 search; recall@100 from a k=300 search (the first 100 distinct documents). Tuning uses the 809 TRAIN claims
+  (qrels/test.tsv). A document ranks where its best chunk does. nDCG@10 (binary relevance, BEIR's formula) over
+  the first 10 distinct documents of a k=100 search (a k=10 search returns chunks, often fewer than 10 documents);
+  recall@100 from a k=300 search (the first 100 distinct documents). Tuning uses the 809 TRAIN claims
   (qrels/train.tsv) only.
 * SQuAD v1.1 dev (../shared/data/squad-v1.1-dev): 2,067 paragraphs as "title\\n\\ntext"; each question's paragraph
   is the one it was written from: top-1 / top-5 accuracy (first 1 / 5 distinct paragraphs of a k=20 search).
@@ -50,6 +51,7 @@ from service.launcher import start_server_process  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 SCIFACT, SQUAD = DATA / "scifact", DATA / "squad-v1.1-dev"
 MODES = ("dense", "lexical", "hybrid")
+NDCG_DEPTH = 100  # chunks searched to rank 10 distinct documents
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -151,7 +153,7 @@ def run_scifact(c: Client, fusion: dict | None) -> list[dict]:
     for mode in MODES:
         t0 = time.perf_counter()
         nd = [
-            ndcg10(ranked_docs(c.search("scifact", text[q], k=10, mode=mode, fusion=fusion), 10), qrels[q])
+            ndcg10(ranked_docs(c.search("scifact", text[q], k=NDCG_DEPTH, mode=mode, fusion=fusion), 10), qrels[q])
             for q in qids
         ]
         rc = [
@@ -187,7 +189,7 @@ def tune_scifact(c: Client) -> dict:
         for q in qids:
             d, l = runs["dense"][q][1], runs["lexical"][q][1]
             cut = params.candidates
-            fused = fuse(Ranked(d.ids[:cut], d.scores[:cut]), Ranked(l.ids[:cut], l.scores[:cut]), 10, params)
+            fused = fuse(Ranked(d.ids[:cut], d.scores[:cut]), Ranked(l.ids[:cut], l.scores[:cut]), NDCG_DEPTH, params)
             out.append(ndcg10(ranked_docs([{"doc_id": doc_of[f.chunk_id]} for f in fused], 10), qrels[q]))
         return float(np.mean(out))
 
@@ -195,11 +197,16 @@ def tune_scifact(c: Client) -> dict:
     grid = []
     for rrf_k, cand in itertools.product((5, 10, 20, 40, 60, 100), (20, 50, 100, 200)):
         grid.append(
-            {"rrf_k": rrf_k, "alpha": None, "candidates": cand, "ndcg@10": ndcg_of(FusionParams(rrf_k, None, cand))}
+            {
+                "rrf_k": rrf_k,
+                "alpha": None,
+                "candidates": cand,
+                "ndcg@10": ndcg_of(FusionParams(rrf_k, candidates=cand)),
+            }
         )
-    for alpha, cand in itertools.product((0.2, 0.3, 0.4, 0.5, 0.6, 0.7), (20, 50, 100, 200)):
+    for alpha, cand in itertools.product((0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), (20, 50, 100, 200)):
         grid.append(
-            {"rrf_k": 60, "alpha": alpha, "candidates": cand, "ndcg@10": ndcg_of(FusionParams(60, alpha, cand))}
+            {"rrf_k": None, "alpha": alpha, "candidates": cand, "ndcg@10": ndcg_of(FusionParams(None, alpha, cand))}
         )
     grid.sort(key=lambda r: -r["ndcg@10"])
     print(f"  SciFact train ({len(qids)} claims): dense {single['dense']:.4f}, lexical {single['lexical']:.4f}")

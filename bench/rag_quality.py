@@ -1,5 +1,9 @@
 """Answer quality of a generator on held-out synthetic RAG questions: does it cite the right passage, say
-"The passages do not say." when no passage answers, and copy the answer from the passage it cites?
+"The passages do not say." when no passage answers, and copy the answer from the passage it cites? And, with
+--sets squad python-docs, on questions phrased the way people ask (bench/rag_real_sets.py): SQuAD v1.1 dev and
+hand-written questions over the Python docs, free vs quote decoding vs an extractive floor.
+
+    python bench/rag_quality.py --sets squad python-docs [--limit 1000] [--models models/pqrag-small ...]
 
 The questions come from rag.sft_data with a seed the fine-tuning data does not use: the same Python
 documentation and prompt format as the bundled model's fine-tuning (in-distribution: this measures whether
@@ -99,8 +103,8 @@ def score(records: list[dict], texts: list[str]) -> dict:
     }
 
 
-def evaluate(model_dir: str, records: list[dict], max_tokens: int, seen: set[str]) -> dict:
-    llm = LLM(model_dir)
+def evaluate(model_dir: str, records: list[dict], max_tokens: int, seen: set[str], dtype: str = "auto") -> dict:
+    llm = LLM(model_dir, dtype=dtype)  # auto: the engine's default (common.device.default_dtype)
     tok = llm.engine.tokenizer
     prompts = [tok.apply_chat_template(r["messages"][:2], add_generation_prompt=True, tokenize=True) for r in records]
     full = [tok.apply_chat_template(r["messages"], add_generation_prompt=False, tokenize=True) for r in records]
@@ -114,7 +118,7 @@ def evaluate(model_dir: str, records: list[dict], max_tokens: int, seen: set[str
         if r["messages"][2]["content"] not in seen and r["messages"][2]["content"] != NO_ANSWER
     ]
     return {
-        "model": model_dir,
+        "model": f"{model_dir} ({str(next(llm.engine.model.parameters()).dtype).removeprefix('torch.')})",
         "questions": len(records),
         **score(records, texts),
         "unseen": score([records[i] for i in unseen], [texts[i] for i in unseen]) if seen else None,
@@ -136,10 +140,34 @@ def main() -> None:
         help="the fine-tuning JSONL: report questions whose answer is not in it separately ('' = off)",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "float32", "bfloat16"],
+        help="synthetic: each model in each dtype (auto: the engine's default), e.g. --dtype float32 bfloat16",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "rag_quality.json"))
+    ap.add_argument(
+        "--sets",
+        nargs="+",
+        choices=["synthetic", "squad", "python-docs"],
+        default=["synthetic"],
+        help="synthetic: the held-out fine-tuning-style questions; squad, python-docs: real-phrased questions",
+    )
+    ap.add_argument("--limit", type=int, default=1000, help="real sets: questions at most (squad: a seeded sample)")
+    ap.add_argument("--passages", type=int, default=None, help="real sets: passages retrieved (default: the server's)")
+    ap.add_argument(
+        "--data-dir", default=str(ROOT / "bench" / "out" / "rag_real_data"), help="real sets: their collections"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    real = [s for s in args.sets if s != "synthetic"]
+    if real:
+        run_real_sets(args, real)
+    if "synthetic" not in args.sets:
+        return
     records = list(generate(RagSftConfig(n=args.n, seed=args.seed), topic_chunks(RagSftConfig())))
     seen: set[str] = set()
     if args.seen_answers and Path(args.seen_answers).exists():
@@ -147,7 +175,7 @@ def main() -> None:
             seen = {json.loads(line)["messages"][-1]["content"] for line in f if line.strip()}
     elif args.seen_answers:
         print(f"note: {args.seen_answers} not found (make default-model-sft writes it); no unseen-answer column")
-    results = [evaluate(m, records, args.max_tokens, seen) for m in args.models]
+    results = [evaluate(m, records, args.max_tokens, seen, dt) for m in args.models for dt in args.dtype]
     print(
         f"{args.n} held-out synthetic RAG questions (seed {args.seed}), greedy, max {args.max_tokens} tokens; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, torch {torch.__version__}\n"
@@ -171,6 +199,32 @@ def main() -> None:
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"n": args.n, "seed": args.seed, "results": results}, indent=2) + "\n")
+
+
+def run_real_sets(args, names: list[str]) -> None:
+    from bench.rag_real_sets import evaluate, table
+    from rag.request import DEFAULT_NUM_PASSAGES
+
+    stamp = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, torch {torch.__version__}"
+    results = []
+    for name in names:
+        r = evaluate(
+            name,
+            args.models,
+            Path(args.data_dir),
+            args.limit,
+            args.seed,
+            num_passages=args.passages or DEFAULT_NUM_PASSAGES,
+            max_tokens=args.max_tokens,
+        )
+        results.append(r)
+        print(f"\n{name}: {r['passages']} passages per question, greedy, max {args.max_tokens} tokens; {stamp}\n")
+        print(table(r))
+        for s in r["samples"]:
+            print(f"  {s['system']}: {s['question']!r} -> {s['answer'][:160]!r}")
+    out = Path(args.out).with_name("rag_quality_real.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

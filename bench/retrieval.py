@@ -299,8 +299,8 @@ def ndcg_recall(I: np.ndarray, qids: list[str], doc_ids: np.ndarray, qrels: dict
     return float(np.mean(ndcg)), float(np.mean(rec))
 
 
-def scifact_test_queries() -> tuple[list[str], dict[str, set], np.ndarray]:
-    """(test query ids, qrels, their embeddings (300, d), cached)."""
+def scifact_qrels() -> tuple[dict[str, str], dict[str, set]]:
+    """(query id -> text, test query id -> its relevant document ids)."""
     queries = {q["_id"]: q["text"] for q in load_jsonl(os.path.join(SCIFACT, "queries.jsonl"))}
     qrels: dict[str, set] = {}
     with open(os.path.join(SCIFACT, "qrels", "test.tsv")) as f:
@@ -309,6 +309,12 @@ def scifact_test_queries() -> tuple[list[str], dict[str, set], np.ndarray]:
             qid, did, score = line.split("\t")
             if int(score) > 0:
                 qrels.setdefault(qid, set()).add(did)
+    return queries, qrels
+
+
+def scifact_test_queries() -> tuple[list[str], dict[str, set], np.ndarray]:
+    """(test query ids, qrels, their embeddings (300, d), cached)."""
+    queries, qrels = scifact_qrels()
     qids = sorted(qrels, key=int)
     return qids, qrels, embed_cached("scifact_test_queries", lambda: [queries[q] for q in qids])
 

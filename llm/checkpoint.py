@@ -23,6 +23,7 @@ in bf16 without a float32 copy or a second copy of the weights. The dtype defaul
 from __future__ import annotations
 
 import json
+import logging
 import mmap
 import os
 import re
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import save_file
 
+from common.device import default_dtype, describe_dtype_choice, parse_dtype
 from common.errors import InvalidArgumentError
 from common.fs import atomic_write
 from llm.config import ModelConfig
@@ -48,6 +50,8 @@ from llm.safetensors_io import (
     read_into,
     read_tensor,
 )
+
+log = logging.getLogger("pqrag.engine")
 
 _PER_EXPERT = re.compile(
     r"^(model\.layers\.\d+)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$"
@@ -151,20 +155,17 @@ def checkpoint_dtype(infos: dict[str, TensorInfo]) -> torch.dtype:
 
 
 def auto_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
-    """The dtype a checkpoint runs in when none is asked for: its own, except float32 on a GPU (bfloat16, as vLLM
-    serves it) and float16 on a CPU (float32: CPUs have no fast float16 matmul)."""
-    if device.type == "cuda" and stored == torch.float32:
-        return torch.bfloat16
-    if device.type != "cuda" and stored == torch.float16:
-        return torch.float32
-    return stored
+    """The dtype a checkpoint runs in when none is asked for: common.device.default_dtype (float32 narrowed to
+    bfloat16 on a GPU and on a CPU with native bf16, bfloat16 kept as stored, float32 on other CPUs)."""
+    return default_dtype(device, stored)
 
 
 def load_model(
-    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None
 ) -> CausalLM:
     """A CausalLM from a Hugging Face-style checkpoint directory of any supported family, in eval mode, on device, in
-    dtype (None: auto_dtype of the stored one). Peak memory: the parameters plus the largest single tensor."""
+    dtype (a torch.dtype or its name; None / "auto": auto_dtype of the stored one, logged with the reason). Peak
+    memory: the parameters plus the largest single tensor."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise InvalidArgumentError(
@@ -173,7 +174,11 @@ def load_model(
     config = ModelConfig.load(path)
     infos = read_headers(path)
     device = torch.device(device)
-    dtype = dtype or auto_dtype(checkpoint_dtype(infos), device)
+    stored = checkpoint_dtype(infos)
+    auto = dtype is None or dtype == "auto"
+    dtype = parse_dtype(dtype, device, stored)
+    why = describe_dtype_choice(device, stored) if auto else f"{str(dtype).removeprefix('torch.')} (asked for)"
+    log.info("%s runs in %s on %s", path, why, device)
     with torch.device("meta"):
         model = CausalLM(config)
     _allocate(model, device, dtype)

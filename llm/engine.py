@@ -7,6 +7,10 @@
                           freed at once (Scheduler.finish)
                        -> StreamDelta per sequence that advanced, RequestOutput per request that finished
 
+With a speculative_config, n-gram drafts are proposed before the schedule and verified after the sampler: see
+llm/speculative.py (accepted tokens are appended one by one through the same stop checks, the KV of rejected ones
+rolled back).
+
 A request enters in two halves: `make_request` validates it and builds its RequestGroup (pure: any thread may call
 it, so errors reach the caller before anything is queued), `add` queues it. `add_request` does both. Everything
 else runs on one thread at a time: the offline `LLM` (llm/offline.py) steps the engine on the caller's thread,
@@ -26,6 +30,7 @@ import torch
 from common.checks import is_int
 from common.device import default_device
 from common.errors import InvalidArgumentError
+from llm.cuda_graphs import DEFAULT_SIZES
 from llm.engine_config import EngineConfig
 from llm.generation_config import GenerationConfig
 from llm.kv_cache import KVCacheManager
@@ -36,6 +41,7 @@ from llm.outputs import RequestOutput, StreamDelta
 from llm.request import RequestGroup, Sequence
 from llm.sampler import Sampler, SamplingParams, make_batch
 from llm.scheduler import Scheduler, SchedulerConfig
+from llm.speculative import DraftRow, SpecDecodeStats, SpeculativeDecoder, rewind_generators, save_generators
 from llm.tokenizer import Tokenizer
 
 __all__ = ["EngineStepOutput", "LLMEngine"]
@@ -68,7 +74,8 @@ class LLMEngine:
         self.config = cfg = (config or EngineConfig()).resolve(model.config, p.dtype, p.device)
         assert cfg.num_blocks is not None and cfg.max_model_len is not None
         self.max_model_len = cfg.max_model_len
-        self.runner = ModelRunner(model, cfg.num_blocks, cfg.block_size)
+        graph_sizes = [] if cfg.enforce_eager else [s for s in DEFAULT_SIZES if s <= cfg.max_num_seqs]
+        self.runner = ModelRunner(model, cfg.num_blocks, cfg.block_size, graph_sizes, cfg.max_model_len)
         self.device = self.runner.device
         self.kv = KVCacheManager(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig.from_engine(cfg), self.kv)
@@ -77,6 +84,8 @@ class LLMEngine:
         eos = list(tokenizer.stop_ids) if tokenizer is not None else []
         eos += model.config.eos_token_ids + list(self.generation_config.eos_token_ids)
         self.output_processor = OutputProcessor(eos, self.max_model_len)
+        spec = cfg.speculative_config
+        self.spec = SpeculativeDecoder(spec, self.max_model_len) if spec is not None else None
         # engine-level counters
         self.num_steps = 0
         self.num_generated_tokens = 0
@@ -145,6 +154,8 @@ class LLMEngine:
                 f"prompt ({n} tokens) + max_tokens ({max_tokens}) = {n + max_tokens} exceeds the model's context "
                 f"of {limit} tokens{self._window_note}; lower max_tokens to at most {limit - n}"
             )
+        if params.constraint is not None and params.constraint.max_token_id >= V:
+            raise InvalidArgumentError(f"the constraint's token ids exceed the vocabulary ({V}): another tokenizer's?")
         if params.stop_list and self.tokenizer is None:
             raise InvalidArgumentError("stop strings need a tokenizer; this engine has none")
         self.scheduler.check_fits(n, max_tokens)
@@ -203,7 +214,8 @@ class LLMEngine:
     # ---- the step -----------------------------------------------------------------------------------------------
     def step(self) -> EngineStepOutput:
         """One iteration of the loop in the module docstring; an empty output when nothing is scheduled."""
-        sched = self.scheduler.schedule()
+        drafts = self.spec.propose(self.scheduler.running) if self.spec is not None else None
+        sched = self.scheduler.schedule(drafts)
         out = EngineStepOutput()
         if sched.empty:
             return out
@@ -217,30 +229,49 @@ class LLMEngine:
         out.num_tokens = sched.num_tokens
 
         # Sampling rows: one per sampling sequence, plus the freshly forked children of n > 1 groups, which
-        # sample their first token from their parent's logits row.
-        rows: list[Sequence] = []
+        # sample their first token from their parent's logits row, and len(draft)+1 rows of a drafted sequence.
+        rows: list[Sequence | DraftRow] = []
         row_logits: list[int] = []
-        for j, s in enumerate(x for x in sched.scheduled if x.samples):
+        drafted: list[tuple[Sequence, list[int], int]] = []  # (sequence, draft, its first row)
+        j = 0
+        for s in (x for x in sched.scheduled if x.samples):
+            if s.draft:
+                drafted.append((s.seq, s.draft, len(rows)))
+                rows.extend(SpeculativeDecoder.rows(s.seq, s.draft))
+                row_logits.extend(range(j, j + len(s.draft) + 1))
+                j += len(s.draft) + 1
+                continue
             rows.append(s.seq)
             row_logits.append(j)
             if not s.seq.group.forked:
                 for child in self.scheduler.fork(s.seq, self._make_seq):
                     rows.append(child)
                     row_logits.append(j)
+            j += 1
         if len(rows) != logits.shape[0]:
             logits = logits[torch.tensor(row_logits, device=logits.device)]
         if rows:
-            sampled = self._sample(rows, logits)
+            saved = save_generators(seq for seq, _, _ in drafted)
+            sampled = self._sample(rows, logits)  # type: ignore[arg-type]
             now = time.monotonic()
             proc = self.output_processor
-            for seq, (tok, lp) in zip(rows, sampled):
-                reason = proc.append(seq, tok, lp, now)
+            advanced: list[Sequence] = []
+            for row, (tok, lp) in zip(rows, sampled):
+                if isinstance(row, DraftRow):
+                    continue
+                advanced.append(row)
+                reason = proc.append(row, tok, lp, now)
                 if reason is not None:
-                    self.scheduler.finish(seq, reason)
-            out.num_generated = len(rows)
-            self.num_generated_tokens += len(rows)
+                    self.scheduler.finish(row, reason)
+            out.num_generated = len(advanced)
+            if drafted:
+                self.spec.stats.num_spec_steps += 1  # type: ignore[union-attr]
+            for seq, draft, first in drafted:
+                advanced.append(seq)
+                out.num_generated += self._verify(seq, draft, sampled[first : first + len(draft) + 1], saved, now)
+            self.num_generated_tokens += out.num_generated
             done: dict[str, RequestGroup] = {}
-            for seq in rows:
+            for seq in advanced:
                 d = proc.delta(seq)
                 if seq.group.finished:
                     d.metrics = seq.group.metrics
@@ -252,6 +283,30 @@ class LLMEngine:
                 out.finished.append(group.output())
         return out
 
+    def _verify(
+        self,
+        seq: Sequence,
+        draft: list[int],
+        sampled: list[tuple[int, dict[int, float] | None]],
+        saved: dict[str, torch.Tensor],
+        now: float,
+    ) -> int:
+        """Commit a drafted sequence's accepted tokens and the target's next draw (llm/speculative.py), stopping at
+        a stop condition; roll its KV back past the rejected ones. Returns the number of tokens emitted."""
+        assert self.spec is not None
+        accepted = self.spec.num_accepted(draft, [t for t, _ in sampled])
+        emitted = 0
+        for tok, lp in sampled[: accepted + 1]:
+            emitted += 1
+            reason = self.output_processor.append(seq, tok, lp, now)
+            if reason is not None:  # never emit past a stop: the rest of the draft is dropped with the sequence
+                self.scheduler.finish(seq, reason)
+                return emitted
+        rewind_generators(saved, seq, emitted, self.model_config.vocab_size)
+        seq.num_computed_tokens = seq.num_tokens - 1  # the last emitted token is not in the cache yet
+        self.kv.trim(seq)
+        return emitted
+
     def _sample(self, rows: list[Sequence], logits: torch.Tensor) -> list[tuple[int, dict[int, float] | None]]:
         params = [s.params for s in rows]
         any_pen = any(p.has_penalties for p in params)
@@ -262,6 +317,7 @@ class LLMEngine:
             output_ids=[s.output_token_ids for s in rows] if any_pen else None,
             generators=[s.generator for s in rows],
             banned_ids=self.output_processor.banned_ids(rows),
+            allowed_ids=self.output_processor.allowed_ids(rows),
             device=logits.device,
         )
         return self.output_processor.unpack(rows, self.sampler(logits, batch))
@@ -297,4 +353,6 @@ class LLMEngine:
             "num_generated_tokens": self.num_generated_tokens,
             "num_finished_requests": self.num_finished,
             "num_aborted_requests": self.num_aborted,
+            # speculative decoding (zeros when off, so the Prometheus gauges exist either way)
+            **(self.spec.stats if self.spec is not None else SpecDecodeStats()).as_dict(),
         }

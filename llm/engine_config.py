@@ -19,6 +19,7 @@ from common.checks import optional_positive_int, positive_int
 from common.errors import InvalidArgumentError
 from llm.config import ModelConfig
 from llm.kv_cache import cdiv, num_blocks_for_budget
+from llm.speculative_config import SpeculativeConfig
 
 _DEFAULT_CPU_KV_BYTES = 1 << 30  # cap of the automatic KV budget on CPU (1 GiB)
 _GPU_KV_FRACTION = 0.5  # of the free GPU memory; leave room for activations and the rest of the process
@@ -35,8 +36,13 @@ class EngineConfig:
     enable_prefix_caching: bool = True  # reuse the KV blocks of a prompt prefix seen before
     enable_chunked_prefill: bool = True  # split a long prompt over steps instead of waiting for a free budget
     max_model_len: int | None = None  # prompt + generated tokens of one sequence; default: max_position_embeddings
+    # Speculative decoding (n-gram drafts): a SpeculativeConfig, or its dict / JSON form; None = off.
+    speculative_config: SpeculativeConfig | None = None
+    enforce_eager: bool = False  # CUDA: never replay decode steps from CUDA graphs (llm/cuda_graphs.py)
 
     def __post_init__(self) -> None:
+        # frozen: normalise the dict / JSON form in place, validated (unknown method or keys raise)
+        object.__setattr__(self, "speculative_config", SpeculativeConfig.parse(self.speculative_config))
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting"):
             positive_int(getattr(self, name), name)
         for name in ("kv_cache_memory", "num_blocks", "max_model_len"):

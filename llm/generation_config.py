@@ -44,6 +44,9 @@ SAMPLING_FIELDS = (
 class GenerationConfig:
     eos_token_ids: tuple[int, ...] = ()  # stop on any of these (besides the tokenizer's and config.json's eos)
     sampling: Mapping[str, Any] = field(default_factory=dict)  # SamplingParams fields; {} = the engine's defaults
+    # pqrag's own key "pqrag_grounding": how the model answers RAG questions by default ("quote" for a model
+    # trained to copy and cite, like the bundled one); None: free decoding (checkpoints users bring).
+    grounding: str | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GenerationConfig:
@@ -55,7 +58,10 @@ class GenerationConfig:
         if d.get("do_sample") is False:  # greedy whatever the temperature says, as transformers' generate
             sampling = {k: v for k, v in sampling.items() if k == "max_tokens"}
             sampling["temperature"] = 0.0
-        return cls(eos_token_ids=eos_ids, sampling=sampling)
+        grounding = d.get("pqrag_grounding")
+        if grounding not in (None, "free", "quote"):
+            raise InvalidArgumentError(f'{FILE}: pqrag_grounding must be "free" or "quote", got {grounding!r}')
+        return cls(eos_token_ids=eos_ids, sampling=sampling, grounding=grounding)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> GenerationConfig:

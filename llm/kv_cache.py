@@ -312,6 +312,17 @@ class KVCacheManager:
         self.req_to_hashes.pop(rid, None)
         self.pool.free_blocks(reversed(blocks))
 
+    def trim(self, request: KVRequest) -> None:
+        """Roll back to request.num_computed_tokens (speculative decoding, after rejected drafts): free the blocks
+        past the ones that hold its computed tokens, tail first. Rejected slots in the last kept block are simply
+        overwritten by the next step. Hashed (prefix-cached) blocks only ever cover committed tokens, so they stay."""
+        blocks = self.req_to_blocks.get(request.request_id, [])
+        keep = cdiv(request.num_computed_tokens, self.block_size)
+        assert len(self.req_to_hashes.get(request.request_id, [])) <= keep, "a hashed block held rejected tokens"
+        if len(blocks) > keep:
+            self.pool.free_blocks(reversed(blocks[keep:]))
+            del blocks[keep:]
+
     def fork(self, parent: KVRequest | str, child: KVRequest | str) -> None:
         """Child shares all of parent's blocks (parallel sampling, n > 1); a shared partial last block is copied
         on the first write by either side (see allocate_slots / take_pending_copies)."""

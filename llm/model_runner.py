@@ -7,9 +7,13 @@ computes the lm_head only at the last token of each sequence that samples this s
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 import torch
 
 from llm.attention import build_attention_metadata
+from llm.cuda_graphs import DecodeGraphs
 from llm.kv_cache import KVCacheManager, allocate_kv_caches, copy_blocks
 from llm.model import CausalLM
 from llm.scheduler import SchedulerOutput
@@ -18,7 +22,14 @@ from llm.scheduler import SchedulerOutput
 class ModelRunner:
     """Owns the KV cache tensors; turns a SchedulerOutput into one forward_paged call."""
 
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int):
+    def __init__(
+        self,
+        model: CausalLM,
+        num_blocks: int,
+        block_size: int,
+        cuda_graph_sizes: Sequence[int] = (),
+        max_model_len: int | None = None,
+    ):
         cfg = model.config
         p = next(model.parameters())
         self.model = model
@@ -27,11 +38,27 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(
             cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim, dtype=p.dtype, device=p.device
         )
+        # CUDA: pure decode steps replay captured graphs (llm/cuda_graphs.py); elsewhere, or when capture fails,
+        # every step runs eagerly.
+        self.graphs: DecodeGraphs | None = None
+        if cuda_graph_sizes and self.device.type == "cuda":
+            assert max_model_len is not None
+            graphs = DecodeGraphs(model, self.kv_caches, block_size, max_model_len, cuda_graph_sizes)
+            try:
+                graphs.capture()
+                self.graphs = graphs
+            except Exception:  # noqa: BLE001 - an op that cannot be captured must not stop the engine
+                logging.getLogger(__name__).warning("CUDA graph capture failed; decoding eagerly", exc_info=True)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput, kv: KVCacheManager) -> torch.Tensor:
-        """Run the scheduled chunks; logits (M, V) fp32 of the last token of each sampling sequence, in order."""
+        """Run the scheduled chunks; logits (M, V) fp32 of the last token of each sampling sequence, in order (of
+        its last len(draft)+1 tokens when it carries a speculative draft)."""
         copy_blocks(self.kv_caches, sched.block_copies)  # copy-on-write first: the forward writes the copies
+        if self.graphs is not None:
+            logits = self.graphs.run(sched, kv)
+            if logits is not None:
+                return logits
         items = sched.scheduled
         meta = build_attention_metadata(
             [s.num_computed for s in items],
@@ -44,9 +71,11 @@ class ModelRunner:
         ids: list[int] = []
         sample_at: list[int] = []
         for s in items:
-            ids.extend(s.seq.all_token_ids[s.num_computed : s.num_computed + s.num_new])
+            k = len(s.draft)  # speculative tokens after the known ones: logits at each of the last k+1 positions
+            ids.extend(s.seq.all_token_ids[s.num_computed : s.num_computed + s.num_new - k])
+            ids.extend(s.draft)
             if s.samples:
-                sample_at.append(len(ids) - 1)
+                sample_at.extend(range(len(ids) - 1 - k, len(ids)))
         input_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)  # (N,)
         if not sample_at:  # only partial prefill chunks: nothing to sample, skip the lm_head
             self.model.forward_paged(

@@ -32,10 +32,33 @@ class OutputProcessor:
         return ([] if params.ignore_eos else self.eos_ids) + (params.stop_token_ids or [])
 
     def banned_ids(self, rows: list[Sequence]) -> list[list[int]] | None:
-        """Per row the token ids it must not sample now (it is below min_tokens); None when no row is."""
-        if not any(s.num_output_tokens < s.params.min_tokens for s in rows):
+        """Per row the token ids it must not sample now (it is below min_tokens); None when no row is. A
+        constrained row has none: allowed_ids leaves its stop ids out instead."""
+        if not any(s.num_output_tokens < s.params.min_tokens and s.constraint is None for s in rows):
             return None
-        return [self.stop_ids(s.params) if s.num_output_tokens < s.params.min_tokens else [] for s in rows]
+        return [
+            self.stop_ids(s.params) if s.num_output_tokens < s.params.min_tokens and s.constraint is None else []
+            for s in rows
+        ]
+
+    def allowed_ids(self, rows: list[Sequence]) -> list[list[int] | None] | None:
+        """Per row the only token ids it may sample (grounded decoding: its constraint's tokens, plus its stop ids
+        where the answer may end and min_tokens allows), None for a free row; None when every row is free. Never
+        an empty list: below min_tokens a constraint that may only end keeps its stop ids."""
+        if all(s.constraint is None for s in rows):
+            return None
+        out: list[list[int] | None] = []
+        for s in rows:
+            c = s.constraint
+            if c is None:
+                out.append(None)
+                continue
+            extra = s.output_token_ids[c.num_tokens :]  # a speculative row sees its draft as output
+            ids, can_end = (c.after(extra) if extra else c).allowed()
+            if can_end and (s.num_output_tokens >= s.params.min_tokens or not ids):
+                ids = ids + self.stop_ids(s.params)
+            out.append(ids or self.stop_ids(s.params) or list(self.eos_ids))
+        return out
 
     @staticmethod
     def unpack(rows: list[Sequence], res: SamplerOutput) -> list[tuple[int, dict[int, float] | None]]:
@@ -74,6 +97,8 @@ class OutputProcessor:
         if logprobs is not None and seq.logprobs is not None:
             seq.logprobs.append(logprobs)
             seq.cumulative_logprob += logprobs[tok]
+        if seq.constraint is not None and tok not in self.stop_ids(params):
+            seq.constraint.advance(tok)
         n_out = seq.num_output_tokens
         past_min = n_out >= params.min_tokens
         reason: str | None = None

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from llm.grounding import QuoteConstraint
 from llm.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from llm.sampler import SamplingParams
 from llm.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -58,6 +59,8 @@ class Sequence:
         self.num_emitted_chars = 0  # streaming: text[:num_emitted_chars] has been handed out
         self.num_emitted_tokens = 0
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
+        # Grounded decoding: this sequence's state, advanced by OutputProcessor.append (None = free decoding).
+        self.constraint: QuoteConstraint | None = params.constraint.start() if params.constraint is not None else None
         self.cumulative_logprob = 0.0
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None

@@ -16,6 +16,7 @@ import torch
 
 from common.checks import is_int, non_negative_int, optional_positive_int, positive_int
 from common.errors import InvalidArgumentError
+from llm.grounding import QuoteIndex
 
 _EPS = 1e-5  # temperatures below this are greedy (dividing by ~0 would overflow)
 
@@ -40,6 +41,8 @@ class SamplingParams:
     ignore_eos: bool = False  # keep going past eos (benchmarks)
     logprobs: int | None = None  # return the sampled token's logprob and the top-N logprobs per step
     skip_special_tokens: bool = True  # for detokenization
+    # Grounded decoding (llm/grounding.py): each sequence samples only the tokens its state allows; None = free.
+    constraint: QuoteIndex | None = None
 
     stop_list: list[str] = field(init=False, repr=False, default_factory=list)  # normalised `stop`
 
@@ -82,6 +85,8 @@ class SamplingParams:
             if any(not is_int(t) or t < 0 for t in self.stop_token_ids):
                 bad(f"stop_token_ids must be non-negative ints, got {self.stop_token_ids!r}")
             self.stop_token_ids = [int(t) for t in self.stop_token_ids]
+        if self.constraint is not None and not isinstance(self.constraint, QuoteIndex):
+            bad(f"constraint must be a llm.grounding.QuoteIndex or None, got {type(self.constraint).__name__}")
 
     @property
     def greedy(self) -> bool:
@@ -117,6 +122,8 @@ class SamplingBatch:
     presence_penalty: torch.Tensor | None  # (B,) float32
     frequency_penalty: torch.Tensor | None  # (B,) float32
     banned: tuple[torch.Tensor, torch.Tensor] | None  # (rows, token ids) set to -inf (min_tokens); None if none
+    # Constrained rows (grounding) and their allowed (rows, token ids): all other tokens of those rows are -inf.
+    allowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     max_logprobs: int  # top-N logprobs to return (0 = only the sampled token's); -1 = none wanted
     all_greedy: bool
     any_top_k: bool
@@ -141,9 +148,11 @@ def make_batch(
     generators: Sequence[torch.Generator | None] | None = None,
     banned_ids: Sequence[Sequence[int]] | None = None,
     device: torch.device | str = "cpu",
+    allowed_ids: Sequence[Sequence[int] | None] | None = None,
 ) -> SamplingBatch:
     """Per-row params -> tensors. prompt_ids/output_ids are needed only for penalties, banned_ids[i] are token ids
-    row i must not sample now (the engine passes eos/stop ids while a row is below min_tokens)."""
+    row i must not sample now (the engine passes eos/stop ids while a row is below min_tokens), allowed_ids[i] the
+    only ones row i may sample (a constrained row: never empty), None for a free row."""
     B, V = len(params), vocab_size
     greedy = [p.greedy for p in params]
     f32 = dict(dtype=torch.float32, device=device)
@@ -157,6 +166,15 @@ def make_batch(
         banned = (
             torch.tensor(rows, dtype=torch.int64, device=device),
             torch.tensor(cols, dtype=torch.int64, device=device),
+        )
+    allowed = None
+    if allowed_ids is not None and any(ids is not None for ids in allowed_ids):
+        i64 = dict(dtype=torch.int64, device=device)
+        assert all(ids is None or len(ids) > 0 for ids in allowed_ids), "a constrained row needs an allowed token"
+        allowed = (
+            torch.tensor([i for i, ids in enumerate(allowed_ids) if ids is not None], **i64),
+            torch.tensor([i for i, ids in enumerate(allowed_ids) for _ in ids or ()], **i64),
+            torch.tensor([t for ids in allowed_ids for t in ids or ()], **i64),
         )
     wanted = [p.logprobs for p in params if p.logprobs is not None]
     return SamplingBatch(
@@ -172,6 +190,7 @@ def make_batch(
         presence_penalty=torch.tensor([p.presence_penalty for p in params], **f32) if any_pen else None,
         frequency_penalty=torch.tensor([p.frequency_penalty for p in params], **f32) if any_pen else None,
         banned=banned,
+        allowed=allowed,
         max_logprobs=max(wanted) if wanted else -1,
         all_greedy=all(greedy),
         any_top_k=any(p.top_k > 0 and p.top_k < V for p in params),
@@ -232,6 +251,16 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
+def apply_allowed(logits: torch.Tensor, allowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """-inf everywhere in the constrained rows except at their allowed (row, token id) pairs; one scatter for the
+    whole batch, free rows untouched."""
+    constrained, rows, cols = allowed
+    masked = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    masked[constrained] = True
+    masked[rows, cols] = False
+    return logits.masked_fill(masked, float("-inf"))
+
+
 def random_sample(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
     """One draw per row from probs (B, V): argmax(p / E) with E ~ Exp(1) is a sample from p (the exponential race;
     no cumsum/searchsorted, and each row's noise comes from its own generator when it has one)."""
@@ -270,6 +299,8 @@ class Sampler:
             )
         if batch.banned is not None:
             logits = logits.index_put(batch.banned, torch.tensor(float("-inf"), device=logits.device))
+        if batch.allowed is not None:
+            logits = apply_allowed(logits, batch.allowed)
         greedy_ids = logits.argmax(dim=-1)
         if batch.all_greedy:
             ids = greedy_ids

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from common.errors import InvalidArgumentError, ResourceExhaustedError
@@ -48,11 +49,12 @@ class SchedulerConfig:
 class ScheduledSeq:
     seq: Sequence
     num_computed: int  # tokens in the cache before this step (the chunk's start position)
-    num_new: int  # tokens run this step
+    num_new: int  # tokens run this step (draft tokens included)
     samples: bool = field(init=False)  # the chunk reaches the last known token: its logits give the next one
+    draft: list[int] = field(default_factory=list)  # speculative tokens run after the last known one (llm.speculative)
 
     def __post_init__(self) -> None:
-        self.samples = self.num_computed + self.num_new == self.seq.num_tokens
+        self.samples = self.num_computed + self.num_new == self.seq.num_tokens + len(self.draft)
 
 
 @dataclass
@@ -143,7 +145,9 @@ class Scheduler:
         return children
 
     # ---- the step -----------------------------------------------------------------------------------------------
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, drafts: Mapping[str, list[int]] | None = None) -> SchedulerOutput:
+        """drafts: speculative tokens by request id for running sequences that decode (llm.speculative); a draft is
+        cut to the token budget, and dropped before anyone is preempted for its blocks."""
         budget = self.config.max_num_batched_tokens
         chosen: dict[str, ScheduledSeq] = {}
         preempted: list[Sequence] = []
@@ -166,11 +170,16 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
                 continue
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            while self.kv.allocate_slots(seq, num_new) is None:
-                if preempt_newest(seq) is seq:
+            draft = drafts.get(seq.request_id, [])[: budget - num_new] if drafts else []
+            assert not draft or seq.num_tokens - seq.num_computed_tokens == 1, "drafts follow a decode token"
+            while self.kv.allocate_slots(seq, num_new + len(draft)) is None:
+                if draft:
+                    draft = []
+                elif preempt_newest(seq) is seq:
                     break
             if seq.status is SequenceStatus.RUNNING:
-                chosen[seq.request_id] = ScheduledSeq(seq, seq.num_computed_tokens, num_new)
+                num_new += len(draft)
+                chosen[seq.request_id] = ScheduledSeq(seq, seq.num_computed_tokens, num_new, draft)
                 budget -= num_new
 
         # 3: waiting sequences, FCFS; a preemption this step means memory is short, so admit nobody new.

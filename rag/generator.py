@@ -19,16 +19,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("pqrag.rag")
 
 
-def load_generator(model_dir: str | os.PathLike, device: str | None = None, **engine: Any) -> AsyncLLM:
+def load_generator(
+    model_dir: str | os.PathLike, device: str | None = None, dtype: str | None = None, **engine: Any
+) -> AsyncLLM:
     """The started AsyncLLM of a checkpoint directory (config.json, *.safetensors, tokenizer.json with its
-    tokenizer_config.json or chat_template.jinja, optionally generation_config.json).
+    tokenizer_config.json or chat_template.jinja, optionally generation_config.json), in dtype (a name; None:
+    common.device.default_dtype).
 
     engine: EngineConfig fields to override (max_num_seqs, kv_cache_memory, ...); the rest are the engine's
     defaults. Raises InvalidArgumentError for a checkpoint whose tokenizer cannot render the chat prompt.
     """
     from llm.async_engine import AsyncLLM
 
-    llm = AsyncLLM.from_dir(model_dir, device=device, **engine)
+    llm = AsyncLLM.from_dir(model_dir, device=device, dtype=dtype, **engine)
     tok = llm.tokenizer
     if tok is None:
         raise InvalidArgumentError(f"{model_dir} has no tokenizer.json: the generator needs one to build prompts")

@@ -12,6 +12,7 @@ request, which frees its KV blocks at once.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import FailedPreconditionError
 from rag.passages import Passage
-from rag.prompt import build_prompt, conversation_query
-from rag.request import AnswerRequest
+from rag.prompt import NO_ANSWER, build_prompt, conversation_query
+from rag.request import AnswerRequest, check_grounding
 
 if TYPE_CHECKING:
     from llm.async_engine import AsyncLLM
+    from llm.grounding import QuoteIndex
     from retrieval import Collections
 
 # run(fn, *args, **kwargs) -> the awaited result of fn(*args, **kwargs), run off the event loop.
@@ -59,12 +61,18 @@ AnswerEvent = Context | TextDelta | AnswerEnd
 
 
 class RagPipeline:
-    """Answers AnswerRequests from `collections` with `generator` (None: every answer is refused)."""
+    """Answers AnswerRequests from `collections` with `generator` (None: every answer is refused). grounding: the
+    server's default for requests that name none (None: the model's own, from its generation_config.json)."""
 
-    def __init__(self, collections: Collections, generator: AsyncLLM | None, run: Run):
+    def __init__(self, collections: Collections, generator: AsyncLLM | None, run: Run, grounding: str | None = None):
         self.collections = collections
         self.generator = generator
         self.run = run
+        self.grounding = check_grounding(grounding)
+
+    def grounding_for(self, request: AnswerRequest, collection: str | None, model: str | None) -> str:
+        """The request's grounding, else the collection's, else the server's, else the model's, else free."""
+        return request.grounding or collection or self.grounding or model or "free"
 
     async def answer(self, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         llm = self.generator
@@ -84,14 +92,19 @@ class RagPipeline:
         prompt = await self.run(
             build_prompt, llm.tokenizer, request.messages, found.hits, llm.max_model_len, params.max_tokens
         )
+        quote = self.grounding_for(request, coll.config.grounding, llm.generation_config.grounding) == "quote"
+        if quote:  # the answer may only quote the passages (llm/grounding.py); built off the loop
+            index = await self.run(quote_index, llm.tokenizer, prompt.passages)
+            params = dataclasses.replace(params, constraint=index)
         yield Context(prompt.passages)
 
         finish_reason, n_out, ttft_ms = "abort", 0, 0.0
         async for d in llm.generate(prompt.token_ids, params, uuid.uuid4().hex):
             n_out = d.num_generated_tokens
-            if d.text_delta:
+            text = d.text_delta.lstrip() if quote and not ttft_ms else d.text_delta  # a quote's leading space
+            if text:
                 ttft_ms = ttft_ms or (time.perf_counter() - start) * 1e3
-                yield TextDelta(d.text_delta)
+                yield TextDelta(text)
             if d.finished:
                 finish_reason = d.finish_reason or "stop"
         total_ms = (time.perf_counter() - start) * 1e3
@@ -103,3 +116,10 @@ class RagPipeline:
             time_to_first_token_ms=ttft_ms or total_ms,
             total_ms=total_ms,
         )
+
+
+def quote_index(tokenizer: Any, passages: list[Passage]) -> QuoteIndex:
+    """The quote constraint of an answer over these numbered passages, NO_ANSWER its one uncited answer."""
+    from llm.grounding import QuoteIndex
+
+    return QuoteIndex(tokenizer, [(p.number, p.text) for p in passages], refusal=NO_ANSWER)

@@ -26,6 +26,11 @@ SYSTEM_PROMPT = (
 )
 
 
+# What the bundled generator was fine-tuned to answer when the passages do not hold the answer (rag.sft_data);
+# quote decoding offers it as the one uncited answer.
+NO_ANSWER = "The passages do not say."
+
+
 class TokenizerLike(Protocol):
     accepts_system_role: bool  # whether the chat template renders a system message
 

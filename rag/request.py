@@ -24,6 +24,7 @@ MAX_NUM_PASSAGES = 50  # build_prompt renders the prompt once per candidate pass
 # Greedy unless asked otherwise: a grounded answer should not change from one call to the next.
 DEFAULT_SAMPLING: Mapping[str, Any] = {"max_tokens": 256, "temperature": 0.0}
 ROLES = ("system", "user", "assistant")
+GROUNDINGS = ("free", "quote")  # free decoding, or quotes of the passages only (llm/grounding.py)
 
 
 @dataclass
@@ -35,6 +36,8 @@ class AnswerRequest:
     sampling: Mapping[str, Any] = field(default_factory=dict)  # SamplingParams fields set by the caller
     mode: str | None = None  # "dense" | "lexical" | "hybrid" retrieval; None: the collection's search_mode
     fusion: Mapping[str, Any] = field(default_factory=dict)  # hybrid's FusionParams fields set by the caller
+    # "free" | "quote"; None: the server's default, else the model's (quote for the bundled one, free otherwise)
+    grounding: str | None = None
     params: SamplingParams = field(init=False)  # DEFAULT_SAMPLING overridden by `sampling`
 
     def __post_init__(self) -> None:
@@ -45,6 +48,7 @@ class AnswerRequest:
             raise InvalidArgumentError(f"fusion: unknown fields {sorted(unknown)}; use rrf_k, alpha, candidates")
         check_fusion(**self.fusion)
         self.messages = checked_messages(self.messages)
+        self.grounding = check_grounding(self.grounding)
         self.params = sampling_params(self.sampling)
 
     def params_with(self, generation_config: GenerationConfig) -> SamplingParams:
@@ -58,6 +62,13 @@ class AnswerRequest:
     def ask(cls, collection: str, question: str, **fields: Any) -> AnswerRequest:
         """One question, no conversation."""
         return cls(collection=collection, messages=[{"role": "user", "content": question}], **fields)
+
+
+def check_grounding(grounding: str | None) -> str | None:
+    """None (the default) or one of GROUNDINGS; InvalidArgumentError otherwise."""
+    if grounding is not None and grounding not in GROUNDINGS:
+        raise InvalidArgumentError(f"grounding must be one of {', '.join(GROUNDINGS)}, got {grounding!r}")
+    return grounding
 
 
 def checked_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:

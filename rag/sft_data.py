@@ -34,10 +34,8 @@ import numpy as np
 from common.checks import positive_int
 from common.errors import InvalidArgumentError
 from rag.passages import Passage, numbered
-from rag.prompt import SYSTEM_PROMPT, render_user_turn
+from rag.prompt import NO_ANSWER, SYSTEM_PROMPT, render_user_turn
 from retrieval.chunker import Chunk, Chunker, ChunkerConfig
-
-NO_ANSWER = "The passages do not say."
 
 # A reStructuredText-style heading: a title line underlined with * = - ~ ^ (pydoc topics use * and =).
 _HEADING = re.compile(r"^(\S[^\n]*)\n([*=\-~^])\2{3,}[ \t]*$", re.MULTILINE)

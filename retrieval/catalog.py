@@ -137,6 +137,8 @@ class Collections:
             raise InvalidArgumentError(f"invalid index configuration: {exc}") from exc
         if config.search_mode not in MODES:
             raise InvalidArgumentError(f"search_mode must be one of {', '.join(MODES)}, got {config.search_mode!r}")
+        if config.grounding not in (None, "free", "quote"):
+            raise InvalidArgumentError(f"grounding must be free or quote, got {config.grounding!r}")
 
         with self._lock:
             self._require_open()

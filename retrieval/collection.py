@@ -85,6 +85,7 @@ class CollectionConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
     search_mode: str = DEFAULT_MODE
+    grounding: str | None = None  # how RAG answers over it are decoded, "free" | "quote" (None: the server's)
 
     @property
     def metric(self) -> str:
@@ -97,6 +98,7 @@ class CollectionConfig:
             "index": self.index.to_dict(),
             "chunker": dataclasses.asdict(self.chunker),
             "search_mode": self.search_mode,
+            "grounding": self.grounding,
         }
 
     @classmethod
@@ -109,6 +111,7 @@ class CollectionConfig:
             index=IndexConfig.from_dict(d.get("index") or {}),
             chunker=chunker,
             search_mode=d.get("search_mode", DEFAULT_MODE),
+            grounding=d.get("grounding"),
         )
 
 

@@ -10,7 +10,10 @@ Models are never downloaded, and a client never chooses a path: an embedder is a
 or a sentence-transformers directory (it has `modules.json`) directly inside one of the allowed model directories
 (`pqrag serve --models-dir`). Anything else is PermissionDeniedError, and no message names a server path.
 
-Loading takes seconds, so a loaded model is shared per (path, device) while some Embedder uses it (plus the last two
+dtype: the model runs in common.device.default_dtype (bf16 on a CPU with AMX / avx512_bf16 and on CUDA, float32
+elsewhere) unless `dtype=` or the environment's PQRAG_EMBED_DTYPE names one; embeddings come out float32 either way.
+
+Loading takes seconds, so a loaded model is shared per (path, device, dtype) while some Embedder uses it (plus the last two
 loaded, for callers that come and go); `Embedder` objects are cheap views on it with their own call counters.
 
 No head-of-line blocking: the model runs without a lock. Each call tokenizes with a tokenizer configured once and
@@ -44,6 +47,7 @@ BULK_BATCH_SIZE = 8  # texts per bulk batch: a query that arrives shares the CPU
 MAX_BULK_WAIT_S = 1.0  # a bulk batch waits at most this long for queries to finish (never starved)
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # a directory name: no separators, no "..", no ~
 MODEL_MARKER = "modules.json"  # what makes a directory a sentence-transformers model (a generator has none)
+DTYPE_ENV = "PQRAG_EMBED_DTYPE"  # the embedders' dtype when none is passed: auto (default), float32, bfloat16, ...
 
 log = logging.getLogger("pqrag.embedder")
 
@@ -148,14 +152,14 @@ class _LoadedModel:
     priority: _Priority = field(default_factory=_Priority)
 
 
-_MODELS: weakref.WeakValueDictionary[tuple[str, str], _LoadedModel] = weakref.WeakValueDictionary()
+_MODELS: weakref.WeakValueDictionary[tuple[str, str, str], _LoadedModel] = weakref.WeakValueDictionary()
 _RECENT: collections.deque[_LoadedModel] = collections.deque(maxlen=2)  # kept loaded a while after their last user
 _MODELS_LOCK = threading.Lock()
-_LOAD_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOAD_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
 
 
-def _load(name: str, path: str, device: str) -> _LoadedModel:
-    key = (path, device)
+def _load(name: str, path: str, device: str, dtype: str) -> _LoadedModel:
+    key = (path, device, dtype)
     with _MODELS_LOCK:
         loaded = _MODELS.get(key)
         if loaded is not None:
@@ -167,14 +171,14 @@ def _load(name: str, path: str, device: str) -> _LoadedModel:
             loaded = _MODELS.get(key)
             if loaded is not None:
                 return loaded
-        loaded = _load_uncached(name, path, device)
+        loaded = _load_uncached(name, path, device, dtype)
         with _MODELS_LOCK:
             _MODELS[key] = loaded
             _RECENT.append(loaded)
         return loaded
 
 
-def _load_uncached(name: str, path: str, device: str) -> _LoadedModel:
+def _load_uncached(name: str, path: str, device: str, dtype: str) -> _LoadedModel:
     # Offline before huggingface_hub reads its constants; a local directory needs no hub anyway.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import tokenizers
@@ -193,7 +197,10 @@ def _load_uncached(name: str, path: str, device: str) -> _LoadedModel:
     finally:
         if bars_were_on:
             transformers.utils.logging.enable_progress_bar()
-    model.eval()
+    import torch
+
+    model.to(getattr(torch, dtype)).eval()  # the pooled output is normalised in float32 (_encode)
+    log.info("embedder %s runs in %s on %s", name, dtype, device)
 
     hf_tok = model.tokenizer
     if not getattr(hf_tok, "is_fast", False):
@@ -227,7 +234,8 @@ class Embedder:
     """Texts -> L2-normalised float32 embeddings (n, d) with a shared sentence-transformers model.
 
     name: a model name (module docstring); None = the bundled all-MiniLM-L6-v2. model_dirs: where named models are
-    looked up. device: "cpu", "cuda", "cuda:1"...; None = CUDA when available.
+    looked up. device: "cpu", "cuda", "cuda:1"...; None = CUDA when available. dtype: "float32", "bfloat16", ...;
+    None = $PQRAG_EMBED_DTYPE, else "auto" (common.device.default_dtype).
     """
 
     def __init__(
@@ -236,6 +244,7 @@ class Embedder:
         device: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         model_dirs: Sequence[str | os.PathLike] = (),
+        dtype: str | None = None,
     ):
         self.batch_size = positive_int(batch_size, "batch_size")
         self.name = name or DEFAULT_MODEL_NAME
@@ -245,7 +254,10 @@ class Embedder:
 
             device = str(default_device())  # a str: sentence-transformers and the model cache key take one
         self.device = device
-        self._m = _load(self.name, self.model_path, self.device)
+        from common.device import parse_dtype
+
+        self.dtype = str(parse_dtype(dtype or os.environ.get(DTYPE_ENV), device)).removeprefix("torch.")
+        self._m = _load(self.name, self.model_path, self.device, self.dtype)
         # How much work this instance did; tests use them to prove that a restart embeds nothing.
         self.calls = 0
         self.texts_embedded = 0
@@ -325,7 +337,7 @@ class Embedder:
         return np.concatenate(parts, axis=0)
 
     def __repr__(self) -> str:
-        return f"Embedder({self.name!r}, device={self.device!r}, d={self.dimension})"
+        return f"Embedder({self.name!r}, device={self.device!r}, dtype={self.dtype!r}, d={self.dimension})"
 
 
 def get_embedder(
@@ -333,9 +345,10 @@ def get_embedder(
     device: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     model_dirs: Sequence[str | os.PathLike] = (),
+    dtype: str | None = None,
 ) -> Embedder:
-    """An Embedder on the process-wide model cache (the first call per (path, device) loads it)."""
-    return Embedder(name, device=device, batch_size=batch_size, model_dirs=model_dirs)
+    """An Embedder on the process-wide model cache (the first call per (path, device, dtype) loads it)."""
+    return Embedder(name, device=device, batch_size=batch_size, model_dirs=model_dirs, dtype=dtype)
 
 
 def stored_model_name(spec: str | None, model_dirs: Sequence[str | os.PathLike] = ()) -> str | None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service.cli_options import add_client_flags, add_serve_flags, client_options, serve_config
+from service.cli_options import GROUNDINGS, add_client_flags, add_serve_flags, client_options, serve_config
 from service.cli_retrieval import (
     add_index_flags,
     add_mode_flags,
@@ -63,6 +63,9 @@ def _client(args):
 def cmd_serve(args) -> int:
     import asyncio
 
+    # Before torch loads: the engine, embedding and search threads share the cores, and OpenMP threads spinning
+    # while they wait starve the others (a loaded 2-core VM: 136 s -> 15 s for one engine workload, issue 14).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from service.server import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,6 +77,7 @@ def cmd_serve(args) -> int:
     engine = {
         "max_num_seqs": args.max_num_seqs,
         "kv_cache_memory": args.kv_cache_mb * 1024 * 1024 if args.kv_cache_mb else None,
+        "speculative_config": args.speculative_config,  # checked by cli_options.speculative_config
     }
     config = ServerConfig(
         data_dir=args.data_dir,
@@ -86,6 +90,7 @@ def cmd_serve(args) -> int:
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         model=model,
         device=args.device,
+        dtype=args.dtype,
         engine={k: v for k, v in engine.items() if v is not None},  # unset: the engine's defaults
         **serve_config(args),
     )
@@ -267,6 +272,7 @@ def _gen_params(args) -> dict[str, Any]:
         "top_p": args.top_p,
         "seed": args.seed,
         "sample_top_k": args.sample_top_k,
+        "grounding": args.grounding,
     }
 
 
@@ -402,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--no-generator", action="store_true", help="serve retrieval only (ingestion/search nodes)")
     p.add_argument("--device", help="generator device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="auto (default): bf16 if fast")
     p.add_argument("--kv-cache-mb", type=int, help="KV-cache memory for the generator (default: the engine's sizing)")
     p.add_argument("--max-num-seqs", type=int, help="sequences the generator decodes together (default: the engine's)")
     add_serve_flags(p, defaults)
@@ -471,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--top-p", type=float, default=None)
         p.add_argument("--sample-top-k", type=int, metavar="N", help="sample from the N most likely tokens")
         p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--grounding", choices=GROUNDINGS, help="quote: only cited verbatim quotes of the passages")
         for flag in ("--top-k", "-k", "--top-k-sampling"):  # ambiguous names of the two flags above, refused
             p.add_argument(flag, action=_RenamedFlag, help=argparse.SUPPRESS)
 

@@ -12,13 +12,39 @@ secret), $PQRAG_TLS_CA, $PQRAG_TLS_CERT, $PQRAG_TLS_KEY. A key on the command li
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from typing import Any
 
 from service.config import ServerConfig
 
+GROUNDINGS = ("free", "quote")  # rag.request.GROUNDINGS, without importing the engine (torch) into the CLI
+
+
+def speculative_config(value: str) -> dict[str, Any]:
+    """--speculative-config's JSON, checked now (argparse reports the error) rather than after loading the model."""
+    from common.errors import InvalidArgumentError
+    from llm.speculative_config import SpeculativeConfig
+
+    try:
+        return dataclasses.asdict(SpeculativeConfig.parse(value))  # type: ignore[arg-type]
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 def add_serve_flags(p: argparse.ArgumentParser, defaults: ServerConfig) -> None:
+    p.add_argument(
+        "--speculative-config",
+        type=speculative_config,
+        help='speculative decoding, as vLLM\'s: \'{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": '
+        '4, "prompt_lookup_min": 2, "disable_by_batch_size": 8}\' (default: off)',
+    )
+    p.add_argument(
+        "--grounding",
+        choices=GROUNDINGS,
+        help="how answers are decoded when a request does not say: quote (verbatim quotes of the passages, each "
+        "cited) or free (default: the model's: quote for the bundled model, free for other checkpoints)",
+    )
     g = p.add_argument_group("security")
     g.add_argument(
         "--insecure",
@@ -95,6 +121,7 @@ def serve_config(args: argparse.Namespace) -> dict[str, Any]:
         "rate_limit_tps": args.rate_limit_tps,
         "grace_period": args.grace_period,
         "bulk_workers": args.bulk_workers,
+        "grounding": args.grounding,
     }
 
 

@@ -17,6 +17,7 @@ MODES = ("dense", "lexical", "hybrid")
 
 def add_index_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", dest="search_mode", choices=MODES, help="what a search naming no mode does (hybrid)")
+    p.add_argument("--grounding", choices=("free", "quote"), help="answers' decoding (default: the server's)")
     g = p.add_argument_group("index", "unset values are chosen by measurement each time the index trains")
     g.add_argument("--recall-target", type=float, help="recall@10 the index must keep, in (0, 1] (default 0.95)")
     g.add_argument("--kind", choices=["ivfpq", "pq", "flat"], help="pin the index kind (flat: always exact)")
@@ -33,7 +34,7 @@ def add_index_flags(p: argparse.ArgumentParser) -> None:
 
 def index_spec(args: argparse.Namespace) -> dict[str, Any]:
     names = ("recall_target", "kind", "m", "nbits", "nlist", "nprobe", "rerank_factor", "min_train_size")
-    spec = {k: getattr(args, k) for k in (*names, "metric", "backend", "search_mode")}
+    spec = {k: getattr(args, k) for k in (*names, "metric", "backend", "search_mode", "grounding")}
     if args.no_rerank:
         spec["rerank"] = False
     return spec
@@ -41,8 +42,8 @@ def index_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_mode_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=MODES, help="dense, lexical (bm25) or hybrid (default: the collection's)")
-    p.add_argument("--rrf-k", type=int, help="hybrid: reciprocal rank fusion's k (default 60)")
-    p.add_argument("--alpha", type=float, help="hybrid: weighted fusion of normalised scores, alpha on the dense side")
+    p.add_argument("--rrf-k", type=int, help="hybrid: reciprocal rank fusion with this k (60 is usual) instead")
+    p.add_argument("--alpha", type=float, help="hybrid: the dense side's weight in the fusion of scores (default 0.4)")
     p.add_argument("--candidates", type=int, help="hybrid: chunks each retriever fetches (default 100)")
 
 

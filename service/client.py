@@ -282,10 +282,11 @@ class Client:
 
     # collections
     def create_collection(
-        self, name: str, embedder: str = "", search_mode: str | None = None, **index: Any
+        self, name: str, embedder: str = "", search_mode: str | None = None, grounding: str | None = None, **index: Any
     ) -> collections_pb2.Collection:
         """index: IndexSpec fields (kind, m, nbits, recall_target, ...) and chunk_tokens / overlap_tokens; None or
-        absent: the server's choice. search_mode: what a search naming no mode does (None: hybrid)."""
+        absent: the server's choice. search_mode: what a search naming no mode does (None: hybrid). grounding: how
+        answers over it are decoded, "free" or "quote" (None: the server's default)."""
         chunking = {k: index.pop(k) for k in ("chunk_tokens", "overlap_tokens") if k in index}
         coll = collections_pb2.Collection(
             name=name,
@@ -293,6 +294,7 @@ class Client:
             index=collections_pb2.IndexSpec(**{k: v for k, v in index.items() if v is not None}),
             chunking=collections_pb2.ChunkingSpec(**chunking),
             default_search_mode=mode_to_proto(search_mode),
+            default_grounding=collections_pb2.Grounding.Value(f"GROUNDING_{(grounding or 'unspecified').upper()}"),
         )
         return self.collections.CreateCollection(
             collections_pb2.CreateCollectionRequest(collection=coll), timeout=self.timeout
@@ -374,8 +376,16 @@ class Client:
     # rag
     @staticmethod
     def _rag_fields(
-        req, num_passages: int | None, filter: dict | None, mode: str | None, fusion: dict | None, params: dict
+        req,
+        num_passages: int | None,
+        filter: dict | None,
+        mode: str | None,
+        fusion: dict | None,
+        params: dict,
+        grounding: str | None = None,
     ) -> None:
+        if grounding is not None:  # "free" | "quote"; None: the server's default
+            req.grounding = collections_pb2.Grounding.Value(f"GROUNDING_{grounding.upper()}")
         if num_passages is not None:
             req.num_passages = num_passages
         if filter is not None:
@@ -393,13 +403,15 @@ class Client:
         filter: dict | None = None,
         mode: str | None = None,
         fusion: dict | None = None,
+        grounding: str | None = None,
         **params: Any,
     ):
         """The raw AskResponse stream (a grpc call: iterate it, or .cancel() it). num_passages: passages retrieved
         (None: the server's default); mode, fusion: how they are retrieved, as for search (None: the collection's
-        default); params: GenerationParams fields (see generation_params)."""
+        default); grounding: "free" or "quote" (None: the server's default); params: GenerationParams fields (see
+        generation_params)."""
         req = rag_pb2.AskRequest(collection=collection, question=question)
-        self._rag_fields(req, num_passages, filter, mode, fusion, params)
+        self._rag_fields(req, num_passages, filter, mode, fusion, params, grounding)
         return self.rag.Ask(req, timeout=self.timeout)
 
     def chat_stream(
@@ -410,13 +422,14 @@ class Client:
         filter: dict | None = None,
         mode: str | None = None,
         fusion: dict | None = None,
+        grounding: str | None = None,
         **params: Any,
     ):
         req = rag_pb2.ChatRequest(
             collection=collection,
             messages=[rag_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
         )
-        self._rag_fields(req, num_passages, filter, mode, fusion, params)
+        self._rag_fields(req, num_passages, filter, mode, fusion, params, grounding)
         return self.rag.Chat(req, timeout=self.timeout)
 
     def ask(self, collection: str, question: str, **kw: Any) -> dict[str, Any]:

@@ -26,6 +26,10 @@ class ServerConfig:
     # serve retrieval alone (Rag answers FAILED_PRECONDITION).
     model: str | None = None
     device: str | None = None  # generator device; None: CUDA when available
+    dtype: str | None = None  # generator dtype name; None / "auto": common.device.default_dtype (logged at start)
+    # RAG answers' decoding when a request names none: "free" | "quote"; None: the model's (generation_config.json
+    # "pqrag_grounding": quote for the bundled model, free for other checkpoints)
+    grounding: str | None = None
     # llm.engine.EngineConfig fields to override (max_num_seqs, kv_cache_memory, ...); a field left out keeps the
     # engine's default, which lives only there.
     engine: dict[str, Any] = field(default_factory=dict)

@@ -61,7 +61,10 @@ def collection_config_from_proto(c: collections_pb2.Collection) -> tuple[str, Co
         {"chunk_tokens": c.chunking.chunk_tokens or None, "overlap_tokens": c.chunking.overlap_tokens or None},
     )
     config = CollectionConfig(embedder=c.embedder or None, index=index, chunker=chunker)
-    config = _replace(config, {"search_mode": mode_from_proto(c.default_search_mode)})
+    config = _replace(
+        config,
+        {"search_mode": mode_from_proto(c.default_search_mode), "grounding": grounding_from_proto(c.default_grounding)},
+    )
     return name, config
 
 
@@ -103,6 +106,7 @@ def collection_to_proto(coll) -> collections_pb2.Collection:
         index_state=str(stats["index_state"]),
         create_time=created,
         default_search_mode=structs.mode_to_proto(cfg.search_mode),
+        default_grounding=grounding_to_proto(cfg.grounding),
         tuning=tuning_to_proto(stats["index"]["tuning"]),
         index_training=bool(stats["training"]),
     )
@@ -248,6 +252,20 @@ def sampling_from_proto(p: rag_pb2.GenerationParams) -> dict[str, Any]:
     return fields
 
 
+def grounding_from_proto(grounding: int) -> str | None:
+    """Grounding -> "free" / "quote"; None for GROUNDING_UNSPECIFIED (the server's or the model's default)."""
+    pb = collections_pb2
+    names = {pb.GROUNDING_UNSPECIFIED: None, pb.GROUNDING_FREE: "free", pb.GROUNDING_QUOTE: "quote"}
+    if grounding not in names:
+        raise InvalidArgumentError(f"unknown Grounding {grounding}; use FREE, QUOTE or leave it unset")
+    return names[grounding]
+
+
+def grounding_to_proto(grounding: str | None) -> int:
+    pb = collections_pb2
+    return {None: pb.GROUNDING_UNSPECIFIED, "free": pb.GROUNDING_FREE, "quote": pb.GROUNDING_QUOTE}[grounding]
+
+
 def _answer_fields(req: rag_pb2.AskRequest | rag_pb2.ChatRequest) -> dict[str, Any]:
     """The AnswerRequest fields Ask and Chat share; unset ones are left out (the domain's defaults)."""
     fields: dict[str, Any] = {"collection": require_name(req.collection), "sampling": sampling_from_proto(req.params)}
@@ -257,6 +275,8 @@ def _answer_fields(req: rag_pb2.AskRequest | rag_pb2.ChatRequest) -> dict[str, A
         fields["filter"] = struct_to_dict(req.filter)
     if req.mode != search_pb2.SEARCH_MODE_UNSPECIFIED:
         fields["mode"] = mode_from_proto(req.mode)
+    if req.grounding != collections_pb2.GROUNDING_UNSPECIFIED:
+        fields["grounding"] = grounding_from_proto(req.grounding)
     if req.HasField("fusion"):
         fields["fusion"] = fusion_from_proto(req.fusion)
     return fields

@@ -100,8 +100,9 @@ class ServerMetrics:
         self.generated_tokens.inc(tokens)
 
     def watch_engine(self, stats) -> None:
-        """Export the engine's numeric stats (running, waiting, kv_usage, prefix-cache hit rate, preemptions, ...)
-        as gauges read at scrape time; stats() -> dict."""
+        """Export the engine's numeric stats (running, waiting, kv_usage, prefix-cache hit rate, preemptions,
+        speculative decoding's acceptance rate and accepted tokens per step, ...) as gauges read at scrape time;
+        stats() -> dict."""
         for key, value in stats().items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in self.engine_gauges:
                 g = Gauge(f"pqrag_engine_{key}", f"generator engine: {key}", registry=self.registry)

@@ -144,7 +144,7 @@ async def create_server(config: ServerConfig) -> Server:
     generator = None
     try:
         if config.model:
-            generator = load_generator(config.model, device=config.device, **config.engine)
+            generator = load_generator(config.model, device=config.device, dtype=config.dtype, **config.engine)
         return await _build(config, collections, executor, generator, bulk_executor)
     except BaseException:
         if generator is not None:
@@ -173,7 +173,9 @@ async def _build(
     collections_pb2_grpc.add_CollectionsServicer_to_server(CollectionsServicer(*args), server)
     documents_pb2_grpc.add_DocumentsServicer_to_server(DocumentsServicer(*args), server)
     search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(*args), server)
-    rag = RagServicer(*args, generator=generator, admission=gate.admission, limits=gate.limits)
+    rag = RagServicer(
+        *args, generator=generator, admission=gate.admission, limits=gate.limits, grounding=config.grounding
+    )
     rag_pb2_grpc.add_RagServicer_to_server(rag, server)
     if generator is not None:
         metrics.watch_engine(generator.metrics)

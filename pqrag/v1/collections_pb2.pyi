@@ -4,12 +4,22 @@ from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from pqrag.v1 import search_pb2 as _search_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Grounding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GROUNDING_UNSPECIFIED: _ClassVar[Grounding]
+    GROUNDING_FREE: _ClassVar[Grounding]
+    GROUNDING_QUOTE: _ClassVar[Grounding]
+GROUNDING_UNSPECIFIED: Grounding
+GROUNDING_FREE: Grounding
+GROUNDING_QUOTE: Grounding
 
 class IndexSpec(_message.Message):
     __slots__ = ("kind", "m", "nbits", "nlist", "nprobe", "metric", "backend", "rerank", "recall_target", "rerank_factor", "min_train_size")
@@ -72,7 +82,7 @@ class ChunkingSpec(_message.Message):
     def __init__(self, chunk_tokens: _Optional[int] = ..., overlap_tokens: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "embedder", "dimension", "index", "chunking", "document_count", "chunk_count", "index_state", "create_time", "default_search_mode", "tuning", "index_training")
+    __slots__ = ("name", "embedder", "dimension", "index", "chunking", "document_count", "chunk_count", "index_state", "create_time", "default_search_mode", "tuning", "index_training", "default_grounding")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +95,7 @@ class Collection(_message.Message):
     DEFAULT_SEARCH_MODE_FIELD_NUMBER: _ClassVar[int]
     TUNING_FIELD_NUMBER: _ClassVar[int]
     INDEX_TRAINING_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_GROUNDING_FIELD_NUMBER: _ClassVar[int]
     name: str
     embedder: str
     dimension: int
@@ -97,7 +108,8 @@ class Collection(_message.Message):
     default_search_mode: _search_pb2.SearchMode
     tuning: IndexTuning
     index_training: bool
-    def __init__(self, name: _Optional[str] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ..., chunking: _Optional[_Union[ChunkingSpec, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., index_state: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., default_search_mode: _Optional[_Union[_search_pb2.SearchMode, str]] = ..., tuning: _Optional[_Union[IndexTuning, _Mapping]] = ..., index_training: _Optional[bool] = ...) -> None: ...
+    default_grounding: Grounding
+    def __init__(self, name: _Optional[str] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ..., chunking: _Optional[_Union[ChunkingSpec, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., index_state: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., default_search_mode: _Optional[_Union[_search_pb2.SearchMode, str]] = ..., tuning: _Optional[_Union[IndexTuning, _Mapping]] = ..., index_training: _Optional[bool] = ..., default_grounding: _Optional[_Union[Grounding, str]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("collection",)

@@ -23,34 +23,35 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from pqrag.v1 import collections_pb2 as pqrag_dot_v1_dot_collections__pb2
 from pqrag.v1 import search_pb2 as pqrag_dot_v1_dot_search__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pqrag/v1/rag.proto\x12\x08pqrag.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15pqrag/v1/search.proto\"\xff\x01\n\nAskRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x19\n\x0cnum_passages\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x06params\x18\x05 \x01(\x0b\x32\x1a.pqrag.v1.GenerationParams\x12\"\n\x04mode\x18\x06 \x01(\x0e\x32\x14.pqrag.v1.SearchMode\x12&\n\x06\x66usion\x18\x07 \x01(\x0b\x32\x16.pqrag.v1.FusionParamsB\x0f\n\r_num_passages\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x97\x02\n\x0b\x43hatRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.pqrag.v1.ChatMessage\x12\x19\n\x0cnum_passages\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x06params\x18\x05 \x01(\x0b\x32\x1a.pqrag.v1.GenerationParams\x12\"\n\x04mode\x18\x06 \x01(\x0e\x32\x14.pqrag.v1.SearchMode\x12&\n\x06\x66usion\x18\x07 \x01(\x0b\x32\x16.pqrag.v1.FusionParamsB\x0f\n\r_num_passages\"\xda\x03\n\x10GenerationParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x04H\x08\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x17\n\nmin_tokens\x18\x0b \x01(\rH\t\x88\x01\x01\x12\x17\n\nignore_eos\x18\x0c \x01(\x08H\n\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seedB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eos\"\x8d\x01\n\x08\x43itation\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x03 \x01(\x03\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05start\x18\x06 \x01(\r\x12\x0b\n\x03\x65nd\x18\x07 \x01(\r\x12\x0f\n\x07snippet\x18\x08 \x01(\t\"0\n\x07\x43ontext\x12%\n\tcitations\x18\x01 \x03(\x0b\x32\x12.pqrag.v1.Citation\"\x1b\n\x0b\x41nswerDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x9c\x01\n\tAnswerEnd\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x14\n\x0cretrieval_ms\x18\x04 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"\x8a\x01\n\x0b\x41skResponse\x12$\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x11.pqrag.v1.ContextH\x00\x12&\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x15.pqrag.v1.AnswerDeltaH\x00\x12$\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x13.pqrag.v1.AnswerEndH\x00\x42\x07\n\x05\x65vent2s\n\x03Rag\x12\x34\n\x03\x41sk\x12\x14.pqrag.v1.AskRequest\x1a\x15.pqrag.v1.AskResponse0\x01\x12\x36\n\x04\x43hat\x12\x15.pqrag.v1.ChatRequest\x1a\x15.pqrag.v1.AskResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pqrag/v1/rag.proto\x12\x08pqrag.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1apqrag/v1/collections.proto\x1a\x15pqrag/v1/search.proto\"\xa7\x02\n\nAskRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x19\n\x0cnum_passages\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x06params\x18\x05 \x01(\x0b\x32\x1a.pqrag.v1.GenerationParams\x12\"\n\x04mode\x18\x06 \x01(\x0e\x32\x14.pqrag.v1.SearchMode\x12&\n\x06\x66usion\x18\x07 \x01(\x0b\x32\x16.pqrag.v1.FusionParams\x12&\n\tgrounding\x18\x08 \x01(\x0e\x32\x13.pqrag.v1.GroundingB\x0f\n\r_num_passages\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xbf\x02\n\x0b\x43hatRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.pqrag.v1.ChatMessage\x12\x19\n\x0cnum_passages\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x06params\x18\x05 \x01(\x0b\x32\x1a.pqrag.v1.GenerationParams\x12\"\n\x04mode\x18\x06 \x01(\x0e\x32\x14.pqrag.v1.SearchMode\x12&\n\x06\x66usion\x18\x07 \x01(\x0b\x32\x16.pqrag.v1.FusionParams\x12&\n\tgrounding\x18\x08 \x01(\x0e\x32\x13.pqrag.v1.GroundingB\x0f\n\r_num_passages\"\xda\x03\n\x10GenerationParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x04H\x08\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x17\n\nmin_tokens\x18\x0b \x01(\rH\t\x88\x01\x01\x12\x17\n\nignore_eos\x18\x0c \x01(\x08H\n\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seedB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eos\"\x8d\x01\n\x08\x43itation\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x03 \x01(\x03\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05start\x18\x06 \x01(\r\x12\x0b\n\x03\x65nd\x18\x07 \x01(\r\x12\x0f\n\x07snippet\x18\x08 \x01(\t\"0\n\x07\x43ontext\x12%\n\tcitations\x18\x01 \x03(\x0b\x32\x12.pqrag.v1.Citation\"\x1b\n\x0b\x41nswerDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x9c\x01\n\tAnswerEnd\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x14\n\x0cretrieval_ms\x18\x04 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"\x8a\x01\n\x0b\x41skResponse\x12$\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x11.pqrag.v1.ContextH\x00\x12&\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x15.pqrag.v1.AnswerDeltaH\x00\x12$\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x13.pqrag.v1.AnswerEndH\x00\x42\x07\n\x05\x65vent2s\n\x03Rag\x12\x34\n\x03\x41sk\x12\x14.pqrag.v1.AskRequest\x1a\x15.pqrag.v1.AskResponse0\x01\x12\x36\n\x04\x43hat\x12\x15.pqrag.v1.ChatRequest\x1a\x15.pqrag.v1.AskResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pqrag.v1.rag_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ASKREQUEST']._serialized_start=86
-  _globals['_ASKREQUEST']._serialized_end=341
-  _globals['_CHATMESSAGE']._serialized_start=343
-  _globals['_CHATMESSAGE']._serialized_end=387
-  _globals['_CHATREQUEST']._serialized_start=390
-  _globals['_CHATREQUEST']._serialized_end=669
-  _globals['_GENERATIONPARAMS']._serialized_start=672
-  _globals['_GENERATIONPARAMS']._serialized_end=1146
-  _globals['_CITATION']._serialized_start=1149
-  _globals['_CITATION']._serialized_end=1290
-  _globals['_CONTEXT']._serialized_start=1292
-  _globals['_CONTEXT']._serialized_end=1340
-  _globals['_ANSWERDELTA']._serialized_start=1342
-  _globals['_ANSWERDELTA']._serialized_end=1369
-  _globals['_ANSWEREND']._serialized_start=1372
-  _globals['_ANSWEREND']._serialized_end=1528
-  _globals['_ASKRESPONSE']._serialized_start=1531
-  _globals['_ASKRESPONSE']._serialized_end=1669
-  _globals['_RAG']._serialized_start=1671
-  _globals['_RAG']._serialized_end=1786
+  _globals['_ASKREQUEST']._serialized_start=114
+  _globals['_ASKREQUEST']._serialized_end=409
+  _globals['_CHATMESSAGE']._serialized_start=411
+  _globals['_CHATMESSAGE']._serialized_end=455
+  _globals['_CHATREQUEST']._serialized_start=458
+  _globals['_CHATREQUEST']._serialized_end=777
+  _globals['_GENERATIONPARAMS']._serialized_start=780
+  _globals['_GENERATIONPARAMS']._serialized_end=1254
+  _globals['_CITATION']._serialized_start=1257
+  _globals['_CITATION']._serialized_end=1398
+  _globals['_CONTEXT']._serialized_start=1400
+  _globals['_CONTEXT']._serialized_end=1448
+  _globals['_ANSWERDELTA']._serialized_start=1450
+  _globals['_ANSWERDELTA']._serialized_end=1477
+  _globals['_ANSWEREND']._serialized_start=1480
+  _globals['_ANSWEREND']._serialized_end=1636
+  _globals['_ASKRESPONSE']._serialized_start=1639
+  _globals['_ASKRESPONSE']._serialized_end=1777
+  _globals['_RAG']._serialized_start=1779
+  _globals['_RAG']._serialized_end=1894
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from google.protobuf import struct_pb2 as _struct_pb2
+from pqrag.v1 import collections_pb2 as _collections_pb2
 from pqrag.v1 import search_pb2 as _search_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -9,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AskRequest(_message.Message):
-    __slots__ = ("collection", "question", "num_passages", "filter", "params", "mode", "fusion")
+    __slots__ = ("collection", "question", "num_passages", "filter", "params", "mode", "fusion", "grounding")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     NUM_PASSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +18,7 @@ class AskRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    GROUNDING_FIELD_NUMBER: _ClassVar[int]
     collection: str
     question: str
     num_passages: int
@@ -24,7 +26,8 @@ class AskRequest(_message.Message):
     params: GenerationParams
     mode: _search_pb2.SearchMode
     fusion: _search_pb2.FusionParams
-    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., num_passages: _Optional[int] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., mode: _Optional[_Union[_search_pb2.SearchMode, str]] = ..., fusion: _Optional[_Union[_search_pb2.FusionParams, _Mapping]] = ...) -> None: ...
+    grounding: _collections_pb2.Grounding
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., num_passages: _Optional[int] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., mode: _Optional[_Union[_search_pb2.SearchMode, str]] = ..., fusion: _Optional[_Union[_search_pb2.FusionParams, _Mapping]] = ..., grounding: _Optional[_Union[_collections_pb2.Grounding, str]] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -35,7 +38,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("collection", "messages", "num_passages", "filter", "params", "mode", "fusion")
+    __slots__ = ("collection", "messages", "num_passages", "filter", "params", "mode", "fusion", "grounding")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     NUM_PASSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +46,7 @@ class ChatRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    GROUNDING_FIELD_NUMBER: _ClassVar[int]
     collection: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     num_passages: int
@@ -50,7 +54,8 @@ class ChatRequest(_message.Message):
     params: GenerationParams
     mode: _search_pb2.SearchMode
     fusion: _search_pb2.FusionParams
-    def __init__(self, collection: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., num_passages: _Optional[int] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., mode: _Optional[_Union[_search_pb2.SearchMode, str]] = ..., fusion: _Optional[_Union[_search_pb2.FusionParams, _Mapping]] = ...) -> None: ...
+    grounding: _collections_pb2.Grounding
+    def __init__(self, collection: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., num_passages: _Optional[int] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., mode: _Optional[_Union[_search_pb2.SearchMode, str]] = ..., fusion: _Optional[_Union[_search_pb2.FusionParams, _Mapping]] = ..., grounding: _Optional[_Union[_collections_pb2.Grounding, str]] = ...) -> None: ...
 
 class GenerationParams(_message.Message):
     __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop", "min_tokens", "ignore_eos")

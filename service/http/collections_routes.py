@@ -36,6 +36,7 @@ class CreateCollection(BaseModel):
     index: dict[str, Any] | None = Field(None, description="IndexConfig fields to set (kind, m, nbits, metric, ...)")
     chunking: dict[str, Any] | None = Field(None, description="ChunkerConfig fields (chunk_tokens, overlap_tokens)")
     search_mode: str | None = Field(None, description="a search without a mode: hybrid, dense or lexical")
+    grounding: str | None = Field(None, description="answers' decoding: free or quote (default: the server's)")
 
 
 class SearchBody(BaseModel):
@@ -71,6 +72,8 @@ def collection_config(body: CreateCollection) -> CollectionConfig:
     )
     if body.search_mode is not None:
         config = _with(config, {"search_mode": body.search_mode}, "collection")
+    if body.grounding is not None:
+        config = _with(config, {"grounding": body.grounding}, "collection")
     return config
 
 

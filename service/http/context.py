@@ -44,6 +44,7 @@ class HttpContext:
     limits: RateLimits = field(default_factory=RateLimits)
     health: Health | None = None  # the server's health problems (store, engine, shutdown), when it tracks them
     draining: bool = False  # set when the server stops: /health answers 503 from then on
+    grounding: str | None = None  # RAG answers' default decoding (ServerConfig.grounding), as gRPC's
 
     async def run(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """Run blocking domain work in the worker pool, off the event loop."""

@@ -78,6 +78,8 @@ def rag_request(rag: RagOptions, messages: list[dict[str, str]], sampling: Mappi
         fields["num_passages"] = rag.top_k
     if rag.filter is not None:
         fields["filter"] = rag.filter
+    if rag.grounding is not None:
+        fields["grounding"] = rag.grounding
     return AnswerRequest(**fields)
 
 
@@ -149,7 +151,7 @@ async def answer_events(ctx: HttpContext, request: AnswerRequest) -> AsyncIterat
     """rag's pipeline (the same as gRPC's Ask/Chat), through the same admission control and token budget."""
     assert ctx.generator is not None
     with ctx.admission.ticket() as ticket:
-        pipeline = RagPipeline(ctx.collections, AdmittedGenerator(ctx.generator, ticket), ctx.run)
+        pipeline = RagPipeline(ctx.collections, AdmittedGenerator(ctx.generator, ticket), ctx.run, ctx.grounding)
         async with aclosing(pipeline.answer(request)) as answer:
             async for event in answer:
                 if isinstance(event, Context):

@@ -27,6 +27,9 @@ class RagOptions(BaseModel):
     collection: str
     top_k: int | None = Field(None, description="passages retrieved for the context (default: the server's)")
     filter: dict[str, Any] | None = Field(None, description="metadata filter, as for search")
+    grounding: str | None = Field(
+        None, description='"free" or "quote" (only verbatim quotes of the passages, each cited); default: the server\'s'
+    )
 
 
 class StreamOptions(BaseModel):

@@ -96,6 +96,7 @@ def create_http_server(
         generator=generator,
         served_model_name=served,
         max_body_bytes=config.max_message_bytes,
+        grounding=config.grounding,
     )
     tls = ServerTLS(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
     return HttpServer(ctx, bind(config.host, config.http_port), tls.ssl_context() if tls is not None else None)

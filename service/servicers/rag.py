@@ -35,16 +35,18 @@ class RagServicer(Servicer, rag_pb2_grpc.RagServicer):
         generator: AsyncLLM | None,
         admission: Admission | None = None,
         limits: RateLimits | None = None,
+        grounding: str | None = None,
     ):
         super().__init__(*args)
         self.generator = generator
+        self.grounding = grounding  # the default of requests that name none (None: the model's)
         self.admission = admission or Admission()
         self.limits = limits or RateLimits()
 
     async def _answer(self, request: AnswerRequest) -> AsyncIterator[rag_pb2.AskResponse]:
         with self.admission.ticket() as ticket:  # ResourceExhaustedError: nothing was sent
             llm = AdmittedGenerator(self.generator, ticket) if self.generator is not None else None
-            pipeline = RagPipeline(self.collections, llm, self.run)
+            pipeline = RagPipeline(self.collections, llm, self.run, self.grounding)
             held: Context | None = None
             async for event in pipeline.answer(request):
                 if isinstance(event, Context):

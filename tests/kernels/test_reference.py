@@ -169,6 +169,41 @@ def test_paged_decode_float32_accumulates_like_float64():
     assert rel_err(o, R.paged_attention(q.double(), kc.double(), vc.double(), tables, sl)) < 1e-5
 
 
+def test_cpu_paths_run_in_bf16_within_bf16_tolerance():
+    # The engine's CPU paths take bf16 caches and weights as they are (no float32 copies); their outputs stay within
+    # bf16 rounding of the float64 result. Lengths from 1 to 300 make several length groups in the paged decode.
+    g = gen()
+    lens, bs, H, Hkv, D = [300, 1, 17, 160, 64, 290, 33, 5, 128, 250], 16, 8, 2, 64
+    kc, vc, tables, sl = paged_cache(lens, bs, Hkv, D, g=g, dtype=torch.float64, device="cpu")
+    q = randn(len(lens), H, D, g=g, dtype=torch.float64, device="cpu")
+    b = lambda t: t.bfloat16()  # noqa: E731
+    o = R.paged_attention(b(q), b(kc), b(vc), tables, sl)
+    assert o.dtype == torch.bfloat16
+    # bf16 inputs round by 2^-9 relative; scores over D = 64 and the softmax-weighted sum keep it near 1e-2
+    assert rel_err(o.double(), R.paged_attention(b(q).double(), b(kc).double(), b(vc).double(), tables, sl)) < 1e-2
+    T = 40
+    qv, kv = (
+        randn(T, H, D, g=g, dtype=torch.float64, device="cpu"),
+        randn(T, Hkv, D, g=g, dtype=torch.float64, device="cpu"),
+    )
+    cu = torch.tensor([0, 25, T], dtype=torch.int32)
+    ov = R.flash_attention_varlen(b(qv), b(kv), b(kv), cu, cu)
+    assert ov.dtype == torch.bfloat16
+    assert rel_err(ov.double(), R.flash_attention_varlen(b(qv).double(), b(kv).double(), b(kv).double(), cu, cu)) < 1e-2
+    E, d, Fd = 8, 64, 128
+    x = randn(T, d, g=g, dtype=torch.float64, device="cpu")
+    wg, wu = (randn(E, Fd, d, g=g, dtype=torch.float64, device="cpu") / math.sqrt(d) for _ in range(2))
+    wd = randn(E, d, Fd, g=g, dtype=torch.float64, device="cpu") / math.sqrt(Fd)
+    ids = torch.stack([torch.randperm(E, generator=g)[:2] for _ in range(T)])
+    w = torch.rand(T, 2, generator=g, dtype=torch.float32)
+    om = R.fused_moe(b(x), b(wg), b(wu), b(wd), w, ids)
+    assert om.dtype == torch.bfloat16
+    # the SwiGLU intermediate is rounded to bf16 before the down projection, as transformers does in bf16
+    assert (
+        rel_err(om.double(), R.fused_moe(b(x).double(), b(wg).double(), b(wu).double(), b(wd).double(), w, ids)) < 2e-2
+    )
+
+
 def test_write_kv_reference_places_tokens():
     g = gen()
     kc = torch.zeros(4, 3, 2, 8, dtype=torch.float64)

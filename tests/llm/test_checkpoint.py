@@ -165,6 +165,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
 def test_dtype_defaults_to_the_checkpoints_own_and_conversions_are_exact(tmp_path):
     """bf16 loads as bf16 (no float32 copy); fp16 on a CPU runs in fp32; a conversion equals the stored values."""
+    from common.device import cpu_bf16_flags
     from llm.checkpoint import auto_dtype
 
     model = random_ours(tie=True)
@@ -176,10 +177,13 @@ def test_dtype_defaults_to_the_checkpoints_own_and_conversions_are_exact(tmp_pat
     for (name, a), b in zip(stored.state_dict().items(), upcast.state_dict().values()):
         assert b.dtype == torch.float32 and torch.equal(a.float(), b), name
     save_model(model, tmp_path / "fp16", dtype=torch.float16)
-    assert next(load_model(tmp_path / "fp16").parameters()).dtype == torch.float32
+    # fp16 on a CPU: float32, or bf16 where the CPU has it (tests/common/test_device.py covers the choice)
+    cpu_fast = torch.bfloat16 if cpu_bf16_flags() else torch.float32
+    assert next(load_model(tmp_path / "fp16").parameters()).dtype == cpu_fast
+    assert next(load_model(tmp_path / "fp16", dtype="float32").parameters()).dtype == torch.float32  # by name
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert auto_dtype(torch.float32, cuda) == torch.bfloat16 and auto_dtype(torch.float16, cuda) == torch.float16
-    assert auto_dtype(torch.float32, cpu) == torch.float32 and auto_dtype(torch.bfloat16, cpu) == torch.bfloat16
+    assert auto_dtype(torch.float32, cpu) == cpu_fast and auto_dtype(torch.bfloat16, cpu) == torch.bfloat16
 
 
 def test_loaded_weights_are_private_to_the_process(tmp_path):

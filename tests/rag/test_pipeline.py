@@ -16,8 +16,9 @@ from tests.rag.conftest import hit
 
 
 class FakeCollection:
-    def __init__(self, hits):
+    def __init__(self, hits, grounding=None):
         self.hits, self.searches, self.modes = hits, [], []
+        self.config = SimpleNamespace(grounding=grounding)  # CollectionConfig's default grounding
 
     def search(self, query, k, filter, mode=None, **fusion):
         self.searches.append((query, k, filter))
@@ -149,3 +150,29 @@ def test_the_models_default_sampling_applies_when_the_caller_sets_none(tok, coll
     assert (model.temperature, model.top_p, model.max_tokens) == (0.6, 0.9, 256)
     assert (sized.temperature, sized.top_p, sized.max_tokens) == (0.6, 0.9, 9)
     assert (own.temperature, own.top_p, own.top_k) == (0.0, 1.0, 5)
+
+
+@pytest.mark.parametrize(
+    "request_g, collection_g, server_g, model_g, expected",
+    [
+        (None, None, None, None, "free"),  # a checkpoint a user brings
+        (None, None, None, "quote", "quote"),  # the bundled model's generation_config.json
+        (None, None, "free", "quote", "free"),  # pqrag serve --grounding free
+        (None, "quote", "free", None, "quote"),  # the collection's default
+        ("free", "quote", "quote", "quote", "free"),  # the request's own
+    ],
+)
+def test_grounding_request_then_collection_then_server_then_model(
+    tok, request_g, collection_g, server_g, model_g, expected
+):
+    coll = FakeCollection([hit("b", 2, 0.9, 38, 53), hit("a", 1, 0.2, 0, 17)], grounding=collection_g)
+    gen = FakeGenerator(tok, texts=(" Eta", " theta", ""), generation_config=GenerationConfig(grounding=model_g))
+    request = AnswerRequest.ask("kb", "What follows eta?", grounding=request_g)
+    events = answer(RagPipeline(FakeCollections(coll), gen, run_inline, server_g), request)
+    constraint = gen.prompts[0][1].constraint
+    assert (constraint is not None) == (expected == "quote")
+    if constraint is not None:  # built over exactly the numbered passages of the context
+        assert constraint.numbers == [p.number for p in events[0].passages]
+        assert events[1].text == "Eta"  # the first quote's leading space is not sent
+    else:
+        assert events[1].text == " Eta"

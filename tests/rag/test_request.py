@@ -79,3 +79,10 @@ def test_a_conversation_keeps_its_turns_in_order():
     r = AnswerRequest("kb", msgs, filter={"lang": "en"})
     assert [m["role"] for m in r.messages] == ["system", "user", "assistant", "user"]
     assert r.messages[2]["content"] == "A board game." and r.filter == {"lang": "en"}
+
+
+def test_grounding_is_free_quote_or_unset():
+    assert AnswerRequest.ask("kb", "q").grounding is None  # the collection's, server's or model's default
+    assert AnswerRequest.ask("kb", "q", grounding="quote").grounding == "quote"
+    with pytest.raises(InvalidArgumentError, match="grounding must be one of free, quote"):
+        AnswerRequest.ask("kb", "q", grounding="strict")

@@ -138,3 +138,16 @@ def test_delete_waits_for_a_search_in_flight(colls, monkeypatch):
     assert results == [[]] and "busy" not in colls
     with pytest.raises(NotFoundError, match="deleted or closed"):
         coll.get_document("a")
+
+
+def test_a_collections_default_grounding_is_checked_and_kept(tmp_path, embedder):
+    colls = Collections(tmp_path / "data", device="cpu")
+    try:
+        assert colls.create("plain").config.grounding is None  # the server's default then
+        assert colls.create("quoted", CollectionConfig(grounding="quote")).config.grounding == "quote"
+        with pytest.raises(InvalidArgumentError, match="grounding must be free or quote"):
+            colls.create("bad", CollectionConfig(grounding="strict"))
+    finally:
+        colls.close()
+    with Collections(tmp_path / "data", device="cpu") as again:  # stored with the collection
+        assert again.get("quoted").config.grounding == "quote" and again.get("plain").config.grounding is None

@@ -4,9 +4,10 @@ import threading
 import numpy as np
 import pytest
 
-from common.errors import FailedPreconditionError, PermissionDeniedError
+from common.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
 from retrieval.embedder import (
     DEFAULT_MODEL_NAME,
+    DTYPE_ENV,
     Embedder,
     available_models,
     check_model_name,
@@ -19,7 +20,7 @@ from retrieval.embedder import (
 
 @pytest.fixture(scope="module")
 def embedder():
-    return get_embedder(device="cpu")
+    return get_embedder(device="cpu", dtype="float32")  # the exact comparisons below are float32's
 
 
 def test_normalised_float32_output(embedder):
@@ -53,10 +54,10 @@ def test_empty_input_and_counters():
 
 
 def test_models_are_cached_per_path_and_device(embedder):
-    other = get_embedder(None, device="cpu")
+    other = get_embedder(None, device="cpu", dtype="float32")
     assert other is not embedder  # own counters ...
     assert other._m is embedder._m  # ... on the same loaded model
-    same = Embedder(DEFAULT_MODEL_NAME, device="cpu")
+    same = Embedder(DEFAULT_MODEL_NAME, device="cpu", dtype="float32")
     assert same._m is embedder._m
     assert resolve_model(None) == resolve_model("") == resolve_model(DEFAULT_MODEL_NAME) == default_model_path()
 
@@ -199,3 +200,24 @@ def test_concurrent_embedding_is_safe(embedder):
     assert not errors
     for x in results.values():
         np.testing.assert_allclose(x, ref, atol=1e-5)
+
+
+def test_dtype_follows_the_cpu_unless_asked_and_embeddings_stay_float32(embedder, monkeypatch):
+    import torch
+
+    from common.device import default_dtype
+
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    assert get_embedder(device="cpu").dtype == str(default_dtype("cpu")).removeprefix("torch.")
+    bf16 = get_embedder(device="cpu", dtype="bfloat16")
+    assert bf16._m is not embedder._m and {p.dtype for p in bf16._m.model.parameters()} == {torch.bfloat16}
+    texts = ["A cat sleeps on the warm mat.", "Stock markets fell sharply today. " * 20, "é 東京 😀"]
+    x, y = embedder.embed(texts), bf16.embed(texts, bulk=True)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+    assert ((x * y).sum(axis=1) > 0.99).all()  # bf16 keeps the direction (SciFact: bench/embed_dtype.py)
+    monkeypatch.setenv(DTYPE_ENV, "float32")
+    assert get_embedder(device="cpu")._m is embedder._m
+    monkeypatch.setenv(DTYPE_ENV, "bf16")
+    with pytest.raises(InvalidArgumentError, match="unknown dtype 'bf16'"):
+        get_embedder(device="cpu")

@@ -17,7 +17,7 @@ LEXICAL = ranked([30, 40], [12.0, 3.0])
 
 
 def test_reciprocal_rank_fusion():
-    out = fuse(DENSE, LEXICAL, 10, FusionParams())
+    out = fuse(DENSE, LEXICAL, 10, FusionParams(rrf_k=60))
     want = {10: 1 / 61, 20: 1 / 62, 30: 1 / 63 + 1 / 61, 40: 1 / 62}
     assert [f.chunk_id for f in out] == [30, 10, 20, 40]  # 20 and 40 tie: the dense rank wins
     for f in out:
@@ -41,7 +41,7 @@ def test_weighted_fusion_of_normalised_scores():
 
 
 def test_one_side_empty_and_single_mode():
-    out = fuse(DENSE, Ranked.empty(), 2, FusionParams())
+    out = fuse(DENSE, Ranked.empty(), 2, FusionParams())  # weighted: dense alone keeps its order
     assert [f.chunk_id for f in out] == [10, 20] and all(f.lexical_rank is None for f in out)
     assert fuse(Ranked.empty(), Ranked.empty(), 5, FusionParams()) == []
     lex = single(LEXICAL, dense=False, k=1)
@@ -55,6 +55,7 @@ def test_checks():
     with pytest.raises(InvalidArgumentError, match="dense, lexical, hybrid"):
         check_mode("sparse")
     assert check_fusion() == FusionParams() and check_fusion(alpha=0) == FusionParams(alpha=0.0)
+    assert FusionParams().rrf_k is None and FusionParams().alpha == 0.4  # weighted fusion unless rrf_k is set
     assert check_fusion(rrf_k=10, candidates=50) == FusionParams(rrf_k=10, candidates=50)
     for kwargs, msg in [
         ({"rrf_k": 0}, "rrf_k"),
@@ -62,6 +63,7 @@ def test_checks():
         ({"alpha": True}, "alpha"),
         ({"alpha": "0.5"}, "alpha"),
         ({"candidates": FusionParams.MAX_CANDIDATES + 1}, "candidates"),
+        ({"rrf_k": 60, "alpha": 0.5}, "not both"),
     ]:
         with pytest.raises(InvalidArgumentError, match=msg):
             check_fusion(**kwargs)

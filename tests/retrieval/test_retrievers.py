@@ -42,7 +42,16 @@ def test_three_modes(coll):
     assert ids(hybrid)[0] == "part"  # first in both rankings
     top = hybrid[0]
     assert top.dense_rank is not None and top.lexical_rank == 1
-    assert top.score == pytest.approx(1 / (60 + top.dense_rank) + 1 / (60 + top.lexical_rank))
+
+    # the default fusion: 0.4 x the dense score + 0.6 x the lexical score, each min-max normalised over its list
+    def norm(hits, score):
+        lo, hi = min(score(h) for h in hits), max(score(h) for h in hits)
+        return {h.chunk_id: 1.0 if hi == lo else (score(h) - lo) / (hi - lo) for h in hits}
+
+    d = norm(coll.search("ZX-9042 pump leak", k=100, mode="dense"), lambda h: h.dense_score)
+    lx = norm(coll.search("ZX-9042 pump leak", k=100, mode="lexical"), lambda h: h.lexical_score)
+    for h in hybrid:
+        assert h.score == pytest.approx(0.4 * d.get(h.chunk_id, 0.0) + 0.6 * lx.get(h.chunk_id, 0.0))
     assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
 
 

@@ -165,12 +165,18 @@ RAG_DOCS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def rag_server(tmp_path_factory, tiny_model_dir):
-    """A server with the tiny generator and a collection "kb" of RAG_DOCS (one per test module)."""
-    srv = ServerThread(tmp_path_factory.mktemp("rag") / "data", model=str(tiny_model_dir)).start()
+def start_rag_server(data_dir: Path, **config) -> ServerThread:
+    """A started server (ServerConfig fields: model, ...) with a collection "kb" of RAG_DOCS."""
+    srv = ServerThread(data_dir, **config).start()
     with srv.client(timeout=120) as c:
         c.create_collection("kb")
         list(c.ingest("kb", RAG_DOCS))
+    return srv
+
+
+@pytest.fixture(scope="module")
+def rag_server(tmp_path_factory, tiny_model_dir):
+    """A server with the tiny generator and a collection "kb" of RAG_DOCS (one per test module)."""
+    srv = start_rag_server(tmp_path_factory.mktemp("rag") / "data", model=str(tiny_model_dir))
     yield srv
     srv.stop()

@@ -4,6 +4,7 @@ server with a generator, the renamed ask/chat flags, and `pqrag serve`'s configu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -145,7 +146,9 @@ def test_passages_and_sample_top_k_reach_the_request(monkeypatch):
     assert req.top_k == 7 and req.temperature == 0.5  # sampling's top-k is GenerationParams.top_k
 
 
-def test_serve_leaves_unset_engine_options_to_the_engine(monkeypatch, tmp_path):
+@pytest.fixture
+def serve_configs(monkeypatch):
+    """`pqrag serve` with service.server.serve replaced: the ServerConfigs it was called with."""
     import service.server
 
     configs = []
@@ -155,6 +158,11 @@ def test_serve_leaves_unset_engine_options_to_the_engine(monkeypatch, tmp_path):
         return 0
 
     monkeypatch.setattr(service.server, "serve", fake_serve)
+    return configs
+
+
+def test_serve_leaves_unset_engine_options_to_the_engine(serve_configs, tmp_path):
+    configs = serve_configs
     base = ["serve", "--data-dir", str(tmp_path), "--no-generator"]
     assert main(base) == 0
     assert main([*base, "--max-num-seqs", "8", "--kv-cache-mb", "64"]) == 0
@@ -163,6 +171,31 @@ def test_serve_leaves_unset_engine_options_to_the_engine(monkeypatch, tmp_path):
     assert configs[0].http_port is None and configs[0].served_model_name is None  # HTTP is off unless asked for
     assert main([*base, "--http-port", "8080", "--served-model-name", "pqrag"]) == 0
     assert configs[2].http_port == 8080 and configs[2].served_model_name == "pqrag"
+
+
+def test_serve_dtype_flag_and_thread_policy(serve_configs, tmp_path, capsys, monkeypatch):
+    configs = serve_configs
+    base = ["serve", "--data-dir", str(tmp_path), "--no-generator"]
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert main(base) == 0 and main([*base, "--dtype", "bfloat16"]) == 0
+    assert configs[0].dtype is None and configs[1].dtype == "bfloat16"  # None: common.device.default_dtype
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # sleeping OpenMP waits: the server shares its cores
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--dtype", "bf16"])
+    assert exit_.value.code == 2 and "bfloat16" in capsys.readouterr().err
+
+
+def test_serve_speculative_config_flag(serve_configs, tmp_path, capsys):
+    configs = serve_configs
+    base = ["serve", "--data-dir", str(tmp_path), "--no-generator"]
+    spec = '{"method": "ngram", "num_speculative_tokens": 4}'
+    assert main([*base, "--speculative-config", spec]) == 0
+    assert configs[0].engine["speculative_config"]["num_speculative_tokens"] == 4
+    for bad, says in [('{"method": "eagle"}', "unknown method"), ('{"k": 4}', "unknown key"), ("{", "JSON")]:
+        with pytest.raises(SystemExit) as exit_:  # argparse: before anything is loaded
+            main([*base, "--speculative-config", bad])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    assert len(configs) == 1
 
 
 def test_ingest_reads_pdfs_page_by_page_and_reports_a_scan(server, capsys, tmp_path):

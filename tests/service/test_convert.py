@@ -119,3 +119,22 @@ def test_answer_events_become_the_stream_messages():
     assert convert.answer_event_to_proto(TextDelta("Hi")).delta.text == "Hi"
     end = convert.answer_event_to_proto(AnswerEnd("length", 10, 3, 1.0, 2.0, 3.0)).final
     assert (end.finish_reason, end.prompt_tokens, end.completion_tokens, end.total_ms) == ("length", 10, 3, 3.0)
+
+
+def test_grounding_of_a_request_and_of_a_collection():
+    from pqrag.v1 import collections_pb2
+
+    assert convert.ask_request_from_proto(rag_pb2.AskRequest(collection="kb", question="q")).grounding is None
+    quote = rag_pb2.AskRequest(collection="kb", question="q", grounding=collections_pb2.GROUNDING_QUOTE)
+    assert convert.ask_request_from_proto(quote).grounding == "quote"
+    chat = rag_pb2.ChatRequest(collection="kb", grounding=collections_pb2.GROUNDING_FREE)
+    chat.messages.add(role="user", content="q")
+    assert convert.chat_request_from_proto(chat).grounding == "free"
+    with pytest.raises(InvalidArgumentError, match="unknown Grounding 7"):
+        convert.ask_request_from_proto(rag_pb2.AskRequest(collection="kb", question="q", grounding=7))
+    _, config = convert.collection_config_from_proto(
+        collections_pb2.Collection(name="kb", default_grounding=collections_pb2.GROUNDING_QUOTE)
+    )
+    assert config.grounding == "quote"
+    assert convert.collection_config_from_proto(collections_pb2.Collection(name="kb"))[1].grounding is None
+    assert [convert.grounding_to_proto(g) for g in (None, "free", "quote")] == [0, 1, 2]

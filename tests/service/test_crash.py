@@ -141,7 +141,8 @@ def test_kill_9_loop_during_ingest_streams(tmp_path):
             assert total == stats["chunk_count"]
             for doc_id in rng.sample(sorted(acked), 5):
                 text = c.get_document("loop", doc_id).text
-                assert doc_id in [h["doc_id"] for h in c.search("loop", text, k=5)]
+                # k=20: the rounds' first documents are near-duplicates ("Round r document 0 ..."), ten of them
+                assert doc_id in [h["doc_id"] for h in c.search("loop", text, k=20)]
     finally:
         srv.stop()
     print(f"kill -9 loop: {ROUNDS} rounds, {len(acked)} documents acknowledged, {time.monotonic() - started:.0f} s")

@@ -34,6 +34,8 @@ DOCUMENTED = {
     "pqrag_engine_kv_usage": "gauge",
     "pqrag_engine_prefix_cache_hit_rate": "gauge",
     "pqrag_engine_num_preemptions": "gauge",
+    "pqrag_engine_spec_acceptance_rate": "gauge",  # speculative decoding (0 while off)
+    "pqrag_engine_spec_mean_acceptance_length": "gauge",
 }
 
 

@@ -126,6 +126,27 @@ def test_rag_filter_and_a_conversation(oai, model):
     assert [c["document_id"] for c in r.model_extra["citations"]] == ["saturn"]  # the filter holds
 
 
+def test_rag_grounding_quote_answers_only_with_cited_quotes(oai, model):
+    from tests.llm.test_grounding import check_quoted
+
+    r = oai.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What makes sourdough bread rise?"}],
+        max_tokens=40,
+        extra_body={"rag": {"collection": "kb", "top_k": 2, "grounding": "quote"}},
+    )
+    texts = {d["id"]: d["text"] for d in RAG_DOCS}
+    passages = {c["number"]: texts[c["document_id"]] for c in r.model_extra["citations"]}
+    answer = r.choices[0].message.content
+    check_quoted(" " + answer, passages, r.choices[0].finish_reason == "stop")
+    with pytest.raises(openai.BadRequestError, match="grounding must be one of free, quote"):
+        oai.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "q"}],
+            extra_body={"rag": {"collection": "kb", "grounding": "strict"}},
+        )
+
+
 def test_text_completion_whole_streamed_and_with_logprobs(oai, model):
     r = oai.completions.create(
         model=model,
