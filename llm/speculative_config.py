@@ -28,8 +28,9 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 4  # longest n-gram suffix looked up in the sequence's earlier tokens
     prompt_lookup_min: int = 2  # shortest one; no match of at least this length = no draft this step
     # Speculate only in steps with at most this many running sequences: on a compute-bound CPU verifying k drafts
-    # costs about k+1 tokens' compute per sequence, which a large batch no longer hides (bench/speculative.py).
-    disable_by_batch_size: int = 8
+    # costs about k+1 tokens' compute per sequence, which a large batch no longer hides (bench/speculative.py on a
+    # 2-core AVX2 CPU: 1.13x at 1 stream, 0.93x at 8; bench/RESULTS.md). 2: single users gain, batches don't pay.
+    disable_by_batch_size: int = 2
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

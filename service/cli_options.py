@@ -37,7 +37,7 @@ def add_serve_flags(p: argparse.ArgumentParser, defaults: ServerConfig) -> None:
         "--speculative-config",
         type=speculative_config,
         help='speculative decoding, as vLLM\'s: \'{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": '
-        '4, "prompt_lookup_min": 2, "disable_by_batch_size": 8}\' (default: off)',
+        '4, "prompt_lookup_min": 2, "disable_by_batch_size": 2}\' (default: off)',
     )
     p.add_argument(
         "--grounding",

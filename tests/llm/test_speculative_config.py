@@ -47,7 +47,9 @@ def test_stats_report_acceptance(model, tok):
     keys = {"spec_num_steps", "spec_num_drafts", "spec_num_draft_tokens", "spec_num_accepted_tokens"}
     keys |= {"spec_acceptance_rate", "spec_mean_acceptance_length"}
     assert {k: off.engine.stats()[k] for k in keys} == dict.fromkeys(keys, 0)  # present (Prometheus gauges) at 0
-    llm = make_llm(model, tok, speculative_config={"num_speculative_tokens": 3, "prompt_lookup_min": 1})
+    llm = make_llm(
+        model, tok, speculative_config={"num_speculative_tokens": 3, "prompt_lookup_min": 1, "disable_by_batch_size": 8}
+    )
     from llm import SamplingParams
 
     llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
