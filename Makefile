@@ -71,33 +71,42 @@ bench-rag-quality: venv
 	$(BIN)/python bench/rag_quality.py
 
 # The bundled generator: preset "small" pretrained by our own trainer on the Python documentation (CPU, ~30 min),
-# then fine-tuned on synthetic RAG conversations in the server's chat format (rag.sft_data; CPU, ~30 min) so it
-# answers by copying and citing the numbered passages. Only the fine-tuned export (config.json, model.safetensors,
-# tokenizer.json) and the two loss curves are committed. `make default-model-sft` redoes only the fine-tuning.
+# then fine-tuned on RAG conversations in the server's chat format so it answers by quoting and citing the
+# numbered passages: rag.sft_data (templated questions in the forms people ask, over Python's reference topics,
+# with close-topic distractors, comparisons and unanswerable questions) and rag.sft_squad (questions people wrote,
+# SQuAD v1.1 from ../shared/data, only the half of its articles bench/rag_real_sets does not evaluate on; skipped
+# when the folder is missing). Only the fine-tuned export (config.json, model.safetensors, tokenizer.json) and the
+# loss curves are committed. `make default-model-sft` redoes only the fine-tuning, from SFT_INIT.
 DEFAULT_MODEL_STEPS ?= 1200
-SFT_EXAMPLES ?= 3000
-SFT_STEPS ?= 2400
+SFT_EXAMPLES ?= 2000
+SFT_STEPS ?= 1200
+SFT_INIT ?= out/pqrag-small
+SQUAD_DIR ?= ../shared/data/squad-v1.1-dev
 # e.g. TRAIN_FLAGS="--threads 1" on a busy machine (oversubscribed OpenMP threads slow a CPU run several-fold)
 TRAIN_FLAGS ?=
 default-model: venv
 	$(BIN)/python -m llm.train --pydoc --preset small --max-steps $(DEFAULT_MODEL_STEPS) --out out/pqrag-small $(TRAIN_FLAGS)
 	$(MAKE) default-model-sft
 
-# seq_len 512 holds a whole example (rag.sft_data keeps them at ~380 tokens, 99.6% <= 512; each starts on a
-# sequence boundary), batch 4 keeps pretraining's 2,048 tokens/step; 1024 would cost ~2.7x per token on CPU.
-# The loss is on the answers only (chat records: assistant turns); lr 6e-4 over 2,400 steps (~3.4 epochs of the
-# conversations, ~4.9M tokens read). bench/rag_quality.py compared this with 400 and 1,200 steps and with
-# training on every token (bench/RESULTS.md): it answers best, also on answers it never saw in fine-tuning.
+# seq_len 1024 holds a whole example with the passages a served prompt has (rag.sft_data and rag.sft_squad cap
+# them at ~1,000 tokens; each starts on a sequence boundary, short ones share one) and is the exported model's
+# context (max_position_embeddings), so the server trims a prompt to what the model was trained on; batch 2 keeps
+# pretraining's 2,048 tokens/step. The loss is on the answers only (chat records: assistant turns).
+# The committed weights continued from the previous bundled model (SFT_INIT=that export; bench/RESULTS.md).
 # The SFT run directory is derived and cheap, so a rerun starts it afresh (the trainer refuses a used --out).
 default-model-sft: venv
+	mkdir -p out
 	$(BIN)/python -m rag.sft_data --out out/rag_sft.jsonl --n $(SFT_EXAMPLES) --seed 0
+	if [ -d $(SQUAD_DIR) ]; then $(BIN)/python -m rag.sft_squad --squad $(SQUAD_DIR) --out out/rag_sft_squad.jsonl \
+	   --n $(SFT_EXAMPLES) --seed 0; else echo "no $(SQUAD_DIR): templated questions only"; : > out/rag_sft_squad.jsonl; fi
 	rm -rf out/pqrag-small-sft
-	$(BIN)/python -m llm.train --init-from out/pqrag-small --data out/rag_sft.jsonl --out out/pqrag-small-sft \
-	   --max-steps $(SFT_STEPS) --seq-len 512 --batch-size 4 --lr 6e-4 --warmup-steps 40 --eval-interval 200 $(TRAIN_FLAGS)
+	$(BIN)/python -m llm.train --init-from $(SFT_INIT) --data out/rag_sft.jsonl out/rag_sft_squad.jsonl \
+	   --out out/pqrag-small-sft --model max_position_embeddings=1024 --max-steps $(SFT_STEPS) --seq-len 1024 \
+	   --batch-size 2 --lr 3e-4 --warmup-steps 30 --eval-interval 200 $(TRAIN_FLAGS)
 	mkdir -p models/pqrag-small
 	cp out/pqrag-small-sft/config.json out/pqrag-small-sft/model.safetensors out/pqrag-small-sft/tokenizer.json \
 	   models/pqrag-small/
-	cp out/pqrag-small/metrics.jsonl models/pqrag-small/metrics.jsonl
+	-cp out/pqrag-small/metrics.jsonl models/pqrag-small/metrics.jsonl
 	cp out/pqrag-small-sft/metrics.jsonl models/pqrag-small/sft_metrics.jsonl
 	-cp out/pqrag-small-sft/tokenizer_config.json models/pqrag-small/
 	-cp out/pqrag-small/loss.png models/pqrag-small/loss.png

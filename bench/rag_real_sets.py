@@ -1,7 +1,8 @@
 """Answer quality on questions phrased the way people ask (bench/rag_quality.py --sets squad python-docs).
 
 - squad: SQuAD v1.1 dev (../shared/data/squad-v1.1-dev, BEIR layout): the 2,067 paragraphs ingested into a
-  collection, a fixed random sample of the 10,570 questions (seeded), scored against the annotators' answers.
+  collection, a fixed random sample (seeded) of the questions of the articles the bundled model's fine-tuning did
+  not read (rag.sft_squad splits the articles in two), scored against the annotators' answers.
 - python-docs: bench/data/python_docs_questions.jsonl, natural questions over the demo collection (Python's
   reference topics, retrieval.corpora.python_docs), each with the topic that answers it (null: unanswerable).
 
@@ -42,6 +43,7 @@ from rag.passages import Passage
 from rag.pipeline import quote_index
 from rag.prompt import NO_ANSWER, build_prompt
 from rag.request import DEFAULT_NUM_PASSAGES
+from rag.sft_squad import training_article
 from retrieval import Collections
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,10 +74,13 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def squad(limit: int, seed: int) -> tuple[list[dict], list[Question]]:
-    """The paragraphs as documents, and `limit` questions sampled with `seed` (the same sample for every run)."""
-    docs = [{"id": d["_id"], "text": d["text"], "source": d["title"]} for d in _jsonl(SQUAD_DIR / "corpus.jsonl")]
+    """All the paragraphs as documents, and `limit` questions sampled with `seed` (the same sample for every run)
+    from the articles the bundled model's fine-tuning never read (rag.sft_squad.training_article: half of them)."""
+    corpus = _jsonl(SQUAD_DIR / "corpus.jsonl")
+    docs = [{"id": d["_id"], "text": d["text"], "source": d["title"]} for d in corpus]
+    held_out = {d["_id"] for d in corpus if not training_article(d["title"])}
     queries = {q["_id"]: q["text"] for q in _jsonl(SQUAD_DIR / "queries.jsonl")}
-    answers = _jsonl(SQUAD_DIR / "answers.jsonl")
+    answers = [a for a in _jsonl(SQUAD_DIR / "answers.jsonl") if a["doc_id"] in held_out]
     sample = random.Random(seed).sample(answers, min(limit, len(answers)))
     return docs, [Question(queries[a["_id"]], a["answers"], a["doc_id"]) for a in sample]
 

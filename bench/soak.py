@@ -138,7 +138,8 @@ class Recorder:
                 self.latency[(window, op)].append((time.monotonic() - start) * 1e3)
 
 
-def run_op(op: str, c: Client, rng: random.Random, ledger: Ledger, rec: Recorder, client_id: int, n: list) -> None:
+def run_op(op: str, c: Client, rng: random.Random, ledger: Ledger, rec: Recorder, client_id: int, n: list) -> str:
+    """Run one operation and record its outcome; returns its status code name."""
     start = time.monotonic()
     code = "OK"
     try:
@@ -179,10 +180,17 @@ def run_op(op: str, c: Client, rng: random.Random, ledger: Ledger, rec: Recorder
     except grpc.RpcError as exc:
         code, details = exc.code().name if exc.code() else "UNKNOWN", exc.details() or ""
         rec.record(op, start, code, details)
-        return
+        return code
     except StopIteration:
         code = "EMPTY_STREAM"
     rec.record(op, start, code)
+    return code
+
+
+# Codes a well-behaved client backs off on (the server is down or shedding load), as gRPC's retry policy does:
+# exponential with full jitter, 50 ms doubling to at most 2 s, reset by a success.
+BACKOFF_CODES = {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+BACKOFF_BASE_S, BACKOFF_MAX_S = 0.05, 2.0
 
 
 MIX = [("search", 55), ("ask", 10), ("ingest", 18), ("delete", 8), ("cancel", 3), ("slow", 3), ("deadline", 3)]
@@ -194,13 +202,20 @@ def client_loop(i: int, target: str, rate: float, stop: threading.Event, ledger:
     interval = 1.0 / rate
     next_t = time.monotonic() + rng.uniform(0, interval)
     n = [0]
+    failures = 0
     with Client(target, timeout=30, channel_options=RECONNECT) as c:
         while not stop.is_set():
             delay = next_t - time.monotonic()
             if delay > 0:
                 stop.wait(delay)
             next_t += interval  # a fixed rate: a slow call does not slow the schedule (it catches up)
-            run_op(rng.choices(ops, weights)[0], c, rng, ledger, rec, i, n)
+            code = run_op(rng.choices(ops, weights)[0], c, rng, ledger, rec, i, n)
+            if code in BACKOFF_CODES:
+                failures += 1
+                stop.wait(rng.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**failures)))
+                next_t = max(next_t, time.monotonic())  # no burst to catch up after backing off
+            else:
+                failures = 0
 
 
 def soak(args) -> dict:

@@ -4,6 +4,7 @@ docs, with and without n-gram drafts (llm/speculative.py), in the same run.
     python bench/speculative.py                                   # 1, 8 and 32 streams, 32 questions
     python bench/speculative.py --questions 8 --streams 1 8 --repeats 1   # a smoke run
     python bench/speculative.py --device cuda --dtype bfloat16 --retrieval topic    # bench/gpu_check.sh
+    python bench/speculative.py --grounding quote                 # the server's default for the bundled model
 
 Prompts are built the server's way (bench/rag_real_sets.py): the demo collection of Python's reference topics
 (retrieval.corpora.python_docs, ingested once under --data-dir), a search per question of
@@ -38,13 +39,14 @@ from bench.rag_real_sets import collection, prompts, python_docs  # noqa: E402
 from llm import LLM, SamplingParams  # noqa: E402
 from llm.speculative_config import SpeculativeConfig  # noqa: E402
 from rag.passages import Passage  # noqa: E402
+from rag.pipeline import quote_index  # noqa: E402
 from rag.prompt import build_prompt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 
 
-def topic_prompts(llm: LLM, docs: list[dict], questions, num_passages: int, max_tokens: int) -> list[list[int]]:
+def topic_prompts(llm: LLM, docs: list[dict], questions, num_passages: int, max_tokens: int):
     """Prompts whose passages are the first num_passages ~800-character chunks of each question's answering topic."""
     text = {d["id"]: d["text"] for d in docs}
     out = []
@@ -55,17 +57,27 @@ def topic_prompts(llm: LLM, docs: list[dict], questions, num_passages: int, max_
             for i, a in enumerate(range(0, min(len(body), 800 * num_passages), 800))
         ]
         msgs = [{"role": "user", "content": q.text}]
-        out.append(build_prompt(llm.engine.tokenizer, msgs, hits, llm.engine.max_model_len, max_tokens).token_ids)
+        p = build_prompt(llm.engine.tokenizer, msgs, hits, llm.engine.max_model_len, max_tokens)
+        out.append((p.token_ids, p.passages))
     return out
 
 
-def run(llm: LLM, built: list[list[int]], params: SamplingParams, streams: int) -> dict:
-    """Generate for `built` in waves of `streams` prompts (1 = one at a time); tokens, seconds, decode seconds."""
+def sampling(llm: LLM, built, grounding: str, max_tokens: int) -> list[SamplingParams]:
+    """Per prompt: greedy, free or under its passages' quote constraint (rag.pipeline.quote_index)."""
+    if grounding == "free":
+        return [SamplingParams(temperature=0.0, max_tokens=max_tokens)] * len(built)
+    tok = llm.engine.tokenizer
+    return [SamplingParams(temperature=0.0, max_tokens=max_tokens, constraint=quote_index(tok, ps)) for _, ps in built]
+
+
+def run(llm: LLM, built, params: list[SamplingParams], streams: int) -> dict:
+    """Generate for `built` ((ids, passages) pairs) in waves of `streams` prompts (1 = one at a time); tokens,
+    seconds, decode seconds."""
     engine = llm.engine
     before = engine.stats()
     t0, outs = time.perf_counter(), []
     for i in range(0, len(built), streams):
-        outs += llm.generate(built[i : i + streams], params)
+        outs += llm.generate([ids for ids, _ in built[i : i + streams]], params[i : i + streams])
     seconds = time.perf_counter() - t0
     after = engine.stats()
     delta = {k: after[k] - before[k] for k in ("spec_num_drafts", "spec_num_draft_tokens", "spec_num_accepted_tokens")}
@@ -87,7 +99,7 @@ def run(llm: LLM, built: list[list[int]], params: SamplingParams, streams: int) 
 def best_of(llms: dict[str, LLM], built, params, streams: int, repeats: int) -> dict[str, dict]:
     """Warm each configuration up once, then time them interleaved; per configuration the fastest run."""
     for llm in llms.values():
-        run(llm, built[: max(streams, 1)], params, streams)
+        run(llm, built[: max(streams, 1)], params[: max(streams, 1)], streams)
     best: dict[str, dict] = {}
     for _ in range(repeats):
         for name, llm in llms.items():
@@ -109,6 +121,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--retrieval", choices=["search", "topic"], default="search", help="how passages are chosen")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--grounding", choices=["free", "quote"], default="free", help="decoding (quote: the bundled default)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--data-dir", default=str(ROOT / "bench" / "out" / "rag_real_data"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "speculative.md"))
@@ -122,7 +137,6 @@ def main() -> None:
     if args.retrieval == "topic":
         questions = [q for q in questions if q.topic is not None]
     questions = [questions[i % len(questions)] for i in range(args.questions)]
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     default_threshold = SpeculativeConfig().disable_by_batch_size
     dev = args.device
     plain = LLM(args.model, device=dev, dtype=dtype)
@@ -132,14 +146,15 @@ def main() -> None:
     else:
         colls, coll = collection(Path(args.data_dir), "python-docs", docs)
         try:
-            built = [ids for ids, _ in prompts(plain, coll, questions, num_passages, args.max_tokens)]
+            built = prompts(plain, coll, questions, num_passages, args.max_tokens)
         finally:
             colls.close()
-    lines = []
+    params = sampling(plain, built, args.grounding, args.max_tokens)
+    lines = [f"Grounding: {args.grounding}.\n"]
 
     # single stream
     spec = LLM(args.model, device=dev, dtype=dtype, speculative_config=NGRAM)
-    single = best_of({"plain": plain, "spec": spec}, built[: args.single], params, 1, args.repeats)
+    single = best_of({"plain": plain, "spec": spec}, built[: args.single], params[: args.single], 1, args.repeats)
     same = sum(a == b for a, b in zip(single["plain"]["ids"], single["spec"]["ids"]))
     p, s = single["plain"], single["spec"]
     lines += [

@@ -271,6 +271,15 @@ class QuoteConstraint:
                 ids.update(idx.start_index)
         return list(ids), self.can_end
 
+    def only_next(self) -> int | None:
+        """The token that must come next, when exactly one is allowed and the answer may not end here (the rest
+        of a quoted clause, a marker's remaining tokens), else None: what a speculative drafter proposes without
+        guessing. Cheap where a new quote may start (no scan of every start token)."""
+        if any(type(s) is _Start or type(s) is _Between for s in self.states):
+            return None
+        ids, may_end = self.allowed()
+        return ids[0] if len(ids) == 1 and not may_end else None
+
     def accepts(self, token_id: int) -> bool:
         return bool(self._next(token_id))
 

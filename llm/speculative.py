@@ -1,7 +1,9 @@
 """Speculative decoding around the engine step: drafts before the schedule, verification after the forward.
 
     propose   for each running sequence that decodes (below the batch size threshold): an n-gram draft of up to
-              k tokens (llm/speculative_ngram.py); the scheduler runs [last token, d1..dk] as one multi-token chunk
+              k tokens (llm/speculative_ngram.py); under a quote constraint (llm/grounding.py) the tokens it forces
+              (the rest of a quoted clause, a citation marker) and, where it leaves a choice, the n-gram guess if
+              it is allowed (`draft`: forced tokens are always accepted); the scheduler runs [last token, d1..dk] as one multi-token chunk
               through the paged prefill path, so one forward gives the target logits at all k+1 positions
     rows      k+1 sampling rows per drafted sequence (`DraftRow`): row i sees the output extended by d1..di, so
               penalties and min_tokens act exactly as in k+1 separate decode steps
@@ -78,20 +80,45 @@ class SpeculativeDecoder:
         self.stats = SpecDecodeStats()
 
     def propose(self, running: list[Sequence]) -> dict[str, list[int]]:
-        """Drafts by request id for the running sequences that decode this step; none above the batch threshold."""
-        if not running or len(running) > self.config.disable_by_batch_size:
+        """Drafts by request id for the running sequences that decode this step. Above the batch threshold only
+        the tokens a quote constraint forces: they are always accepted, so verifying them never wastes work."""
+        if not running:
             return {}
+        guess = len(running) <= self.config.disable_by_batch_size
         drafts = {}
         for seq in running:
             if seq.num_tokens - seq.num_computed_tokens != 1 or not seq.group.forked:
                 continue  # a prefill chunk, or a prompt whose n > 1 samples are not forked yet
+            if not guess and seq.constraint is None:
+                continue
             # k drafts emit up to k+1 tokens: stay within max_tokens and the window.
             room = min(seq.group.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
             k = min(self.config.num_speculative_tokens, room)
-            draft = self.proposer.propose(seq.all_token_ids, k) if k > 0 else []
+            draft = self.draft(seq, k, guess) if k > 0 else []
             if draft:
                 drafts[seq.request_id] = draft
         return drafts
+
+    def draft(self, seq: Sequence, k: int, guess: bool = True) -> list[int]:
+        """Up to k draft tokens: the n-gram proposal, or under a quote constraint the tokens it forces and,
+        where it leaves a choice, the n-gram guess while the constraint allows it (guess=False: forced only)."""
+        c = seq.constraint
+        if c is None:
+            return self.proposer.propose(seq.all_token_ids, k) if guess else []
+        c, tokens, draft = c.copy(), list(seq.all_token_ids), []
+        while len(draft) < k:
+            t = c.only_next()
+            if t is None:
+                if not guess:
+                    break
+                ngram = self.proposer.propose(tokens, 1)
+                if not ngram or not c.accepts(ngram[0]):
+                    break
+                t = ngram[0]
+            draft.append(t)
+            tokens.append(t)
+            c.advance(t)
+        return draft
 
     @staticmethod
     def rows(seq: Sequence, draft: list[int]) -> list[DraftRow]:

@@ -30,6 +30,7 @@ class SpeculativeConfig:
     # Speculate only in steps with at most this many running sequences: on a compute-bound CPU verifying k drafts
     # costs about k+1 tokens' compute per sequence, which a large batch no longer hides (bench/speculative.py on a
     # 2-core AVX2 CPU: 1.13x at 1 stream, 0.93x at 8; bench/RESULTS.md). 2: single users gain, batches don't pay.
+    # Above it, quote-constrained sequences still draft the tokens their constraint forces (always accepted).
     disable_by_batch_size: int = 2
 
     def __post_init__(self) -> None:

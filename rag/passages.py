@@ -11,6 +11,7 @@ Pure functions, no I/O, so the rules are tested directly:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -78,7 +79,49 @@ def numbered(passages: Sequence[Passage]) -> list[Passage]:
     return [dataclasses.replace(p, number=i) for i, p in enumerate(passages, start=1)]
 
 
+# A line that is code, grammar or a list item, never a wrapped line of prose.
+_NOT_PROSE = re.compile(r"^\s*(?:>>>|\.\.\.|#|[-*+\u2022] |\d+[.)] )|::=|[={}]|^\s*(?:def|class|import|from|return) ")
+_WRAP_MIN_CHARS = 40  # a line this long that the next one continues was wrapped, not broken on purpose
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _continues(prev: str, line: str) -> bool:
+    """Whether `line` is the wrapped continuation of the prose line `prev` (same indentation, both prose)."""
+    return (
+        bool(line.strip())
+        and _indent(prev) == _indent(line)
+        and len(prev.strip()) >= _WRAP_MIN_CHARS
+        and not _NOT_PROSE.search(prev)
+        and not _NOT_PROSE.search(line)
+    )
+
+
+def unwrap(text: str) -> str:
+    """Hard-wrapped prose joined into one line per paragraph, its runs of spaces collapsed: documentation wrapped
+    at ~72 columns reads the way an answer quotes it (llm.grounding.quotable), so answers copy from the prompt token
+    for token (n-gram speculation drafts from it, quote decoding matches it). Code, grammar, list items and
+    short lines keep their line breaks and indentation; blank lines (paragraphs) are kept.
+
+        "A yield statement is\nequivalent to an  expression.\n\n   yield <expr>\n   yield from <expr>"
+        -> "A yield statement is equivalent to an expression.\n\n   yield <expr>\n   yield from <expr>"
+    """
+    out: list[str] = []
+    last = ""  # the previous physical line (what decides whether the next one continues it)
+    for line in text.split("\n"):
+        if out and last and _continues(last, line):
+            out[-1] = f"{out[-1]} {' '.join(line.split())}"
+        else:
+            prose = line.strip() and not _NOT_PROSE.search(line)
+            out.append(line[: _indent(line)] + " ".join(line.split()) if prose else line)
+        last = line
+    return "\n".join(out)
+
+
 def render_passage(p: Passage) -> str:
+    """`[n] (source) text`: the passage as the prompt shows it, its prose unwrapped (`unwrap`)."""
     assert p.number >= 1, "number the passages first (numbered)"
     label = f" ({p.source})" if p.source else ""
-    return f"[{p.number}]{label} {p.text.strip()}"
+    return f"[{p.number}]{label} {unwrap(p.text.strip())}"

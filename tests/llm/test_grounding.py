@@ -233,13 +233,54 @@ def test_constraint_under_ngram_speculative_decoding(model, tok):
     # Prompts that hold the passages: n-gram drafts come from them, as in a RAG prompt.
     ids = [tok.encode(dict(PASSAGES)[1] + " " + p) for p in prompts]  # (a 64-token window)
     params = quoted_params(tok, temperature=0, max_tokens=20)
-    plain = make_llm(model, tok, num_blocks=256).generate(ids, params)
+    plain_llm = make_llm(model, tok, num_blocks=256)
+    plain = plain_llm.generate(ids, params)
     spec = make_llm(model, tok, num_blocks=256, speculative_config={"num_speculative_tokens": 4})
     drafted = spec.generate(ids, params)
     assert [o.outputs[0].token_ids for o in drafted] == [o.outputs[0].token_ids for o in plain]
     for o in drafted:
         check_quoted(o.outputs[0].text, dict(PASSAGES), o.outputs[0].finish_reason == "stop")
-    assert spec.engine.stats()["spec_num_drafts"] > 0
+    s = spec.engine.stats()
+    # Inside a quoted clause the constraint forces the next tokens and the drafter proposes exactly those: they are
+    # accepted whatever the (random) model prefers, so the answers take fewer steps.
+    assert s["spec_num_drafts"] > 0 and s["spec_acceptance_rate"] > 0.5, s
+    assert s["num_steps"] < plain_llm.engine.stats()["num_steps"]
+
+
+def test_forced_tokens_are_drafted_above_the_batch_threshold(model, tok):
+    """Past disable_by_batch_size no n-gram guess is drafted, but quoted rows still draft what their constraint
+    forces: every such draft token is accepted, and the answers are the same."""
+    ids = [tok.encode(dict(PASSAGES)[1] + " " + p) for p in ("Product quantization", "Retrieval", "Mixture")]
+    params = quoted_params(tok, temperature=0, max_tokens=20)
+    plain = make_llm(model, tok, num_blocks=256).generate(ids, params)
+    cfg = {"num_speculative_tokens": 4, "disable_by_batch_size": 1}
+    spec = make_llm(model, tok, num_blocks=256, speculative_config=cfg)
+    assert [o.outputs[0].token_ids for o in spec.generate(ids, params)] == [o.outputs[0].token_ids for o in plain]
+    s = spec.engine.stats()
+    # (the last row left running may also guess: at most a few rejected tokens)
+    assert s["spec_num_draft_tokens"] > 10 and s["spec_acceptance_rate"] > 0.9, s
+    free = make_llm(model, tok, num_blocks=256, speculative_config=cfg)
+    free.generate(ids, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
+    assert free.engine.stats()["spec_num_drafts"] == 0  # three free rows > 1: no drafts at all
+
+
+def test_drafter_proposes_the_tokens_a_quote_forces(tok):
+    from llm.request import Sequence
+    from llm.speculative import SpeculativeDecoder
+    from llm.speculative_config import SpeculativeConfig
+
+    params = quoted_params(tok, temperature=0, max_tokens=20)
+    index = params.constraint
+    passage = index.passages[0].tokens
+    seq = Sequence.__new__(Sequence)  # only what draft() reads: the tokens so far and the constraint state
+    seq.constraint = index.start()
+    for t in passage[:4]:  # the answer is quoting passage 1 (" Product quanti...": one place it can be in)
+        seq.constraint.advance(t)
+    seq._all_token_ids = [7, 8, 9, *passage[:4]]  # a prompt without the passage: no n-gram to find
+    spec = SpeculativeDecoder(SpeculativeConfig(num_speculative_tokens=4), max_model_len=64)
+    draft = spec.draft(seq, 4)
+    assert len(draft) >= 2 and draft == list(passage[4 : 4 + len(draft)])  # the rest of the quote, no guess
+    assert spec.draft(seq, 0) == []
 
 
 def test_engine_refuses_a_constraint_of_another_vocabulary(model, tok):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag.passages import merge_hits, numbered, render_passage
+from llm.grounding import quotable
+from rag.passages import merge_hits, numbered, render_passage, unwrap
 from tests.rag.conftest import DOC, hit
 
 
@@ -30,3 +31,34 @@ def test_numbered_copies_number_in_the_order_given_and_render_with_their_number(
     assert render_passage(nums[0]) == "[1] (b.txt) Eta theta iota."
     with pytest.raises(AssertionError):
         render_passage(ps[0])  # an unnumbered passage has no citation number to show
+
+
+WRAPPED = (
+    "A yield statement is semantically equivalent to a yield expression.\nThe yield statement can be used to"
+    " omit the\nparentheses.  For example:\n\n   yield <expr>\n   yield from <expr>\n\n"
+    "   for i in range(10):\n       print(i)\n\n* a list item that is long enough to look like prose\n"
+    "* another item\n\nA short line\nstays."
+)
+
+
+def test_unwrap_joins_wrapped_prose_and_keeps_code_lists_and_paragraphs():
+    out = unwrap(WRAPPED)
+    paragraphs = out.split("\n\n")
+    assert paragraphs[0] == (
+        "A yield statement is semantically equivalent to a yield expression. The yield statement can be used to"
+        " omit the parentheses. For example:"
+    )
+    assert paragraphs[1] == "   yield <expr>\n   yield from <expr>"  # short code lines keep their breaks
+    assert paragraphs[2] == "   for i in range(10):\n       print(i)"  # indentation kept
+    assert paragraphs[3].count("\n") == 1  # list items stay one per line
+    assert paragraphs[4] == "A short line\nstays."  # a short line was broken on purpose
+    # Prose reads in the prompt the way an answer quotes it.
+    assert quotable(paragraphs[0]) == paragraphs[0] == quotable(WRAPPED).split("\n\n")[0]
+
+
+def test_unwrap_changes_only_whitespace_and_render_passage_uses_it():
+    assert unwrap(WRAPPED).split() == WRAPPED.split()
+    assert unwrap(unwrap(WRAPPED)) == unwrap(WRAPPED)
+    p = numbered(merge_hits([hit("a", 1, 0.2, 0, 17)]))[0]
+    p.text = WRAPPED
+    assert render_passage(p) == f"[1] ({p.source}) {unwrap(WRAPPED)}"
