@@ -92,7 +92,9 @@ default-model: venv
 # them at ~1,000 tokens; each starts on a sequence boundary, short ones share one) and is the exported model's
 # context (max_position_embeddings), so the server trims a prompt to what the model was trained on; batch 2 keeps
 # pretraining's 2,048 tokens/step. The loss is on the answers only (chat records: assistant turns).
-# The committed weights continued from the previous bundled model (SFT_INIT=that export; bench/RESULTS.md).
+# NOTE: the committed models/pqrag-small predates this recipe (pretrain + 2,400 SFT steps of the earlier
+# rag.sft_data, seq-len 512). This recipe, run once for 1,200 steps from that model, made it refuse more often
+# on real questions (bench/RESULTS.md, "RAG answers on real questions"), so its output was not committed.
 # The SFT run directory is derived and cheap, so a rerun starts it afresh (the trainer refuses a used --out).
 default-model-sft: venv
 	mkdir -p out
