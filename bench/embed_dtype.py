@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.engine import machine  # noqa: E402
+from bench.engine import machine, write_report  # noqa: E402
 from bench.retrieval import SCIFACT, load_jsonl, ndcg_recall, scifact_qrels  # noqa: E402
 from common.device import describe_dtype_choice  # noqa: E402
 from retrieval import Collections, Document  # noqa: E402
@@ -112,10 +112,7 @@ bf16 - float32 nDCG@10: {b16[0] - f32[0]:+.4f} (goal: within 0.005). Ingestion s
 on a CPU with AMX / avx512_bf16).
 """
     print(md)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(md)
-    print(f"wrote {args.out}")
+    write_report(args.out, md)
 
 
 if __name__ == "__main__":

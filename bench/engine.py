@@ -55,6 +55,14 @@ def machine() -> str:
     return f"{uname}; nproc={os.cpu_count()}; cpu={cpu}; torch {torch.__version__}"
 
 
+def write_report(path: str, md: str) -> None:
+    """Write a benchmark's markdown report (for bench/RESULTS.md), creating its folder, and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(md)
+    print(f"wrote {path}")
+
+
 # Real MoE layer shapes (--shape), served with fewer layers (--layers): the family's own transformers class is the peer.
 SHAPES = {
     "qwen3-30b-a3b": dict(
@@ -228,10 +236,7 @@ prefix caching, Triton kernels) show on a GPU and on mixed-length traffic, not i
 """
     print(table)
     print(f"speed-up {ratio:.2f}x; token agreement {agree * 100:.1f}%")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(md)
-    print(f"wrote {args.out}")
+    write_report(args.out, md)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from engine import machine, random_model
+from engine import machine, random_model, write_report
 
 from llm.checkpoint import save_model
 from llm.offline import LLM
@@ -174,8 +174,4 @@ self time over its wall time; attention is SDPA, not counted). Measured F.linear
 {", ".join(f"{str(dt)[6:]} {g:.0f} GFLOP/s" for dt, g in peaks.items())}.
 """
     print(md)
-    out = args.out or os.path.join(HERE, "out", "engine_mixed.md")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(md)
-    print(f"wrote {out}")
+    write_report(args.out or os.path.join(HERE, "out", "engine_mixed.md"), md)

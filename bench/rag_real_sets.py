@@ -26,7 +26,6 @@ Scores (a citation is a [n] in the answer; the answer's text is the answer witho
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
@@ -43,6 +42,7 @@ from rag.passages import Passage
 from rag.pipeline import quote_index
 from rag.prompt import NO_ANSWER, build_prompt
 from rag.request import DEFAULT_NUM_PASSAGES
+from rag.sft_data import read_jsonl
 from rag.sft_squad import training_article
 from retrieval import Collections
 
@@ -68,19 +68,14 @@ class Answer:
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
-def _jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def squad(limit: int, seed: int) -> tuple[list[dict], list[Question]]:
     """All the paragraphs as documents, and `limit` questions sampled with `seed` (the same sample for every run)
     from the articles the bundled model's fine-tuning never read (rag.sft_squad.training_article: half of them)."""
-    corpus = _jsonl(SQUAD_DIR / "corpus.jsonl")
+    corpus = read_jsonl(SQUAD_DIR / "corpus.jsonl")
     docs = [{"id": d["_id"], "text": d["text"], "source": d["title"]} for d in corpus]
     held_out = {d["_id"] for d in corpus if not training_article(d["title"])}
-    queries = {q["_id"]: q["text"] for q in _jsonl(SQUAD_DIR / "queries.jsonl")}
-    answers = [a for a in _jsonl(SQUAD_DIR / "answers.jsonl") if a["doc_id"] in held_out]
+    queries = {q["_id"]: q["text"] for q in read_jsonl(SQUAD_DIR / "queries.jsonl")}
+    answers = [a for a in read_jsonl(SQUAD_DIR / "answers.jsonl") if a["doc_id"] in held_out]
     sample = random.Random(seed).sample(answers, min(limit, len(answers)))
     return docs, [Question(queries[a["_id"]], a["answers"], a["doc_id"]) for a in sample]
 
@@ -88,7 +83,7 @@ def squad(limit: int, seed: int) -> tuple[list[dict], list[Question]]:
 def python_docs(limit: int) -> tuple[list[dict], list[Question]]:
     from retrieval.corpora import python_docs as corpus
 
-    rows = _jsonl(PYTHON_DOCS_QUESTIONS)[:limit]
+    rows = read_jsonl(PYTHON_DOCS_QUESTIONS)[:limit]
     return list(corpus()), [Question(r["question"], [], f"pydoc-{r['topic']}" if r["topic"] else None) for r in rows]
 
 

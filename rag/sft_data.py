@@ -282,8 +282,9 @@ def _passage(t: TopicChunk, score: float) -> Passage:
     )
 
 
-def _cite(answer: str, targets: list[TopicChunk], picked: list[TopicChunk]) -> str:
-    return " ".join(f"{a} [{picked.index(t) + 1}]" for a, t in zip(answer.split("\x00"), targets))
+def _cite(answers: list[str], targets: list[TopicChunk], picked: list[TopicChunk]) -> str:
+    """Each target's answer followed by the marker of the passage it is shown as."""
+    return " ".join(f"{a} [{picked.index(t) + 1}]" for a, t in zip(answers, targets))
 
 
 def generate(cfg: RagSftConfig, chunks: list[TopicChunk] | None = None) -> Iterator[dict]:
@@ -316,15 +317,16 @@ def generate(cfg: RagSftConfig, chunks: list[TopicChunk] | None = None) -> Itera
         answerable = rng.random() >= cfg.none_fraction
         chosen = [target]
         if kind == "overview":
-            question, answer, key = make_question(target, rng), target.answer, target.answer
+            question, answers, key = make_question(target, rng), [target.answer], target.answer
         elif kind == "compare":
             other = rng.choice([t for t in targets if t.topic != target.topic and t.heading != target.heading])
             chosen = [target, other]
             a, b = _phrase(target.heading), _phrase(other.heading)
             question = rng.choice(COMPARE_TEMPLATES).format(a=a, b=b)
-            answer, key = f"{target.answer}\x00{other.answer}", target.answer
+            answers, key = [target.answer, other.answer], target.answer
         else:
             question, answer, key = made
+            answers = [answer]
         question = _casual(question, rng, cfg.casual_fraction)
         # Distractors: other chunks of the target's topic that do not hold the key (near), or other topics (far).
         # ... never one that repeats the answer or the target's section ("elif" is the "if" topic).
@@ -332,7 +334,7 @@ def generate(cfg: RagSftConfig, chunks: list[TopicChunk] | None = None) -> Itera
         near = [
             t
             for t in by_topic[target.topic]
-            if t is not target and key not in t.chunk.text and key not in _flat(t.chunk.text)
+            if t is not target and key not in _flat(t.chunk.text)  # (key is flat: raw text holding it, flat does too)
         ]
         picked: list[TopicChunk] = []
         for _ in range(rng.randint(1, cfg.max_distractors)):
@@ -360,9 +362,15 @@ def generate(cfg: RagSftConfig, chunks: list[TopicChunk] | None = None) -> Itera
             "messages": [
                 {"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": render_user_turn(question, passages)},
-                {"role": "assistant", "content": _cite(answer, chosen, picked) if answerable else NO_ANSWER},
+                {"role": "assistant", "content": _cite(answers, chosen, picked) if answerable else NO_ANSWER},
             ]
         }
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a .jsonl file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def write_jsonl(path: str, records: Iterator[dict]) -> int:

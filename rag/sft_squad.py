@@ -19,7 +19,6 @@ is seen in fine-tuning. (SQuAD's train set is not on this machine; its dev set i
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
@@ -32,7 +31,7 @@ from common.checks import positive_int
 from common.errors import InvalidArgumentError
 from rag.passages import Passage, numbered
 from rag.prompt import NO_ANSWER, SYSTEM_PROMPT, render_user_turn
-from rag.sft_data import write_cli
+from rag.sft_data import read_jsonl, write_cli
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(0-9])")
 _CLAUSE = re.compile(r"[,;:]\s+")
@@ -59,11 +58,6 @@ class SquadSftConfig:
             raise InvalidArgumentError(f"none_fraction must be in [0, 1), got {self.none_fraction}")
 
 
-def _jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def answer_quote(paragraph: str, start: int, answer: str) -> str | None:
     """The quote that answers: the sentence of `paragraph` holding paragraph[start:start+len(answer)], from the
     last clause boundary before the answer when that leaves a quote of MIN_QUOTE_WORDS words or more, whitespace
@@ -88,9 +82,9 @@ def _passage(doc: dict, score: float) -> Passage:
 def generate(cfg: SquadSftConfig, squad_dir: Path) -> Iterator[dict]:
     """Up to cfg.n records {"messages": [system, user, assistant]} from the training articles, deterministic."""
     cfg.validate()
-    docs = {d["_id"]: d for d in _jsonl(squad_dir / "corpus.jsonl") if training_article(d["title"])}
-    queries = {q["_id"]: q["text"] for q in _jsonl(squad_dir / "queries.jsonl")}
-    answers = [a for a in _jsonl(squad_dir / "answers.jsonl") if a["doc_id"] in docs]
+    docs = {d["_id"]: d for d in read_jsonl(squad_dir / "corpus.jsonl") if training_article(d["title"])}
+    queries = {q["_id"]: q["text"] for q in read_jsonl(squad_dir / "queries.jsonl")}
+    answers = [a for a in read_jsonl(squad_dir / "answers.jsonl") if a["doc_id"] in docs]
     if not answers:
         raise InvalidArgumentError(f"no questions of training articles under {squad_dir}")
     by_title: dict[str, list[dict]] = {}
