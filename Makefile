@@ -8,7 +8,7 @@ DATA_DIR ?= demo-data
 # CPU torch wheel that lies on these machines; the range in pyproject.toml then needs no download.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv browser lint test demo serve proto bench-retrieval bench-kernels bench-engine bench-rag bench-rag-http bench-rag-quality default-model default-model-sft gpu-check kernels-compat clean
+.PHONY: venv browser lint test demo serve proto bench-retrieval bench-kernels bench-engine bench-rag bench-rag-http bench-rag-quality default-model default-model-sft default-reader gpu-check kernels-compat clean
 
 venv: $(BIN)/.installed
 
@@ -113,6 +113,16 @@ default-model-sft: venv
 	-cp out/pqrag-small-sft/tokenizer_config.json models/pqrag-small/
 	-cp out/pqrag-small/loss.png models/pqrag-small/loss.png
 	-cp out/pqrag-small-sft/loss.png models/pqrag-small/sft_loss.png
+
+# The bundled extractive reader (rag/reader.py, grounding "extract"): all-MiniLM-L6-v2 (the embedder package) with
+# its top 3 layers and a span head fine-tuned by rag.train_reader on SQuAD's training half of articles (when
+# SQUAD_DIR exists) and Python-docs questions, one epoch (~45 min on 2 cores). Only reader_config.json,
+# reader.safetensors (the fine-tuned layers, float16) and the loss log are committed.
+default-reader: venv
+	$(BIN)/python -m rag.train_reader --out out/pqrag-reader --squad $(SQUAD_DIR) --pydocs 1000 $(TRAIN_FLAGS)
+	mkdir -p models/pqrag-reader
+	cp out/pqrag-reader/reader_config.json out/pqrag-reader/reader.safetensors out/pqrag-reader/metrics.jsonl \
+	   models/pqrag-reader/
 
 gpu-check:
 	bash bench/gpu_check.sh

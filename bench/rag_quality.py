@@ -156,6 +156,14 @@ def main() -> None:
         help="synthetic: the held-out fine-tuning-style questions; squad, python-docs: real-phrased questions",
     )
     ap.add_argument("--limit", type=int, default=1000, help="real sets: questions at most (squad: a seeded sample)")
+    ap.add_argument(
+        "--systems",
+        nargs="+",
+        choices=["floor", "extract", "free", "quote"],
+        default=["floor", "extract", "free", "quote"],
+        help="real sets: the extractive floor, the reader (extract), each model's free and quote decoding",
+    )
+    ap.add_argument("--reader", default=str(ROOT / "models" / "pqrag-reader"), help="real sets: the reader")
     ap.add_argument("--passages", type=int, default=None, help="real sets: passages retrieved (default: the server's)")
     ap.add_argument(
         "--data-dir", default=str(ROOT / "bench" / "out" / "rag_real_data"), help="real sets: their collections"
@@ -216,6 +224,8 @@ def run_real_sets(args, names: list[str]) -> None:
             args.seed,
             num_passages=args.passages or DEFAULT_NUM_PASSAGES,
             max_tokens=args.max_tokens,
+            systems=args.systems,
+            reader_dir=args.reader,
         )
         results.append(r)
         print(f"\n{name}: {r['passages']} passages per question, greedy, max {args.max_tokens} tokens; {stamp}\n")

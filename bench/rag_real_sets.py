@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import random
 import re
-import string
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from llm import LLM, SamplingParams
-from rag.passages import Passage
+from rag.answer_scores import f1, normalize
+from rag.passages import Passage, merge_hits, numbered
 from rag.pipeline import quote_index
 from rag.prompt import NO_ANSWER, build_prompt
 from rag.request import DEFAULT_NUM_PASSAGES
@@ -143,22 +142,18 @@ def extractive(coll, questions: Sequence[Question], built) -> list[Answer]:
     return out
 
 
+def extract(reader, coll, questions: Sequence[Question], num_passages: int) -> list[Answer]:
+    """The server's extract answers (rag.pipeline): the reader's best span over every retrieved passage, cited."""
+    out = []
+    for q in questions:
+        passages = numbered(merge_hits(coll.search(query=q.text, k=num_passages).hits))
+        found = reader.answer(q.text, [p.text for p in passages])
+        text = f"{found.text} [{passages[found.passage].number}]" if found else NO_ANSWER
+        out.append(Answer(text, "stop", passages))
+    return out
+
+
 # ---- scores -----------------------------------------------------------------------------------------------------
-def normalize(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-def f1(prediction: str, gold: str) -> float:
-    p, g = normalize(prediction).split(), normalize(gold).split()
-    common = sum((Counter(p) & Counter(g)).values())
-    if not p or not g or not common:
-        return float(p == g)
-    precision, recall = common / len(p), common / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
 def plain(answer: str) -> str:
     """The answer's text without its citations ('' for the no-answer sentence)."""
     return "" if answer.strip().startswith(NO_ANSWER) else _CITE.sub("", answer).strip()
@@ -222,6 +217,9 @@ def score(questions: Sequence[Question], answers: Sequence[Answer], squad_set: b
     return row
 
 
+SYSTEMS = ("floor", "extract", "free", "quote")
+
+
 def evaluate(
     name: str,
     model_dirs: Sequence[str],
@@ -230,29 +228,45 @@ def evaluate(
     seed: int,
     num_passages: int = DEFAULT_NUM_PASSAGES,
     max_tokens: int = 96,
+    systems: Sequence[str] = SYSTEMS,
+    reader_dir: str | None = None,
 ) -> dict:
-    """Rows of one set: the extractive floor, then per model free and quote decoding."""
+    """Rows of one set: the extractive floor and the reader (once), then per model free and quote decoding."""
     docs, questions = squad(limit, seed) if name == "squad" else python_docs(limit)
     colls, coll = collection(data_dir, name, docs)
     rows, samples = [], []
     try:
-        for i, model_dir in enumerate(model_dirs):
+        runs: list[tuple[str, list[Answer], float]] = []
+        if "extract" in systems and reader_dir:
+            from rag.reader import Reader
+
+            reader = Reader.load(reader_dir)
+            t0 = time.perf_counter()
+            runs.append(
+                (
+                    f"reader {Path(reader_dir).name} (extract)",
+                    extract(reader, coll, questions, num_passages),
+                    time.perf_counter() - t0,
+                )
+            )
+        for i, model_dir in enumerate(model_dirs if {"floor", "free", "quote"} & set(systems) else ()):
             llm = LLM(model_dir)
             built = prompts(llm, coll, questions, num_passages, max_tokens)
-            runs: list[tuple[str, list[Answer], float]] = []
-            if i == 0:
+            if i == 0 and "floor" in systems:
                 t0 = time.perf_counter()
-                runs.append(("extractive floor", extractive(coll, questions, built), time.perf_counter() - t0))
+                runs.insert(0, ("extractive floor", extractive(coll, questions, built), time.perf_counter() - t0))
             for grounding in ("free", "quote"):
+                if grounding not in systems:
+                    continue
                 t0 = time.perf_counter()
                 runs.append(
                     (f"{model_dir} {grounding}", generate(llm, built, grounding, max_tokens), time.perf_counter() - t0)
                 )
-            for label, answers, seconds in runs:
-                rows.append(
-                    {"system": label, **score(questions, answers, name == "squad"), "s_per_q": seconds / len(questions)}
-                )
-                samples.append({"system": label, "question": questions[0].text, "answer": answers[0].text})
+        for label, answers, seconds in runs:
+            rows.append(
+                {"system": label, **score(questions, answers, name == "squad"), "s_per_q": seconds / len(questions)}
+            )
+            samples.append({"system": label, "question": questions[0].text, "answer": answers[0].text})
     finally:
         colls.close()
     return {"set": name, "questions": len(questions), "passages": num_passages, "rows": rows, "samples": samples}

@@ -18,6 +18,7 @@ from typing import Any
 from common.errors import InvalidArgumentError
 
 FILE = "generation_config.json"
+GROUNDINGS = ("free", "quote", "extract")  # rag.request.GROUNDINGS (rag is above llm)
 # generation_config.json key -> SamplingParams field
 _SAMPLING_KEYS = {
     "temperature": "temperature",
@@ -45,7 +46,8 @@ class GenerationConfig:
     eos_token_ids: tuple[int, ...] = ()  # stop on any of these (besides the tokenizer's and config.json's eos)
     sampling: Mapping[str, Any] = field(default_factory=dict)  # SamplingParams fields; {} = the engine's defaults
     # pqrag's own key "pqrag_grounding": how the model answers RAG questions by default ("quote" for a model
-    # trained to copy and cite, like the bundled one); None: free decoding (checkpoints users bring).
+    # trained to copy and cite, like the bundled one; "extract": the server's extractive reader answers, quote on a
+    # server without one); None: free decoding (checkpoints users bring).
     grounding: str | None = None
 
     @classmethod
@@ -59,8 +61,10 @@ class GenerationConfig:
             sampling = {k: v for k, v in sampling.items() if k == "max_tokens"}
             sampling["temperature"] = 0.0
         grounding = d.get("pqrag_grounding")
-        if grounding not in (None, "free", "quote"):
-            raise InvalidArgumentError(f'{FILE}: pqrag_grounding must be "free" or "quote", got {grounding!r}')
+        if grounding not in (None, *GROUNDINGS):
+            raise InvalidArgumentError(
+                f'{FILE}: pqrag_grounding must be "free", "quote" or "extract", got {grounding!r}'
+            )
         return cls(eos_token_ids=eos_ids, sampling=sampling, grounding=grounding)
 
     @classmethod

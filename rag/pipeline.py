@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.errors import FailedPreconditionError
-from rag.passages import Passage
+from rag.passages import Passage, merge_hits, numbered
 from rag.prompt import NO_ANSWER, build_prompt, conversation_query
 from rag.request import AnswerRequest, check_grounding
 
 if TYPE_CHECKING:
     from llm.async_engine import AsyncLLM
     from llm.grounding import QuoteIndex
+    from rag.reader import Reader
     from retrieval import Collections
 
 # run(fn, *args, **kwargs) -> the awaited result of fn(*args, **kwargs), run off the event loop.
@@ -60,39 +61,77 @@ class AnswerEnd:
 AnswerEvent = Context | TextDelta | AnswerEnd
 
 
-class RagPipeline:
-    """Answers AnswerRequests from `collections` with `generator` (None: every answer is refused). grounding: the
-    server's default for requests that name none (None: the model's own, from its generation_config.json)."""
+class ReaderUnavailableError(FailedPreconditionError):
+    """An extract answer was asked of a server without a reader (pqrag serve --reader none)."""
 
-    def __init__(self, collections: Collections, generator: AsyncLLM | None, run: Run, grounding: str | None = None):
+
+class RagPipeline:
+    """Answers AnswerRequests from `collections` with `generator` (None: only extract answers) and `reader` (the
+    extractive reader, rag/reader.py; None: no extract answers). grounding: the server's default for requests that
+    name none (None: the model's own, from its generation_config.json)."""
+
+    def __init__(
+        self,
+        collections: Collections,
+        generator: AsyncLLM | None,
+        run: Run,
+        grounding: str | None = None,
+        reader: Reader | None = None,
+    ):
         self.collections = collections
         self.generator = generator
         self.run = run
         self.grounding = check_grounding(grounding)
+        self.reader = reader
 
     def grounding_for(self, request: AnswerRequest, collection: str | None, model: str | None) -> str:
-        """The request's grounding, else the collection's, else the server's, else the model's, else free."""
-        return request.grounding or collection or self.grounding or model or "free"
+        """The request's grounding, else the collection's, else the server's, else the model's, else free. A
+        model's default of extract falls back to quote on a server without a reader (a choice a caller, collection
+        or server made is kept: answering it is an error there); on a server without a generator, extract."""
+        chosen = request.grounding or collection or self.grounding
+        if not chosen and model == "extract" and self.reader is None:
+            return "quote"
+        if not chosen and self.generator is None and self.reader is not None:
+            return "extract"  # a server without a generator (--no-generator) answers with its reader
+        return chosen or model or "free"
 
     async def answer(self, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         llm = self.generator
-        if llm is None:
+        if llm is None and self.reader is None:
             raise GeneratorUnavailableError(
                 "this server runs without a generator (started with --no-generator); use Search, or start "
                 "`pqrag serve --model DIR`"
             )
         start = time.perf_counter()
         coll = await self.run(self.collections.get, request.collection)
+        grounding = self.grounding_for(
+            request, coll.config.grounding, llm.generation_config.grounding if llm is not None else None
+        )
+        if grounding == "extract" and self.reader is None:
+            raise ReaderUnavailableError(
+                "grounding 'extract' needs the extractive reader, and this server runs without one (started with "
+                "--reader none); ask with grounding 'quote' or 'free', or start `pqrag serve --reader DIR`"
+            )
+        if grounding != "extract" and llm is None:
+            raise GeneratorUnavailableError(
+                f"grounding {grounding!r} needs a generator, and this server runs without one (started with "
+                "--no-generator); ask with grounding 'extract', use Search, or start `pqrag serve --model DIR`"
+            )
         query = conversation_query(request.messages)
         found = await self.run(
             coll.search, query=query, k=request.num_passages, filter=request.filter, mode=request.mode, **request.fusion
         )
         retrieval_ms = (time.perf_counter() - start) * 1e3
+        if grounding == "extract":
+            async for event in self._extract(query, found.hits, start, retrieval_ms):
+                yield event
+            return
+        assert llm is not None
         params = request.params_with(llm.generation_config)  # the model's default sampling if the caller set none
         prompt = await self.run(
             build_prompt, llm.tokenizer, request.messages, found.hits, llm.max_model_len, params.max_tokens
         )
-        quote = self.grounding_for(request, coll.config.grounding, llm.generation_config.grounding) == "quote"
+        quote = grounding == "quote"
         if quote:  # the answer may only quote the passages (llm/grounding.py); built off the loop
             index = await self.run(quote_index, llm.tokenizer, prompt.passages)
             params = dataclasses.replace(params, constraint=index)
@@ -115,6 +154,25 @@ class RagPipeline:
             retrieval_ms=retrieval_ms,
             time_to_first_token_ms=ttft_ms or total_ms,
             total_ms=total_ms,
+        )
+
+    async def _extract(self, query: str, hits, start: float, retrieval_ms: float) -> AsyncIterator[AnswerEvent]:
+        """The extract answer: the reader's best span over every retrieved passage (no window to fit), cited, or
+        NO_ANSWER; one TextDelta. No tokens are generated (prompt and completion tokens: 0)."""
+        assert self.reader is not None
+        passages = numbered(merge_hits(hits))
+        yield Context(passages)
+        found = await self.run(self.reader.answer, query, [p.text for p in passages])
+        text = f"{found.text} [{passages[found.passage].number}]" if found is not None else NO_ANSWER
+        ttft_ms = (time.perf_counter() - start) * 1e3
+        yield TextDelta(text)
+        yield AnswerEnd(
+            finish_reason="stop",
+            prompt_tokens=0,
+            completion_tokens=0,
+            retrieval_ms=retrieval_ms,
+            time_to_first_token_ms=ttft_ms,
+            total_ms=(time.perf_counter() - start) * 1e3,
         )
 
 

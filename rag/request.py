@@ -24,7 +24,8 @@ MAX_NUM_PASSAGES = 50  # build_prompt renders the prompt once per candidate pass
 # Greedy unless asked otherwise: a grounded answer should not change from one call to the next.
 DEFAULT_SAMPLING: Mapping[str, Any] = {"max_tokens": 256, "temperature": 0.0}
 ROLES = ("system", "user", "assistant")
-GROUNDINGS = ("free", "quote")  # free decoding, or quotes of the passages only (llm/grounding.py)
+GROUNDINGS = ("free", "quote", "extract")  # free decoding, quotes of the passages only (llm/grounding.py), or the
+# extractive reader's best span (rag/reader.py)
 
 
 @dataclass
@@ -36,7 +37,8 @@ class AnswerRequest:
     sampling: Mapping[str, Any] = field(default_factory=dict)  # SamplingParams fields set by the caller
     mode: str | None = None  # "dense" | "lexical" | "hybrid" retrieval; None: the collection's search_mode
     fusion: Mapping[str, Any] = field(default_factory=dict)  # hybrid's FusionParams fields set by the caller
-    # "free" | "quote"; None: the server's default, else the model's (quote for the bundled one, free otherwise)
+    # "free" | "quote" | "extract"; None: the collection's, the server's, else the model's (free for checkpoints
+    # users bring)
     grounding: str | None = None
     params: SamplingParams = field(init=False)  # DEFAULT_SAMPLING overridden by `sampling`
 

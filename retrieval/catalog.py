@@ -137,8 +137,8 @@ class Collections:
             raise InvalidArgumentError(f"invalid index configuration: {exc}") from exc
         if config.search_mode not in MODES:
             raise InvalidArgumentError(f"search_mode must be one of {', '.join(MODES)}, got {config.search_mode!r}")
-        if config.grounding not in (None, "free", "quote"):
-            raise InvalidArgumentError(f"grounding must be free or quote, got {config.grounding!r}")
+        if config.grounding not in (None, "free", "quote", "extract"):  # rag.request.GROUNDINGS (rag is above us)
+            raise InvalidArgumentError(f"grounding must be free, quote or extract, got {config.grounding!r}")
 
         with self._lock:
             self._require_open()

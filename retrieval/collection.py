@@ -85,7 +85,8 @@ class CollectionConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
     search_mode: str = DEFAULT_MODE
-    grounding: str | None = None  # how RAG answers over it are decoded, "free" | "quote" (None: the server's)
+    # how RAG answers over it are decoded, "free" | "quote" | "extract" (None: the server's)
+    grounding: str | None = None
 
     @property
     def metric(self) -> str:

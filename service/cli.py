@@ -72,7 +72,7 @@ def cmd_serve(args) -> int:
     model = None if args.no_generator else (args.model or default_model())
     if not args.no_generator and model is None:
         logging.getLogger("pqrag").warning(
-            "no generator: pass --model DIR (or set PQRAG_MODEL); serving retrieval only"
+            "no generator: pass --model DIR (or set PQRAG_MODEL); serving retrieval (and extract answers) only"
         )
     engine = {
         "max_num_seqs": args.max_num_seqs,
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="generator checkpoint directory (config.json, *.safetensors, tokenizer.json); "
         "default $PQRAG_MODEL or the bundled models/pqrag-small",
     )
-    g.add_argument("--no-generator", action="store_true", help="serve retrieval only (ingestion/search nodes)")
+    g.add_argument("--no-generator", action="store_true", help="serve retrieval (and extract answers) only")
     p.add_argument("--device", help="generator device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="auto (default): bf16 if fast")
     p.add_argument("--kv-cache-mb", type=int, help="KV-cache memory for the generator (default: the engine's sizing)")
@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--top-p", type=float, default=None)
         p.add_argument("--sample-top-k", type=int, metavar="N", help="sample from the N most likely tokens")
         p.add_argument("--seed", type=int, default=None)
-        p.add_argument("--grounding", choices=GROUNDINGS, help="quote: only cited verbatim quotes of the passages")
+        p.add_argument("--grounding", choices=GROUNDINGS, help="quote / extract: only cited verbatim passage spans")
         for flag in ("--top-k", "-k", "--top-k-sampling"):  # ambiguous names of the two flags above, refused
             p.add_argument(flag, action=_RenamedFlag, help=argparse.SUPPRESS)
 

@@ -18,7 +18,12 @@ from typing import Any
 
 from service.config import ServerConfig
 
-GROUNDINGS = ("free", "quote")  # rag.request.GROUNDINGS, without importing the engine (torch) into the CLI
+GROUNDINGS = ("free", "quote", "extract")  # rag.request.GROUNDINGS, without importing torch into the CLI
+
+
+def reader_dir(value: str) -> str | None:
+    """--reader's value: the reader's directory, or None for `--reader none` (no extract answers)."""
+    return None if value.lower() == "none" else value
 
 
 def speculative_config(value: str) -> dict[str, Any]:
@@ -42,8 +47,17 @@ def add_serve_flags(p: argparse.ArgumentParser, defaults: ServerConfig) -> None:
     p.add_argument(
         "--grounding",
         choices=GROUNDINGS,
-        help="how answers are decoded when a request does not say: quote (verbatim quotes of the passages, each "
-        "cited) or free (default: the model's: quote for the bundled model, free for other checkpoints)",
+        help="how answers are decoded when a request (or its collection) does not say: quote (verbatim quotes of the "
+        "passages, each cited), extract (the reader's best span of the passages, cited; no generator needed) or free "
+        "(default: the model's: extract for the bundled model (quote without a reader), free for other checkpoints)",
+    )
+    p.add_argument(
+        "--reader",
+        type=reader_dir,
+        default=defaults.reader,
+        metavar="DIR",
+        help="the extractive reader of extract answers (reader_config.json + reader.safetensors), or `none` to serve "
+        "without one (default: the bundled models/pqrag-reader)",
     )
     g = p.add_argument_group("security")
     g.add_argument(
@@ -122,6 +136,7 @@ def serve_config(args: argparse.Namespace) -> dict[str, Any]:
         "grace_period": args.grace_period,
         "bulk_workers": args.bulk_workers,
         "grounding": args.grounding,
+        "reader": args.reader,
     }
 
 

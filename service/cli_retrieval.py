@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from service.cli_options import GROUNDINGS
+
 MODES = ("dense", "lexical", "hybrid")
 
 
 def add_index_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", dest="search_mode", choices=MODES, help="what a search naming no mode does (hybrid)")
-    p.add_argument("--grounding", choices=("free", "quote"), help="answers' decoding (default: the server's)")
+    p.add_argument("--grounding", choices=GROUNDINGS, help="answers' decoding (default: the server's)")
     g = p.add_argument_group("index", "unset values are chosen by measurement each time the index trains")
     g.add_argument("--recall-target", type=float, help="recall@10 the index must keep, in (0, 1] (default 0.95)")
     g.add_argument("--kind", choices=["ivfpq", "pq", "flat"], help="pin the index kind (flat: always exact)")

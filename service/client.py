@@ -286,7 +286,7 @@ class Client:
     ) -> collections_pb2.Collection:
         """index: IndexSpec fields (kind, m, nbits, recall_target, ...) and chunk_tokens / overlap_tokens; None or
         absent: the server's choice. search_mode: what a search naming no mode does (None: hybrid). grounding: how
-        answers over it are decoded, "free" or "quote" (None: the server's default)."""
+        answers over it are decoded, "free", "quote" or "extract" (None: the server's default)."""
         chunking = {k: index.pop(k) for k in ("chunk_tokens", "overlap_tokens") if k in index}
         coll = collections_pb2.Collection(
             name=name,
@@ -384,7 +384,7 @@ class Client:
         params: dict,
         grounding: str | None = None,
     ) -> None:
-        if grounding is not None:  # "free" | "quote"; None: the server's default
+        if grounding is not None:  # "free" | "quote" | "extract"; None: the collection's, else the server's default
             req.grounding = collections_pb2.Grounding.Value(f"GROUNDING_{grounding.upper()}")
         if num_passages is not None:
             req.num_passages = num_passages
@@ -408,8 +408,8 @@ class Client:
     ):
         """The raw AskResponse stream (a grpc call: iterate it, or .cancel() it). num_passages: passages retrieved
         (None: the server's default); mode, fusion: how they are retrieved, as for search (None: the collection's
-        default); grounding: "free" or "quote" (None: the server's default); params: GenerationParams fields (see
-        generation_params)."""
+        default); grounding: "free", "quote" or "extract" (None: the collection's, else the server's default);
+        params: GenerationParams fields (see generation_params)."""
         req = rag_pb2.AskRequest(collection=collection, question=question)
         self._rag_fields(req, num_passages, filter, mode, fusion, params, grounding)
         return self.rag.Ask(req, timeout=self.timeout)

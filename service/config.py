@@ -5,8 +5,18 @@ Kept free of heavy imports so that `pqrag --help` stays fast.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
+
+# The extractive reader the server loads unless told otherwise (rag/reader.py: reader_config.json +
+# reader.safetensors), committed in the repository next to the bundled generator (service/cli.py BUNDLED_MODEL).
+BUNDLED_READER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "pqrag-reader")
+
+
+def default_reader() -> str | None:
+    """The bundled reader's directory, or None when it is not there (a checkout without models/)."""
+    return BUNDLED_READER if os.path.exists(os.path.join(BUNDLED_READER, "reader_config.json")) else None
 
 
 @dataclass
@@ -23,12 +33,15 @@ class ServerConfig:
     http_port: int | None = None
     served_model_name: str | None = None  # the generator's name in the OpenAI API; None: the model dir's name
     # The colocated generator: a checkpoint directory (config.json + safetensors + tokenizer.json), or None to
-    # serve retrieval alone (Rag answers FAILED_PRECONDITION).
+    # serve without one (Rag answers only extract, with the reader; FAILED_PRECONDITION otherwise).
     model: str | None = None
     device: str | None = None  # generator device; None: CUDA when available
     dtype: str | None = None  # generator dtype name; None / "auto": common.device.default_dtype (logged at start)
-    # RAG answers' decoding when a request names none: "free" | "quote"; None: the model's (generation_config.json
-    # "pqrag_grounding": quote for the bundled model, free for other checkpoints)
+    # The extractive reader of "extract" answers (rag.reader.Reader's directory), loaded at start; None: no extract
+    # answers (they are refused FAILED_PRECONDITION). Default: the bundled models/pqrag-reader, when present.
+    reader: str | None = field(default_factory=default_reader)
+    # RAG answers' decoding when a request (or its collection) names none: "free" | "quote" | "extract"; None: the
+    # model's (generation_config.json "pqrag_grounding": extract for the bundled model (quote without a reader), free for other checkpoints)
     grounding: str | None = None
     # llm.engine.EngineConfig fields to override (max_num_seqs, kv_cache_memory, ...); a field left out keeps the
     # engine's default, which lives only there.

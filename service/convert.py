@@ -252,18 +252,25 @@ def sampling_from_proto(p: rag_pb2.GenerationParams) -> dict[str, Any]:
     return fields
 
 
+_GROUNDINGS: dict[str | None, int] = {  # rag.request.GROUNDINGS (and None: unset) <-> Grounding
+    None: collections_pb2.GROUNDING_UNSPECIFIED,
+    "free": collections_pb2.GROUNDING_FREE,
+    "quote": collections_pb2.GROUNDING_QUOTE,
+    "extract": collections_pb2.GROUNDING_EXTRACT,
+}
+
+
 def grounding_from_proto(grounding: int) -> str | None:
-    """Grounding -> "free" / "quote"; None for GROUNDING_UNSPECIFIED (the server's or the model's default)."""
-    pb = collections_pb2
-    names = {pb.GROUNDING_UNSPECIFIED: None, pb.GROUNDING_FREE: "free", pb.GROUNDING_QUOTE: "quote"}
+    """Grounding -> "free" / "quote" / "extract"; None for GROUNDING_UNSPECIFIED (the collection's, the server's or
+    the model's default)."""
+    names = {v: k for k, v in _GROUNDINGS.items()}
     if grounding not in names:
-        raise InvalidArgumentError(f"unknown Grounding {grounding}; use FREE, QUOTE or leave it unset")
+        raise InvalidArgumentError(f"unknown Grounding {grounding}; use FREE, QUOTE, EXTRACT or leave it unset")
     return names[grounding]
 
 
 def grounding_to_proto(grounding: str | None) -> int:
-    pb = collections_pb2
-    return {None: pb.GROUNDING_UNSPECIFIED, "free": pb.GROUNDING_FREE, "quote": pb.GROUNDING_QUOTE}[grounding]
+    return _GROUNDINGS[grounding]
 
 
 def _answer_fields(req: rag_pb2.AskRequest | rag_pb2.ChatRequest) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The pqrag gRPC server: builds the servicers over the domain (retrieval's Collections, rag's pipeline and the
-colocated generator), health and reflection, and runs them until a signal.
+"""The pqrag gRPC server: builds the servicers over the domain (retrieval's Collections, rag's pipeline, the
+colocated generator and the extractive reader), health and reflection, and runs them until a signal.
 
     server = await create_server(ServerConfig(data_dir="data", port=0))
     await server.start()              # serving on server.port
@@ -29,6 +29,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.errors import InvalidArgumentError
 from pqrag.v1 import (
     collections_pb2,
     collections_pb2_grpc,
@@ -54,6 +55,7 @@ from service.tls import ServerTLS
 
 if TYPE_CHECKING:
     from llm.async_engine import AsyncLLM
+    from rag.reader import Reader
 
 log = logging.getLogger("pqrag.server")
 
@@ -76,7 +78,7 @@ class Server:
     grpc_server: grpc.aio.Server
     port: int  # the bound port (the one chosen, for port 0)
     collections: Collections
-    generator: AsyncLLM | None  # None: retrieval only (Rag answers FAILED_PRECONDITION)
+    generator: AsyncLLM | None  # None: Rag answers extract only (with a reader), the rest FAILED_PRECONDITION
     metrics: ServerMetrics
     executor: ThreadPoolExecutor  # the worker pool for blocking domain work
     http: HttpServer | None = None  # the HTTP front door (ServerConfig.http_port), over the same domain objects
@@ -85,6 +87,7 @@ class Server:
     bulk_executor: ThreadPoolExecutor | None = None  # ingestion's pool, apart from the queries'
     metrics_port: int | None = None  # the bound /metrics port, when served
     fatal: asyncio.Event | None = None  # set when the server must exit non-zero (the engine died)
+    reader: Reader | None = None  # the extractive reader of extract answers (ServerConfig.reader); None: none
 
     def engine_died(self, exc: BaseException) -> None:
         """On the loop: report NOT_SERVING and ask serve() to exit EXIT_ENGINE_DIED (AsyncLLM's docstring says why
@@ -137,15 +140,16 @@ class Server:
 
 
 async def create_server(config: ServerConfig) -> Server:
-    """Build (not start) the server: open the data dir, load the generator, bind the port."""
+    """Build (not start) the server: open the data dir, load the reader and the generator, bind the port."""
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="pqrag-worker")
     bulk_executor = ThreadPoolExecutor(max_workers=config.bulk_workers, thread_name_prefix="pqrag-bulk")
     collections = Collections(config.data_dir, model_dirs=tuple(config.models_dirs))
     generator = None
     try:
+        reader = load_reader(config.reader) if config.reader else None
         if config.model:
             generator = load_generator(config.model, device=config.device, dtype=config.dtype, **config.engine)
-        return await _build(config, collections, executor, generator, bulk_executor)
+        return await _build(config, collections, executor, generator, bulk_executor, reader)
     except BaseException:
         if generator is not None:
             generator.shutdown()
@@ -155,12 +159,29 @@ async def create_server(config: ServerConfig) -> Server:
         raise
 
 
+def load_reader(directory: str) -> Reader:
+    """The extractive reader in `directory` (rag.reader.Reader.load), once at startup; a directory that is missing or
+    does not hold a reader is refused here, naming it."""
+    from rag.reader import Reader
+
+    try:
+        reader = Reader.load(directory)
+    except Exception as exc:  # missing files, bad JSON, weights of another shape: all the same to the operator
+        raise InvalidArgumentError(
+            f"cannot load the reader in {directory} ({type(exc).__name__}: {exc}); pass --reader DIR with a trained "
+            "reader (reader_config.json + reader.safetensors), or --reader none to serve without extract answers"
+        ) from exc
+    log.info("reader %s loaded (%s, top %d layers trained)", directory, reader.cfg.base, reader.cfg.trained_layers)
+    return reader
+
+
 async def _build(
     config: ServerConfig,
     collections: Collections,
     executor: ThreadPoolExecutor,
     generator: AsyncLLM | None,
     bulk_executor: ThreadPoolExecutor,
+    reader: Reader | None = None,
 ) -> Server:
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -174,7 +195,12 @@ async def _build(
     documents_pb2_grpc.add_DocumentsServicer_to_server(DocumentsServicer(*args), server)
     search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(*args), server)
     rag = RagServicer(
-        *args, generator=generator, admission=gate.admission, limits=gate.limits, grounding=config.grounding
+        *args,
+        generator=generator,
+        reader=reader,
+        admission=gate.admission,
+        limits=gate.limits,
+        grounding=config.grounding,
     )
     rag_pb2_grpc.add_RagServicer_to_server(rag, server)
     if generator is not None:
@@ -196,7 +222,7 @@ async def _build(
         raise OSError(f"could not bind {config.host}:{config.port}")
     http = None
     if config.http_port is not None:
-        http = create_http_server(config, collections, executor, metrics, generator)
+        http = create_http_server(config, collections, executor, metrics, generator, reader)
     metrics_port = None
     if config.metrics_port is not None:
         cert = {"certfile": config.tls_cert, "keyfile": config.tls_key} if tls else {}
@@ -208,6 +234,7 @@ async def _build(
         server, port, collections, generator, metrics, executor, http, gate, checker, bulk_executor, metrics_port
     )
     built.fatal = asyncio.Event()
+    built.reader = reader
     checker.watch_store(collections.check, config.health_probe_s)
     if generator is not None:
         loop = asyncio.get_running_loop()

@@ -17,9 +17,11 @@ class Grounding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUNDING_UNSPECIFIED: _ClassVar[Grounding]
     GROUNDING_FREE: _ClassVar[Grounding]
     GROUNDING_QUOTE: _ClassVar[Grounding]
+    GROUNDING_EXTRACT: _ClassVar[Grounding]
 GROUNDING_UNSPECIFIED: Grounding
 GROUNDING_FREE: Grounding
 GROUNDING_QUOTE: Grounding
+GROUNDING_EXTRACT: Grounding
 
 class IndexSpec(_message.Message):
     __slots__ = ("kind", "m", "nbits", "nlist", "nprobe", "metric", "backend", "rerank", "recall_target", "rerank_factor", "min_train_size")

@@ -36,7 +36,7 @@ class CreateCollection(BaseModel):
     index: dict[str, Any] | None = Field(None, description="IndexConfig fields to set (kind, m, nbits, metric, ...)")
     chunking: dict[str, Any] | None = Field(None, description="ChunkerConfig fields (chunk_tokens, overlap_tokens)")
     search_mode: str | None = Field(None, description="a search without a mode: hybrid, dense or lexical")
-    grounding: str | None = Field(None, description="answers' decoding: free or quote (default: the server's)")
+    grounding: str | None = Field(None, description="answers' decoding: free, quote or extract (default: the server's)")
 
 
 class SearchBody(BaseModel):

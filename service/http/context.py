@@ -1,6 +1,6 @@
 """What every HTTP route works with: the server's one set of collections, its one generator (the same AsyncLLM the
-gRPC servicers use: no second copy of the model), the worker pool, the metrics registry, and the gate's pieces the
-routes share with gRPC (the authorization check, admission control, rate limits, health)."""
+gRPC servicers use: no second copy of the model) and extractive reader, the worker pool, the metrics registry, and
+the gate's pieces the routes share with gRPC (the authorization check, admission control, rate limits, health)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from service.ratelimit import RateLimits
 
 if TYPE_CHECKING:
     from llm.async_engine import AsyncLLM
+    from rag.reader import Reader
     from service.health import Health
 
 
@@ -45,11 +46,18 @@ class HttpContext:
     health: Health | None = None  # the server's health problems (store, engine, shutdown), when it tracks them
     draining: bool = False  # set when the server stops: /health answers 503 from then on
     grounding: str | None = None  # RAG answers' default decoding (ServerConfig.grounding), as gRPC's
+    reader: Reader | None = None  # the extractive reader of extract answers (ServerConfig.reader), as gRPC's
 
     async def run(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """Run blocking domain work in the worker pool, off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def check_rag_model(self, model: str | None) -> None:
+        """The `model` a RAG request names, checked as llm(model) does; on a server without a generator nothing is
+        checked: the pipeline decides (extract answers need only the reader; the others are refused there, 503)."""
+        if self.generator is not None:
+            self.llm(model)
 
     def llm(self, model: str | None) -> AsyncLLM:
         """The generator a request names (`model` None: the one served). GeneratorUnavailableError (503) on a

@@ -91,10 +91,11 @@ async def chat_events(
     rag: RagOptions | None,
 ) -> AsyncIterator[Event]:
     """The events of a chat completion; raises (before the first event) for a bad request."""
+    if rag is not None:
+        ctx.check_rag_model(model)  # without a generator, the pipeline decides (extract needs only the reader)
+        return answer_events(ctx, rag_request(rag, message_texts(messages), sampling))
     llm = ctx.llm(model)
     texts = message_texts(messages)
-    if rag is not None:
-        return answer_events(ctx, rag_request(rag, texts, sampling))
     tok = llm.tokenizer
     conversation = chat_messages("", checked_messages(texts), tok.accepts_system_role)  # as rag renders a chat
     params = sampling_params(llm, sampling)
@@ -110,13 +111,14 @@ async def completion_events(
     rag: RagOptions | None,
 ) -> AsyncIterator[Event]:
     """The events of a text completion (a prompt string, or its token ids); with RAG the prompt is the question."""
-    llm = ctx.llm(model)
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
         prompt = prompt[0]
     if rag is not None:
+        ctx.check_rag_model(model)  # as for chat
         if not isinstance(prompt, str):
             raise ApiError(400, "a RAG completion needs the question as text", param="prompt")
         return answer_events(ctx, rag_request(rag, [{"role": "user", "content": prompt}], sampling))
+    llm = ctx.llm(model)
     params = sampling_params(llm, sampling)
     if isinstance(prompt, str):
         add_bos = llm.tokenizer.bos_id is not None
@@ -148,10 +150,11 @@ async def generate_events(ctx: HttpContext, prompt_ids: list[int], params: Sampl
 
 
 async def answer_events(ctx: HttpContext, request: AnswerRequest) -> AsyncIterator[Event]:
-    """rag's pipeline (the same as gRPC's Ask/Chat), through the same admission control and token budget."""
-    assert ctx.generator is not None
+    """rag's pipeline (the same as gRPC's Ask/Chat), through the same admission control and token budget. Without
+    a generator the pipeline answers extract requests (with the reader) and refuses the others."""
     with ctx.admission.ticket() as ticket:
-        pipeline = RagPipeline(ctx.collections, AdmittedGenerator(ctx.generator, ticket), ctx.run, ctx.grounding)
+        llm = AdmittedGenerator(ctx.generator, ticket) if ctx.generator is not None else None
+        pipeline = RagPipeline(ctx.collections, llm, ctx.run, ctx.grounding, reader=ctx.reader)
         async with aclosing(pipeline.answer(request)) as answer:
             async for event in answer:
                 if isinstance(event, Context):

@@ -101,7 +101,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         sampling["logprobs"] = top_n
     events = await chat_events(ctx, body.model, body.messages, sampling, body.rag)
     c = fmt.Completion("chat", body.model or ctx.served_model_name or "", [] if body.rag is not None else None)
-    tok = ctx.generator.tokenizer
+    tok = ctx.generator.tokenizer if ctx.generator is not None else None  # None: a RAG answer (no logprobs)
     logprobs = (lambda pieces, _offset: fmt.chat_logprobs(tok, pieces, top_n)) if top_n is not None else None
     return await _complete(request, body, c, events, logprobs)
 
@@ -119,7 +119,7 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
         sampling["logprobs"] = top_n
     events = await completion_events(ctx, body.model, body.prompt, sampling, body.rag)
     c = fmt.Completion("text", body.model or ctx.served_model_name or "", [] if body.rag is not None else None)
-    tok = ctx.generator.tokenizer
+    tok = ctx.generator.tokenizer if ctx.generator is not None else None  # None: a RAG answer (no logprobs)
     logprobs = (lambda pieces, offset: fmt.text_logprobs(tok, pieces, top_n, offset)) if top_n is not None else None
     return await _complete(request, body, c, events, logprobs)
 

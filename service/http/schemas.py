@@ -28,7 +28,9 @@ class RagOptions(BaseModel):
     top_k: int | None = Field(None, description="passages retrieved for the context (default: the server's)")
     filter: dict[str, Any] | None = Field(None, description="metadata filter, as for search")
     grounding: str | None = Field(
-        None, description='"free" or "quote" (only verbatim quotes of the passages, each cited); default: the server\'s'
+        None,
+        description='"free", "quote" (only verbatim quotes of the passages, each cited) or "extract" (the extractive '
+        "reader's best span of the passages, cited); default: the collection's, else the server's",
     )
 
 

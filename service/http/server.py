@@ -28,6 +28,7 @@ from service.tls import ServerTLS
 
 if TYPE_CHECKING:
     from llm.async_engine import AsyncLLM
+    from rag.reader import Reader
 
 log = logging.getLogger("pqrag.http")
 
@@ -85,8 +86,10 @@ def create_http_server(
     executor: ThreadPoolExecutor,
     metrics: ServerMetrics,
     generator: AsyncLLM | None,
+    reader: Reader | None = None,
 ) -> HttpServer:
-    """Build (not start) the HTTP server over the gRPC server's own collections, generator, pool and metrics."""
+    """Build (not start) the HTTP server over the gRPC server's own collections, generator, reader, pool and
+    metrics."""
     assert config.http_port is not None
     served = config.served_model_name or (model_name(config.model) if config.model else None)
     ctx = HttpContext(
@@ -97,6 +100,7 @@ def create_http_server(
         served_model_name=served,
         max_body_bytes=config.max_message_bytes,
         grounding=config.grounding,
+        reader=reader,
     )
     tls = ServerTLS(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
     return HttpServer(ctx, bind(config.host, config.http_port), tls.ssl_context() if tls is not None else None)

@@ -37,6 +37,16 @@ def test_read_as_transformers_means_it(tmp_path):
         GenerationConfig.from_dict({"eos_token_id": "</s>"})
 
 
+def test_pqrag_grounding_names_one_of_the_rag_groundings():
+    from rag.request import GROUNDINGS
+
+    assert GenerationConfig.from_dict({}).grounding is None  # free decoding (checkpoints users bring)
+    for g in GROUNDINGS:
+        assert GenerationConfig.from_dict({"pqrag_grounding": g}).grounding == g
+    with pytest.raises(InvalidArgumentError, match='"free", "quote" or "extract", got \'strict\''):
+        GenerationConfig.from_dict({"pqrag_grounding": "strict"})
+
+
 def test_the_defaults_apply_only_to_a_request_that_sets_no_sampling_field():
     gc = GenerationConfig.from_dict({"temperature": 0.7, "top_k": 20, "repetition_penalty": 1.05})
     assert gc.defaults_for({}) == {"temperature": 0.7, "top_k": 20, "repetition_penalty": 1.05}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -31,3 +32,19 @@ def tok():
     from llm.tokenizer import train_bpe_tokenizer
 
     return train_bpe_tokenizer([DOC * 5, "Context Question passages answer cite"], vocab_size=300)
+
+
+def squad_fixture(tmp_path, titles):
+    """A tiny SQuAD in BEIR layout under tmp_path: 3 paragraphs per title, one question each."""
+    corpus, queries, answers = [], [], []
+    for t in titles:
+        for j in range(3):
+            text = f"{t} paragraph {j} says that the answer number {j} is in {t} city {j}. It has more words here."
+            corpus.append({"_id": f"{t}_{j}", "title": t, "text": text})
+            qid = f"q-{t}-{j}"
+            queries.append({"_id": qid, "text": f"Where is answer number {j} of {t}?"})
+            gold = f"{t} city {j}"
+            answers.append({"_id": qid, "doc_id": f"{t}_{j}", "answers": [gold], "answer_starts": [text.index(gold)]})
+    for name, rows in (("corpus", corpus), ("queries", queries), ("answers", answers)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path

@@ -176,3 +176,83 @@ def test_grounding_request_then_collection_then_server_then_model(
         assert events[1].text == "Eta"  # the first quote's leading space is not sent
     else:
         assert events[1].text == " Eta"
+
+
+# ---- extract answers (the extractive reader) -----------------------------------------------------------------
+BOWL = (
+    "Super Bowl 50 was an American football game. The Denver Broncos defeated the Carolina Panthers 24-10 to earn\n"
+    "their third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in Santa Clara."
+)
+
+
+@pytest.fixture(scope="module")
+def reader():
+    from rag.reader import Reader
+    from tests.rag.test_reader import BUNDLED
+
+    return Reader.load(BUNDLED)
+
+
+@pytest.fixture
+def bowl():
+    return FakeCollection([hit("a", 1, 0.9, 0, 45, text=BOWL), hit("a", 2, 0.5, 45, len(BOWL), text=BOWL)])
+
+
+def test_extract_answers_quote_the_readers_span_and_cite_it(reader, bowl):
+    from rag.reader import collapse
+
+    pipeline = RagPipeline(FakeCollections(bowl), None, run_inline, reader=reader)  # no generator needed
+    events = answer(pipeline, AnswerRequest.ask("kb", "Who did the Denver Broncos defeat?", grounding="extract"))
+    assert [type(e) for e in events] == [Context, TextDelta, AnswerEnd]
+    passages = events[0].passages
+    assert [p.number for p in passages] == [1] and passages[0].text == BOWL  # touching hits merge into one
+    text = events[1].text
+    assert text.endswith(" [1]") and "Carolina Panthers" in text
+    assert text.removesuffix(" [1]") in collapse(BOWL)
+    end = events[-1]
+    assert (end.finish_reason, end.prompt_tokens, end.completion_tokens) == ("stop", 0, 0)
+    assert 0 <= end.retrieval_ms <= end.time_to_first_token_ms <= end.total_ms
+
+
+def test_extract_declines_when_no_span_clears_the_threshold(reader, bowl):
+    from rag.prompt import NO_ANSWER
+    from rag.reader import Reader, ReaderConfig
+
+    strict = Reader(ReaderConfig(**{**reader.cfg.__dict__, "null_threshold": 1e9}), reader.model, reader.tokenizer)
+    pipeline = RagPipeline(FakeCollections(bowl), None, run_inline, reader=strict)
+    events = answer(pipeline, AnswerRequest.ask("kb", "Who won?", grounding="extract"))
+    assert events[1].text == NO_ANSWER
+
+
+def test_extract_without_a_reader_and_generation_without_a_generator_are_failed_preconditions(tok, reader, bowl):
+    from rag.pipeline import ReaderUnavailableError
+
+    with pytest.raises(ReaderUnavailableError, match="--reader") as e:
+        answer(
+            RagPipeline(FakeCollections(bowl), FakeGenerator(tok), run_inline),
+            AnswerRequest.ask("kb", "q", grounding="extract"),
+        )
+    assert isinstance(e.value, FailedPreconditionError)
+    with pytest.raises(GeneratorUnavailableError, match="grounding 'quote' needs a generator"):
+        answer(
+            RagPipeline(FakeCollections(bowl), None, run_inline, reader=reader),
+            AnswerRequest.ask("kb", "q", grounding="quote"),
+        )
+
+
+@pytest.mark.parametrize("has_reader, expected", [(True, "extract"), (False, "quote")])
+def test_a_models_extract_default_falls_back_to_quote_without_a_reader(tok, reader, bowl, has_reader, expected):
+    gen = FakeGenerator(tok, texts=(" Super", ""), generation_config=GenerationConfig(grounding="extract"))
+    pipeline = RagPipeline(FakeCollections(bowl), gen, run_inline, reader=reader if has_reader else None)
+    events = answer(pipeline, AnswerRequest.ask("kb", "Who won?"))
+    if expected == "extract":
+        assert gen.prompts == [] and events[1].text.endswith("]")
+    else:
+        assert gen.prompts[0][1].constraint is not None
+
+
+def test_without_a_generator_the_reader_answers_requests_that_name_no_grounding(reader, bowl):
+    pipeline = RagPipeline(FakeCollections(bowl), None, run_inline, reader=reader)
+    unset = answer(pipeline, AnswerRequest.ask("kb", "Where was the game played?"))
+    named = answer(pipeline, AnswerRequest.ask("kb", "Where was the game played?", grounding="extract"))
+    assert [type(e) for e in unset] == [Context, TextDelta, AnswerEnd] and unset[1] == named[1]

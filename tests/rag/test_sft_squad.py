@@ -8,6 +8,7 @@ import re
 
 from rag.prompt import NO_ANSWER, SYSTEM_PROMPT
 from rag.sft_squad import SquadSftConfig, answer_quote, generate, main, training_article
+from tests.rag.conftest import squad_fixture
 
 PARAGRAPH = (
     "Super Bowl 50 was an American football game. The American Football Conference champion, the Denver Broncos,"
@@ -26,26 +27,11 @@ def test_answer_quote_is_the_clause_to_the_sentence_end_holding_the_answer():
     assert answer_quote("No sentence end here, Denver", 22, "Denver") is None
 
 
-def _fixture(tmp_path, titles):
-    corpus, queries, answers = [], [], []
-    for t in titles:
-        for j in range(3):
-            text = f"{t} paragraph {j} says that the answer number {j} is in {t} city {j}. It has more words here."
-            corpus.append({"_id": f"{t}_{j}", "title": t, "text": text})
-            qid = f"q-{t}-{j}"
-            queries.append({"_id": qid, "text": f"Where is answer number {j} of {t}?"})
-            gold = f"{t} city {j}"
-            answers.append({"_id": qid, "doc_id": f"{t}_{j}", "answers": [gold], "answer_starts": [text.index(gold)]})
-    for name, rows in (("corpus", corpus), ("queries", queries), ("answers", answers)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return tmp_path
-
-
 def test_records_use_training_articles_only_and_quote_the_gold_answer(tmp_path):
     titles = [f"Article{i}" for i in range(12)]
     train = [t for t in titles if training_article(t)]
     assert 0 < len(train) < len(titles)  # both halves are non-empty
-    squad = _fixture(tmp_path, titles)
+    squad = squad_fixture(tmp_path, titles)
     records = list(generate(SquadSftConfig(n=50, seed=1, none_fraction=0.3), squad))
     assert len(records) == 3 * len(train)  # every question of a training article once, no other
     refused = 0
@@ -71,7 +57,7 @@ def test_records_use_training_articles_only_and_quote_the_gold_answer(tmp_path):
 
 
 def test_cli_writes_jsonl_and_reports_a_missing_folder(tmp_path, capsys):
-    squad = _fixture(tmp_path, [f"Article{i}" for i in range(6)])
+    squad = squad_fixture(tmp_path, [f"Article{i}" for i in range(6)])
     out = tmp_path / "out.jsonl"
     assert main(["--squad", str(squad), "--out", str(out), "--n", "3"]) == 0
     assert len(out.read_text().splitlines()) == 3

@@ -145,9 +145,11 @@ def test_a_collections_default_grounding_is_checked_and_kept(tmp_path, embedder)
     try:
         assert colls.create("plain").config.grounding is None  # the server's default then
         assert colls.create("quoted", CollectionConfig(grounding="quote")).config.grounding == "quote"
-        with pytest.raises(InvalidArgumentError, match="grounding must be free or quote"):
+        assert colls.create("extracted", CollectionConfig(grounding="extract")).config.grounding == "extract"
+        with pytest.raises(InvalidArgumentError, match="grounding must be free, quote or extract"):
             colls.create("bad", CollectionConfig(grounding="strict"))
     finally:
         colls.close()
     with Collections(tmp_path / "data", device="cpu") as again:  # stored with the collection
         assert again.get("quoted").config.grounding == "quote" and again.get("plain").config.grounding is None
+        assert again.get("extracted").config.grounding == "extract"

@@ -15,6 +15,9 @@ from service.server import ServerConfig, create_server
 
 class ServerThread:
     def __init__(self, data_dir: Path, **config):
+        # No extractive reader unless a test asks for one (reader=service.config.BUNDLED_READER): loading it takes a
+        # second, which most servers here would spend for nothing. ServerConfig's own default is the bundled reader.
+        config.setdefault("reader", None)
         self.config = ServerConfig(data_dir=str(data_dir), port=0, **config)
         self.port: int | None = None
         self._ready = threading.Event()

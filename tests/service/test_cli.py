@@ -257,3 +257,12 @@ def test_ask_and_chat_modes_reach_the_request(monkeypatch):
     assert sent["mode"] == "hybrid" and sent["fusion"] == {"alpha": 0.4, "candidates": 30}
     with pytest.raises(SystemExit):
         main(["ask", "q?", "-c", "kb", "--mode", "sparse"])
+
+
+def test_serve_reader_flag(serve_configs, tmp_path):
+    from service.config import BUNDLED_READER
+
+    base = ["serve", "--data-dir", str(tmp_path), "--no-generator"]
+    assert main(base) == 0 and main([*base, "--reader", str(tmp_path)]) == 0 and main([*base, "--reader", "none"]) == 0
+    assert [c.reader for c in serve_configs] == [BUNDLED_READER, str(tmp_path), None]  # default: the bundled one
+    assert main([*base, "--grounding", "extract"]) == 0 and serve_configs[3].grounding == "extract"

@@ -138,3 +138,24 @@ def test_grounding_of_a_request_and_of_a_collection():
     assert config.grounding == "quote"
     assert convert.collection_config_from_proto(collections_pb2.Collection(name="kb"))[1].grounding is None
     assert [convert.grounding_to_proto(g) for g in (None, "free", "quote")] == [0, 1, 2]
+
+
+def test_extract_grounding_round_trips_and_unknown_values_are_refused():
+    from pqrag.v1 import collections_pb2
+    from rag.request import GROUNDINGS
+
+    assert collections_pb2.GROUNDING_EXTRACT == 3
+    assert convert.grounding_from_proto(collections_pb2.GROUNDING_EXTRACT) == "extract"
+    for g in (None, *GROUNDINGS):  # every domain grounding has its enum value, and back
+        assert convert.grounding_from_proto(convert.grounding_to_proto(g)) == g
+    ask = rag_pb2.AskRequest(collection="kb", question="q", grounding=collections_pb2.GROUNDING_EXTRACT)
+    assert convert.ask_request_from_proto(ask).grounding == "extract"
+    chat = rag_pb2.ChatRequest(collection="kb", grounding=collections_pb2.GROUNDING_EXTRACT)
+    chat.messages.add(role="user", content="q")
+    assert convert.chat_request_from_proto(chat).grounding == "extract"
+    coll = collections_pb2.Collection(name="kb", default_grounding=collections_pb2.GROUNDING_EXTRACT)
+    _, config = convert.collection_config_from_proto(coll)
+    assert config.grounding == "extract"
+    for bad in (4, -1):
+        with pytest.raises(InvalidArgumentError, match=f"unknown Grounding {bad}; use FREE, QUOTE, EXTRACT or leave"):
+            convert.ask_request_from_proto(rag_pb2.AskRequest(collection="kb", question="q", grounding=bad))

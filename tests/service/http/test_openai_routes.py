@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -145,6 +146,45 @@ def test_rag_grounding_quote_answers_only_with_cited_quotes(oai, model):
             messages=[{"role": "user", "content": "q"}],
             extra_body={"rag": {"collection": "kb", "grounding": "strict"}},
         )
+
+
+def test_rag_grounding_extract_answers_with_the_reader_even_without_a_generator(oai, model, tmp_path):
+    from rag.prompt import NO_ANSWER
+    from service.config import BUNDLED_READER
+    from tests.service.http.conftest import base_url, start_http_server
+    from tests.service.servicers.test_rag_grounding import check_extracted
+
+    question = [{"role": "user", "content": "What makes sourdough bread rise?"}]
+    extract = {"rag": {"collection": "kb", "top_k": 3, "grounding": "extract"}}
+    with pytest.raises(openai.APIStatusError, match="--reader") as e:  # the package's server: no reader
+        oai.chat.completions.create(model=model, messages=question, extra_body=extract)
+    assert e.value.status_code == 503
+    srv = start_http_server(tmp_path / "data", reader=str(BUNDLED_READER))  # --no-generator, the bundled reader
+    try:
+        with httpx.Client(base_url=base_url(srv), timeout=120) as h:  # REST: a collection whose default is extract
+            assert h.post("/v1/collections", json={"name": "kb", "grounding": "extract"}).status_code == 201
+            assert h.post("/v1/collections/kb/documents", json={"documents": RAG_DOCS}).status_code == 200
+            by_default = h.post("/v1/chat/completions", json={"messages": question, "rag": {"collection": "kb"}})
+        with openai.OpenAI(base_url=base_url(srv) + "/v1", api_key="unused", max_retries=0, timeout=120) as c:
+            whole = c.chat.completions.create(model="any", messages=question, extra_body=extract)
+            chunks = list(c.chat.completions.create(model="any", messages=question, extra_body=extract, stream=True))
+            text = c.completions.create(model="any", prompt=question[0]["content"], extra_body=extract)
+            free = {"rag": {"collection": "kb", "grounding": "free"}}
+            with pytest.raises(openai.APIStatusError, match="--no-generator") as e:  # generating needs a generator
+                c.chat.completions.create(model="any", messages=question, extra_body=free)
+            assert e.value.status_code == 503
+    finally:
+        srv.stop()
+    texts = {d["id"]: d["text"] for d in RAG_DOCS}
+    cites = whole.model_extra["citations"]
+    answer = whole.choices[0].message.content
+    check_extracted(answer, {x["number"]: texts[x["document_id"]] for x in cites})
+    assert answer == NO_ANSWER or answer.endswith("]")
+    assert whole.choices[0].finish_reason == "stop" and whole.usage.completion_tokens == 0
+    assert chunks[0].model_extra["citations"] == cites
+    assert "".join(x.choices[0].delta.content or "" for x in chunks if x.choices) == answer
+    assert text.choices[0].text == answer
+    assert by_default.status_code == 200 and by_default.json()["choices"][0]["message"]["content"] == answer
 
 
 def test_text_completion_whole_streamed_and_with_logprobs(oai, model):
