@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from llm import LLM, SamplingParams
-from rag.answer_scores import f1, normalize
+from rag.answer_scores import exact_match, f1, normalize
 from rag.passages import Passage, merge_hits, numbered
-from rag.pipeline import quote_index
+from rag.pipeline import extract_answer, quote_index
 from rag.prompt import NO_ANSWER, build_prompt
 from rag.request import DEFAULT_NUM_PASSAGES
 from rag.sft_data import read_jsonl
@@ -67,14 +67,15 @@ class Answer:
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
-def squad(limit: int, seed: int) -> tuple[list[dict], list[Question]]:
+def squad(limit: int, seed: int, training: bool = False) -> tuple[list[dict], list[Question]]:
     """All the paragraphs as documents, and `limit` questions sampled with `seed` (the same sample for every run)
-    from the articles the bundled model's fine-tuning never read (rag.sft_squad.training_article: half of them)."""
+    from the articles the bundled models' fine-tuning never read (rag.sft_squad.training_article: half of them);
+    training=True: from the other half (for choices that must not tune on the evaluation)."""
     corpus = read_jsonl(SQUAD_DIR / "corpus.jsonl")
     docs = [{"id": d["_id"], "text": d["text"], "source": d["title"]} for d in corpus]
-    held_out = {d["_id"] for d in corpus if not training_article(d["title"])}
+    sampled = {d["_id"] for d in corpus if training_article(d["title"]) == training}
     queries = {q["_id"]: q["text"] for q in read_jsonl(SQUAD_DIR / "queries.jsonl")}
-    answers = [a for a in read_jsonl(SQUAD_DIR / "answers.jsonl") if a["doc_id"] in held_out]
+    answers = [a for a in read_jsonl(SQUAD_DIR / "answers.jsonl") if a["doc_id"] in sampled]
     sample = random.Random(seed).sample(answers, min(limit, len(answers)))
     return docs, [Question(queries[a["_id"]], a["answers"], a["doc_id"]) for a in sample]
 
@@ -147,9 +148,7 @@ def extract(reader, coll, questions: Sequence[Question], num_passages: int) -> l
     out = []
     for q in questions:
         passages = numbered(merge_hits(coll.search(query=q.text, k=num_passages).hits))
-        found = reader.answer(q.text, [p.text for p in passages])
-        text = f"{found.text} [{passages[found.passage].number}]" if found else NO_ANSWER
-        out.append(Answer(text, "stop", passages))
+        out.append(Answer(extract_answer(reader, q.text, passages), "stop", passages))
     return out
 
 
@@ -184,13 +183,7 @@ def score(questions: Sequence[Question], answers: Sequence[Answer], squad_set: b
         "grounded": sum(grounded_share(a) for a in said) / max(len(said), 1),
     }
     if squad_set:
-        row["em"] = (
-            sum(
-                max(float(normalize(plain(a.text)) == normalize(g)) for g in q.answers)
-                for q, a in zip(questions, answers)
-            )
-            / n
-        )
+        row["em"] = sum(max(exact_match(plain(a.text), g) for g in q.answers) for q, a in zip(questions, answers)) / n
         row["f1"] = sum(max(f1(plain(a.text), g) for g in q.answers) for q, a in zip(questions, answers)) / n
         row["cited_has_gold"] = (
             sum(

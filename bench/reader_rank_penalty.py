@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import sys
 from pathlib import Path
 
@@ -25,29 +24,22 @@ from bench import rag_real_sets as sets  # noqa: E402
 from rag.answer_scores import f1, normalize  # noqa: E402
 from rag.passages import merge_hits, numbered  # noqa: E402
 from rag.reader import Reader  # noqa: E402
-from rag.sft_data import read_jsonl  # noqa: E402
-from rag.sft_squad import training_article  # noqa: E402
 
 
 def collect(reader: Reader, n: int, seed: int, data_dir: Path) -> list[dict]:
-    corpus = read_jsonl(sets.SQUAD_DIR / "corpus.jsonl")
-    train = {d["_id"] for d in corpus if training_article(d["title"])}
-    queries = {q["_id"]: q["text"] for q in read_jsonl(sets.SQUAD_DIR / "queries.jsonl")}
-    answers = [a for a in read_jsonl(sets.SQUAD_DIR / "answers.jsonl") if a["doc_id"] in train]
-    docs = [{"id": d["_id"], "text": d["text"], "source": d["title"]} for d in corpus]
+    docs, questions = sets.squad(n, seed, training=True)
     colls, coll = sets.collection(data_dir, "squad", docs)
     rows = []
     try:
-        for a in random.Random(seed).sample(answers, min(n, len(answers))):
-            q = queries[a["_id"]]
-            passages = numbered(merge_hits(coll.search(query=q, k=5).hits))
-            scored = reader.scores(q, [p.text for p in passages])
+        for q in questions:
+            passages = numbered(merge_hits(coll.search(query=q.text, k=5).hits))
+            scored = reader.scores(q.text, [p.text for p in passages])
             rows.append(
                 {
-                    "gold": a["answers"],
+                    "gold": q.answers,
                     "margins": [m for m, _ in scored],
                     "texts": [t for _, t in scored],
-                    "has": [any(normalize(g) in normalize(p.text) for g in a["answers"]) for p in passages],
+                    "has": [any(normalize(g) in normalize(p.text) for g in q.answers) for p in passages],
                 }
             )
     finally:

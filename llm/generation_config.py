@@ -18,7 +18,7 @@ from typing import Any
 from common.errors import InvalidArgumentError
 
 FILE = "generation_config.json"
-GROUNDINGS = ("free", "quote", "extract")  # rag.request.GROUNDINGS (rag is above llm)
+GROUNDINGS = ("free", "quote", "extract")  # the RAG groundings (rag.request.GROUNDINGS is this one)
 # generation_config.json key -> SamplingParams field
 _SAMPLING_KEYS = {
     "temperature": "temperature",

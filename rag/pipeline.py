@@ -162,8 +162,7 @@ class RagPipeline:
         assert self.reader is not None
         passages = numbered(merge_hits(hits))
         yield Context(passages)
-        found = await self.run(self.reader.answer, query, [p.text for p in passages])
-        text = f"{found.text} [{passages[found.passage].number}]" if found is not None else NO_ANSWER
+        text = await self.run(extract_answer, self.reader, query, passages)
         ttft_ms = (time.perf_counter() - start) * 1e3
         yield TextDelta(text)
         yield AnswerEnd(
@@ -174,6 +173,12 @@ class RagPipeline:
             time_to_first_token_ms=ttft_ms,
             total_ms=(time.perf_counter() - start) * 1e3,
         )
+
+
+def extract_answer(reader: Reader, question: str, passages: list[Passage]) -> str:
+    """An extract answer's text: the reader's span followed by the number of its passage, or NO_ANSWER."""
+    found = reader.answer(question, [p.text for p in passages])
+    return f"{found.text} [{passages[found.passage].number}]" if found is not None else NO_ANSWER
 
 
 def quote_index(tokenizer: Any, passages: list[Passage]) -> QuoteIndex:

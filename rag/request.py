@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.checks import positive_int
 from common.errors import InvalidArgumentError
+from llm import generation_config
 from llm.sampler import SamplingParams
 from retrieval import check_fusion, check_mode
 
@@ -24,8 +25,8 @@ MAX_NUM_PASSAGES = 50  # build_prompt renders the prompt once per candidate pass
 # Greedy unless asked otherwise: a grounded answer should not change from one call to the next.
 DEFAULT_SAMPLING: Mapping[str, Any] = {"max_tokens": 256, "temperature": 0.0}
 ROLES = ("system", "user", "assistant")
-GROUNDINGS = ("free", "quote", "extract")  # free decoding, quotes of the passages only (llm/grounding.py), or the
-# extractive reader's best span (rag/reader.py)
+# free decoding, quotes of the passages only (llm/grounding.py), or the extractive reader's best span (rag/reader.py)
+GROUNDINGS = generation_config.GROUNDINGS
 
 
 @dataclass

@@ -290,9 +290,8 @@ def train(args) -> dict:
             log.write(json.dumps({"step": step, "loss": losses[-1], "lr": sched.get_last_lr()[0]}) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-            if not bar.disable or step % 50:
-                continue
-            print(f"step {step}/{steps} loss {sum(losses[-50:]) / 50:.3f}", file=sys.stderr, flush=True)
+            if bar.disable and step % 50 == 0:  # no terminal (a log file): a line every 50 steps instead
+                print(f"step {step}/{steps} loss {sum(losses[-50:]) / 50:.3f}", file=sys.stderr, flush=True)
     bar.close()
     log.close()
     model.eval()

@@ -41,7 +41,8 @@ class ServerConfig:
     # answers (they are refused FAILED_PRECONDITION). Default: the bundled models/pqrag-reader, when present.
     reader: str | None = field(default_factory=default_reader)
     # RAG answers' decoding when a request (or its collection) names none: "free" | "quote" | "extract"; None: the
-    # model's (generation_config.json "pqrag_grounding": extract for the bundled model (quote without a reader), free for other checkpoints)
+    # model's (generation_config.json "pqrag_grounding": extract for the bundled model, quote without a reader;
+    # free for other checkpoints)
     grounding: str | None = None
     # llm.engine.EngineConfig fields to override (max_num_seqs, kv_cache_memory, ...); a field left out keeps the
     # engine's default, which lives only there.
