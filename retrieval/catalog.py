@@ -33,7 +33,7 @@ from retrieval.collection import Collection, CollectionConfig
 from retrieval.embedder import Embedder, check_model_name, get_embedder
 from retrieval.fusion import MODES
 from retrieval.store import Store, StoreReader
-from retrieval.validation import validate_name
+from retrieval.validation import check_reader_threshold, validate_name
 from retrieval.vector_index import IndexConfig
 
 __all__ = ["Collections", "DB_FILE", "INDEX_DIR", "MAX_PAGE_SIZE", "collection_version", "document_texts"]
@@ -139,6 +139,7 @@ class Collections:
             raise InvalidArgumentError(f"search_mode must be one of {', '.join(MODES)}, got {config.search_mode!r}")
         if config.grounding not in (None, "free", "quote", "extract"):  # rag.request.GROUNDINGS (rag is above us)
             raise InvalidArgumentError(f"grounding must be free, quote or extract, got {config.grounding!r}")
+        config.reader_threshold = check_reader_threshold(config.reader_threshold)
 
         with self._lock:
             self._require_open()

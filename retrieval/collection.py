@@ -78,6 +78,11 @@ class CollectionConfig:
       `metric` reads it.
     chunker: chunk and overlap sizes in the embedder's word pieces.
     search_mode: what a search without a mode does: "hybrid" (dense + lexical, fused), "dense" or "lexical".
+    reader_threshold: the extractive reader's no-answer threshold for questions over this collection (grounding
+      "extract"): an answer is given only when the best span's margin (span score minus no-answer score) reaches it.
+      None: the reader's own null_threshold (chosen by its trainer on its training data); its margins are not
+      calibrated across domains, so a collection calibrated on a few of its own labelled questions
+      (`python -m rag.calibrate_reader`) answers more of them.
     """
 
     embedder: str | None = None
@@ -87,6 +92,8 @@ class CollectionConfig:
     search_mode: str = DEFAULT_MODE
     # how RAG answers over it are decoded, "free" | "quote" | "extract" (None: the server's)
     grounding: str | None = None
+    # the extractive reader's no-answer threshold over it (None: the reader's own null_threshold)
+    reader_threshold: float | None = None
 
     @property
     def metric(self) -> str:
@@ -100,6 +107,7 @@ class CollectionConfig:
             "chunker": dataclasses.asdict(self.chunker),
             "search_mode": self.search_mode,
             "grounding": self.grounding,
+            "reader_threshold": self.reader_threshold,
         }
 
     @classmethod
@@ -113,6 +121,7 @@ class CollectionConfig:
             chunker=chunker,
             search_mode=d.get("search_mode", DEFAULT_MODE),
             grounding=d.get("grounding"),
+            reader_threshold=d.get("reader_threshold"),  # absent from configs stored before it existed
         )
 
 

@@ -9,6 +9,8 @@ its length limit wherever it is taken, and a message quotes at most ~200 charact
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import re
 import uuid
 from collections.abc import Mapping
@@ -30,12 +32,29 @@ MAX_SOURCE_CHARS = 4096
 # chunks is ~5,000; a tiny chunk_tokens with a large overlap could otherwise make millions).
 MAX_CHUNKS_PER_DOCUMENT = 20_000
 MAX_NPROBE = 65536  # IVF lists a search may visit (no index has more lists: index_config.MAX_NLIST)
+# |reader_threshold| at most: the extractive reader's margins are differences of logits, a few units wide.
+MAX_READER_THRESHOLD = 100.0
 
 
 def validate_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidArgumentError(f"invalid collection name {quote(name)}: use 1 to 64 letters, digits, '_' or '-'")
     return name
+
+
+def check_reader_threshold(value: Any) -> float | None:
+    """A collection's reader_threshold: None (the reader's own null_threshold) or a finite number (not a bool) within
+    [-MAX_READER_THRESHOLD, MAX_READER_THRESHOLD], as a float."""
+    if value is None:
+        return None
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or abs(value) > MAX_READER_THRESHOLD or not math.isfinite(value):  # abs first: 10**400
+        raise InvalidArgumentError(
+            f"reader_threshold must be a finite number in [-{MAX_READER_THRESHOLD:g}, {MAX_READER_THRESHOLD:g}] (the "
+            f"margin of span over no-answer score the reader's answer must reach), or unset for the reader's own "
+            f"threshold; got {quote(value)}"
+        )
+    return float(value)
 
 
 def utf8_size(text: str, what: str) -> int:

@@ -20,6 +20,14 @@ MODES = ("dense", "lexical", "hybrid")
 def add_index_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", dest="search_mode", choices=MODES, help="what a search naming no mode does (hybrid)")
     p.add_argument("--grounding", choices=GROUNDINGS, help="answers' decoding (default: the server's)")
+    p.add_argument(
+        "--reader-threshold",
+        type=float,
+        metavar="X",
+        help="grounding extract: answer only when the reader's best span beats no-answer by this margin, in "
+        "[-100, 100] (default: the reader's own null_threshold, set on its training data; calibrate one on a few of "
+        "the collection's labelled questions with python -m rag.calibrate_reader)",
+    )
     g = p.add_argument_group("index", "unset values are chosen by measurement each time the index trains")
     g.add_argument("--recall-target", type=float, help="recall@10 the index must keep, in (0, 1] (default 0.95)")
     g.add_argument("--kind", choices=["ivfpq", "pq", "flat"], help="pin the index kind (flat: always exact)")
@@ -36,7 +44,7 @@ def add_index_flags(p: argparse.ArgumentParser) -> None:
 
 def index_spec(args: argparse.Namespace) -> dict[str, Any]:
     names = ("recall_target", "kind", "m", "nbits", "nlist", "nprobe", "rerank_factor", "min_train_size")
-    spec = {k: getattr(args, k) for k in (*names, "metric", "backend", "search_mode", "grounding")}
+    spec = {k: getattr(args, k) for k in (*names, "metric", "backend", "search_mode", "grounding", "reader_threshold")}
     if args.no_rerank:
         spec["rerank"] = False
     return spec
@@ -68,6 +76,8 @@ def print_hits(hits: list[dict[str, Any]]) -> None:
 def print_collection(out: dict[str, Any]) -> None:
     tuning = out.pop("tuning")
     for k, v in out.items():
+        if k == "reader_threshold" and v is None:
+            v = "unset (the reader's own)"
         print(f"{k:20} {v}")
     if tuning is None:
         print(f"{'tuning':20} none yet (exact search until the index first trains)")

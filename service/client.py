@@ -171,6 +171,7 @@ def collection_to_dict(c: collections_pb2.Collection) -> dict[str, Any]:
             "min_train_size": c.index.min_train_size,
         },
         "default_search_mode": mode_from_proto(c.default_search_mode),
+        "reader_threshold": c.reader_threshold if c.HasField("reader_threshold") else None,  # None: the reader's own
         "index_training": c.index_training,
         "tuning": tuning_to_dict(c.tuning) if c.HasField("tuning") else None,
     }
@@ -282,11 +283,19 @@ class Client:
 
     # collections
     def create_collection(
-        self, name: str, embedder: str = "", search_mode: str | None = None, grounding: str | None = None, **index: Any
+        self,
+        name: str,
+        embedder: str = "",
+        search_mode: str | None = None,
+        grounding: str | None = None,
+        reader_threshold: float | None = None,
+        **index: Any,
     ) -> collections_pb2.Collection:
         """index: IndexSpec fields (kind, m, nbits, recall_target, ...) and chunk_tokens / overlap_tokens; None or
         absent: the server's choice. search_mode: what a search naming no mode does (None: hybrid). grounding: how
-        answers over it are decoded, "free", "quote" or "extract" (None: the server's default)."""
+        answers over it are decoded, "free", "quote" or "extract" (None: the server's default). reader_threshold: the
+        extractive reader's no-answer threshold over it, the span-minus-no-answer margin an answer must reach (None:
+        the reader's own; `python -m rag.calibrate_reader` finds one from a few of the collection's questions)."""
         chunking = {k: index.pop(k) for k in ("chunk_tokens", "overlap_tokens") if k in index}
         coll = collections_pb2.Collection(
             name=name,
@@ -295,6 +304,7 @@ class Client:
             chunking=collections_pb2.ChunkingSpec(**chunking),
             default_search_mode=mode_to_proto(search_mode),
             default_grounding=collections_pb2.Grounding.Value(f"GROUNDING_{(grounding or 'unspecified').upper()}"),
+            reader_threshold=reader_threshold,  # None: unset
         )
         return self.collections.CreateCollection(
             collections_pb2.CreateCollectionRequest(collection=coll), timeout=self.timeout

@@ -63,7 +63,12 @@ def collection_config_from_proto(c: collections_pb2.Collection) -> tuple[str, Co
     config = CollectionConfig(embedder=c.embedder or None, index=index, chunker=chunker)
     config = _replace(
         config,
-        {"search_mode": mode_from_proto(c.default_search_mode), "grounding": grounding_from_proto(c.default_grounding)},
+        {
+            "search_mode": mode_from_proto(c.default_search_mode),
+            "grounding": grounding_from_proto(c.default_grounding),
+            # unset: the reader's own threshold; a value is checked by the catalog (finite, in range)
+            "reader_threshold": c.reader_threshold if c.HasField("reader_threshold") else None,
+        },
     )
     return name, config
 
@@ -107,6 +112,7 @@ def collection_to_proto(coll) -> collections_pb2.Collection:
         create_time=created,
         default_search_mode=structs.mode_to_proto(cfg.search_mode),
         default_grounding=grounding_to_proto(cfg.grounding),
+        reader_threshold=cfg.reader_threshold,  # None: left unset
         tuning=tuning_to_proto(stats["index"]["tuning"]),
         index_training=bool(stats["training"]),
     )

@@ -1,7 +1,8 @@
 """REST for collections and search, for jobs and scripts that don't speak gRPC:
 
     GET    /v1/collections                    list (with counts and index state), paged like ListCollections
-    POST   /v1/collections                    create {"name", "embedder"?, "index"?: {...}, "chunking"?: {...}}
+    POST   /v1/collections                    create {"name", "embedder"?, "index"?: {...}, "chunking"?: {...},
+                                                      "search_mode"?, "grounding"?, "reader_threshold"?}
     GET    /v1/collections/{c}                one collection
     DELETE /v1/collections/{c}                delete it, its documents and its index
     POST   /v1/collections/{c}/search         {"query" | "vector", "top_k"?, "filter"?, "mode"?, "nprobe"?, "rerank"?}
@@ -37,6 +38,12 @@ class CreateCollection(BaseModel):
     chunking: dict[str, Any] | None = Field(None, description="ChunkerConfig fields (chunk_tokens, overlap_tokens)")
     search_mode: str | None = Field(None, description="a search without a mode: hybrid, dense or lexical")
     grounding: str | None = Field(None, description="answers' decoding: free, quote or extract (default: the server's)")
+    reader_threshold: float | None = Field(  # strict: true or "1.5" is a 400, not 1.0 / 1.5
+        None,
+        strict=True,
+        description="grounding extract: the margin (best span score minus no-answer score) an answer must reach, in "
+        "[-100, 100] (default: the reader's own null_threshold; python -m rag.calibrate_reader finds one)",
+    )
 
 
 class SearchBody(BaseModel):
@@ -74,6 +81,8 @@ def collection_config(body: CreateCollection) -> CollectionConfig:
         config = _with(config, {"search_mode": body.search_mode}, "collection")
     if body.grounding is not None:
         config = _with(config, {"grounding": body.grounding}, "collection")
+    if body.reader_threshold is not None:
+        config = _with(config, {"reader_threshold": body.reader_threshold}, "collection")
     return config
 
 
@@ -86,6 +95,7 @@ def collection_json(coll: Collection) -> dict[str, Any]:
         "embedder": embedder_name(coll.config.embedder),
         "index": coll.config.index.to_dict(),
         "chunking": dataclasses.asdict(coll.config.chunker),
+        "reader_threshold": coll.config.reader_threshold,  # null: the reader's own
     }
 
 

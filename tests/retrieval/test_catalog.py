@@ -153,3 +153,23 @@ def test_a_collections_default_grounding_is_checked_and_kept(tmp_path, embedder)
     with Collections(tmp_path / "data", device="cpu") as again:  # stored with the collection
         assert again.get("quoted").config.grounding == "quote" and again.get("plain").config.grounding is None
         assert again.get("extracted").config.grounding == "extract"
+
+
+def test_a_collections_reader_threshold_is_checked_and_kept(tmp_path, embedder):
+    colls = Collections(tmp_path / "data", device="cpu")
+    try:
+        assert colls.create("plain").config.reader_threshold is None  # the reader's own null_threshold then
+        assert colls.create("low", CollectionConfig(reader_threshold=-2.5)).config.reader_threshold == -2.5
+        edge = colls.create("edge", CollectionConfig(reader_threshold=100)).config.reader_threshold
+        assert edge == 100.0 and isinstance(edge, float)
+        for bad in (float("nan"), float("inf"), -float("inf"), True, "1.5", 100.5, -101, 10**400):
+            with pytest.raises(
+                InvalidArgumentError, match=r"reader_threshold must be a finite number in \[-100, 100\]"
+            ):
+                colls.create("bad", CollectionConfig(reader_threshold=bad))
+        assert "bad" not in colls  # nothing was created
+    finally:
+        colls.close()
+    with Collections(tmp_path / "data", device="cpu") as again:  # stored with the collection
+        assert again.get("low").config.reader_threshold == -2.5 and again.get("plain").config.reader_threshold is None
+        assert again.get("edge").config.reader_threshold == 100.0

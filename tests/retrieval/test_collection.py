@@ -53,6 +53,21 @@ def topic_docs():
     ]
 
 
+# --- configuration ---------------------------------------------------------------------------------
+
+
+def test_config_round_trips_its_reader_threshold_and_loads_configs_stored_before_it():
+    for threshold in (None, -1.5, 0.0, 3.25):
+        config = CollectionConfig(grounding="extract", reader_threshold=threshold)
+        stored = json.loads(json.dumps(config.to_dict()))  # as SQLite keeps it
+        assert stored["reader_threshold"] == threshold
+        assert CollectionConfig.from_dict(stored) == config
+    old = CollectionConfig(grounding="quote").to_dict()
+    del old["reader_threshold"]  # a collection created before the setting existed
+    assert CollectionConfig.from_dict(old).reader_threshold is None  # the reader's own threshold
+    assert CollectionConfig.from_dict(old).grounding == "quote"
+
+
 # --- ingest, get, delete, search -------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from retrieval.validation import (
     check_document_id,
     check_query_text,
     check_query_vector,
+    check_reader_threshold,
     check_search,
     validate_name,
 )
@@ -134,3 +135,14 @@ def test_every_id_and_name_has_its_length_limit_and_messages_stay_short():
 def test_nprobe_out_of_range_is_refused(nprobe):
     with pytest.raises(InvalidArgumentError, match="nprobe"):
         check_search(5, nprobe, None)
+
+
+def test_reader_threshold_is_unset_or_a_finite_number_in_range():
+    assert check_reader_threshold(None) is None
+    assert check_reader_threshold(-3) == -3.0 and isinstance(check_reader_threshold(-3), float)
+    assert check_reader_threshold(np.float32(1.5)) == 1.5 and type(check_reader_threshold(np.float32(1.5))) is float
+    assert check_reader_threshold(-100.0) == -100.0
+    for bad in (float("nan"), float("inf"), -float("inf"), True, False, "2", [1.0], 100.001, -1e9, 10**400):
+        with pytest.raises(InvalidArgumentError, match="reader_threshold must be a finite number") as info:
+            check_reader_threshold(bad)
+        assert "unset for the reader's own" in str(info.value) and len(str(info.value)) < 600

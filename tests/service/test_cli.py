@@ -266,3 +266,34 @@ def test_serve_reader_flag(serve_configs, tmp_path):
     assert main(base) == 0 and main([*base, "--reader", str(tmp_path)]) == 0 and main([*base, "--reader", "none"]) == 0
     assert [c.reader for c in serve_configs] == [BUNDLED_READER, str(tmp_path), None]  # default: the bundled one
     assert main([*base, "--grounding", "extract"]) == 0 and serve_configs[3].grounding == "extract"
+
+
+def test_cli_collections_create_reader_threshold(server, capsys):
+    s = ["--server", server.target]
+    created = run_json(
+        capsys, "collections", "create", "cal", "--grounding", "extract", "--reader-threshold", "-1.5", *s
+    )
+    assert created["reader_threshold"] == -1.5
+    assert run_json(capsys, "collections", "create", "plain", *s)["reader_threshold"] is None  # the reader's own
+    listing = {c["name"]: c for c in run_json(capsys, "collections", "list", *s)}
+    assert listing["cal"]["reader_threshold"] == -1.5 and listing["plain"]["reader_threshold"] is None
+    assert main(["collections", "get", "cal", *s]) == 0
+    assert "reader_threshold     -1.5" in capsys.readouterr().out
+    assert main(["collections", "get", "plain", *s]) == 0
+    assert "reader_threshold     unset (the reader's own)" in capsys.readouterr().out
+    assert main(["collections", "create", "bad", "--reader-threshold", "nan", *s]) == 1  # refused by the server
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "reader_threshold must be a finite number" in err
+    with pytest.raises(SystemExit):  # not a number: argparse's error
+        main(["collections", "create", "bad", "--reader-threshold", "high", *s])
+    assert "calibrate_reader" in _help("collections", "create")
+
+
+def _help(*argv) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return " ".join(out.getvalue().split())

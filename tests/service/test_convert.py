@@ -159,3 +159,18 @@ def test_extract_grounding_round_trips_and_unknown_values_are_refused():
     for bad in (4, -1):
         with pytest.raises(InvalidArgumentError, match=f"unknown Grounding {bad}; use FREE, QUOTE, EXTRACT or leave"):
             convert.ask_request_from_proto(rag_pb2.AskRequest(collection="kb", question="q", grounding=bad))
+
+
+def test_a_collections_reader_threshold_is_set_only_when_the_field_is():
+    import math
+
+    from pqrag.v1 import collections_pb2
+
+    _, unset = convert.collection_config_from_proto(collections_pb2.Collection(name="kb"))
+    assert unset.reader_threshold is None  # the reader's own threshold, not 0.0
+    for value in (0.0, -2.5, 1.25):  # 0.0 included: set, not the proto3 default
+        _, config = convert.collection_config_from_proto(collections_pb2.Collection(name="kb", reader_threshold=value))
+        assert config.reader_threshold == value
+    # The value itself is the catalog's to check (retrieval.validation.check_reader_threshold): it passes through.
+    _, nan = convert.collection_config_from_proto(collections_pb2.Collection(name="kb", reader_threshold=math.nan))
+    assert math.isnan(nan.reader_threshold)

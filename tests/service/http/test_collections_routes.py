@@ -73,3 +73,26 @@ def test_search_with_top_k_filter_and_spans(http):
     r = http.post("/v1/collections/find/search", json={"query": "x", "filter": {"lang": {"$regex": "f"}}})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     http.delete("/v1/collections/find")
+
+
+def test_a_collections_reader_threshold_over_rest(http):
+    created = http.post("/v1/collections", json={"name": "cal", "grounding": "extract", "reader_threshold": -1.25})
+    assert created.status_code == 201 and created.json()["reader_threshold"] == -1.25
+    assert http.get("/v1/collections/cal").json()["reader_threshold"] == -1.25
+    plain = http.post("/v1/collections", json={"name": "plain-rt"}).json()
+    assert plain["reader_threshold"] is None  # the reader's own null_threshold
+    listing = {c["name"]: c for c in http.get("/v1/collections").json()["data"]}
+    assert listing["cal"]["reader_threshold"] == -1.25 and listing["plain-rt"]["reader_threshold"] is None
+    for bad in (250, True, "1.5"):  # out of range (the catalog's check), a bool or a string (the body's)
+        r = http.post("/v1/collections", json={"name": "bad-rt", "reader_threshold": bad})
+        assert r.status_code == 400, bad
+        assert "reader_threshold" in (r.json()["error"]["message"] + str(r.json()["error"].get("param"))), r.json()
+    r = http.post(
+        "/v1/collections",
+        content='{"name": "bad-rt", "reader_threshold": NaN}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "finite" in r.json()["error"]["message"]
+    assert http.get("/v1/collections/bad-rt").status_code == 404
+    for name in ("cal", "plain-rt"):
+        assert http.delete(f"/v1/collections/{name}").status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -94,6 +95,29 @@ def test_bad_index_and_chunking_specs_are_the_callers_mistake(client, spec, mess
         client.create_collection("bad", **spec)
     assert code_of(e) == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details()
     assert client.list_collections() == []
+
+
+def test_a_collections_reader_threshold_over_grpc(client):
+    created = client.create_collection("calibrated", grounding="extract", reader_threshold=-1.75)
+    assert created.HasField("reader_threshold") and created.reader_threshold == -1.75
+    zero = client.create_collection("zero", reader_threshold=0.0)  # set to 0.0, not left unset
+    assert zero.HasField("reader_threshold") and zero.reader_threshold == 0.0
+    plain = client.create_collection("plain")
+    assert not plain.HasField("reader_threshold")  # unset stays unset: the reader's own null_threshold
+    got = {c.name: c for c in client.list_collections()}
+    assert got["calibrated"].reader_threshold == -1.75 and not got["plain"].HasField("reader_threshold")
+    assert client.get_collection("zero").HasField("reader_threshold")
+    for bad, shown in ((math.nan, "nan"), (math.inf, "inf"), (-250.0, "-250")):
+        with pytest.raises(grpc.RpcError) as e:
+            client.create_collection("bad", reader_threshold=bad)
+        assert code_of(e) == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            "reader_threshold must be a finite number in [-100, 100]" in e.value.details()
+            and shown in e.value.details()
+        )
+    # the server keeps serving, and nothing was created
+    assert [c.name for c in client.list_collections()] == ["calibrated", "plain", "zero"]
+    assert client.get_collection("calibrated").reader_threshold == -1.75
 
 
 # --- the self-tuning index, through the real server ------------------------------------------------------------
