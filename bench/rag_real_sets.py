@@ -148,7 +148,7 @@ def extract(reader, coll, questions: Sequence[Question], num_passages: int) -> l
     out = []
     for q in questions:
         passages = numbered(merge_hits(coll.search(query=q.text, k=num_passages).hits))
-        out.append(Answer(extract_answer(reader, q.text, passages), "stop", passages))
+        out.append(Answer(extract_answer(reader, q.text, passages, coll.config.reader_threshold), "stop", passages))
     return out
 
 

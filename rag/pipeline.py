@@ -123,7 +123,7 @@ class RagPipeline:
         )
         retrieval_ms = (time.perf_counter() - start) * 1e3
         if grounding == "extract":
-            async for event in self._extract(query, found.hits, start, retrieval_ms):
+            async for event in self._extract(query, found.hits, coll.config.reader_threshold, start, retrieval_ms):
                 yield event
             return
         assert llm is not None
@@ -156,13 +156,16 @@ class RagPipeline:
             total_ms=total_ms,
         )
 
-    async def _extract(self, query: str, hits, start: float, retrieval_ms: float) -> AsyncIterator[AnswerEvent]:
+    async def _extract(
+        self, query: str, hits, threshold: float | None, start: float, retrieval_ms: float
+    ) -> AsyncIterator[AnswerEvent]:
         """The extract answer: the reader's best span over every retrieved passage (no window to fit), cited, or
-        NO_ANSWER; one TextDelta. No tokens are generated (prompt and completion tokens: 0)."""
+        NO_ANSWER below `threshold` (the collection's reader_threshold; None: the reader's own); one TextDelta. No
+        tokens are generated (prompt and completion tokens: 0)."""
         assert self.reader is not None
         passages = numbered(merge_hits(hits))
         yield Context(passages)
-        text = await self.run(extract_answer, self.reader, query, passages)
+        text = await self.run(extract_answer, self.reader, query, passages, threshold)
         ttft_ms = (time.perf_counter() - start) * 1e3
         yield TextDelta(text)
         yield AnswerEnd(
@@ -175,9 +178,10 @@ class RagPipeline:
         )
 
 
-def extract_answer(reader: Reader, question: str, passages: list[Passage]) -> str:
-    """An extract answer's text: the reader's span followed by the number of its passage, or NO_ANSWER."""
-    found = reader.answer(question, [p.text for p in passages])
+def extract_answer(reader: Reader, question: str, passages: list[Passage], threshold: float | None = None) -> str:
+    """An extract answer's text: the reader's span followed by the number of its passage, or NO_ANSWER (below
+    `threshold`, else the reader's null_threshold)."""
+    found = reader.answer(question, [p.text for p in passages], threshold)
     return f"{found.text} [{passages[found.passage].number}]" if found is not None else NO_ANSWER
 
 

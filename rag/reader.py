@@ -14,8 +14,9 @@ j - i < max_answer_tokens; the no-answer score is start[CLS] + end[CLS]. A passa
 in overlapping windows (stride), as transformers' question-answering pipeline does.
 
 Across the numbered passages (in retrieval order): each passage's margin = its best span's score - its no-answer
-score; the answer is the span of the passage with the best margin - rank_penalty * rank, or no answer when that
-margin is below `null_threshold` (chosen on held-in questions by the trainer).
+score; no answer when no passage's margin reaches `null_threshold` (chosen on held-in questions by the trainer; a
+collection may carry its own, calibrated on its questions by rag.calibrate_reader, since margins shift from one kind
+of text to another), else the span of the passage with the best margin - rank_penalty * rank.
 
 Text: passages are read with their whitespace collapsed (line wraps are not content), and the answer is a slice of
 that text, so it is the passage's characters up to whitespace, like the quote constraint's quotes.
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ReaderAnswer", "ReaderConfig", "Reader", "collapse"]
+__all__ = ["ReaderAnswer", "ReaderConfig", "Reader", "choose_passage", "collapse", "decide"]
 
 CONFIG_FILE = "reader_config.json"
 WEIGHTS_FILE = "reader.safetensors"
@@ -46,7 +47,9 @@ class ReaderConfig:
     stride: int = 128  # overlap of a long passage's windows
     max_answer_tokens: int = 48  # longest span, in word pieces (a sentence or two of the docs)
     max_question_tokens: int = 64  # longer questions are cut (the window must leave room for the passage)
-    null_threshold: float = 0.0  # answer only when the chosen span's margin (span - no-answer score) reaches it
+    # answer only when some passage's best margin (span - no-answer score) reaches it; a collection may set its own
+    # (CollectionConfig.reader_threshold, calibrated on its questions by rag.calibrate_reader)
+    null_threshold: float = 0.0
     # The passages come in retrieval order; the one answered from maximises margin - rank_penalty * rank (rank 0:
     # retrieval's best). Margins of different passages are not calibrated against each other (each window is
     # trained on its own), and retrieval's order is the better judge of which passage answers: on SQuAD questions
@@ -69,7 +72,7 @@ class ReaderConfig:
 class ReaderAnswer:
     text: str  # a slice of the passage's collapsed text
     passage: int  # index into the passages read
-    margin: float  # span score - no-answer score (>= null_threshold)
+    margin: float  # its span score - its no-answer score
 
 
 def collapse(text: str) -> str:
@@ -224,14 +227,34 @@ class Reader:
                 out[k] = (m, texts[k][a:b])
         return out
 
-    def answer(self, question: str, passages: Sequence[str]) -> ReaderAnswer | None:
+    def answer(
+        self, question: str, passages: Sequence[str], null_threshold: float | None = None
+    ) -> ReaderAnswer | None:
         """The span of the passage with the best margin - rank_penalty * rank (passages in retrieval order), or None
-        (no answer: that margin is below null_threshold)."""
-        scored = self.scores(question, passages)
-        if not scored:
-            return None
-        k = max(range(len(scored)), key=lambda i: scored[i][0] - self.cfg.rank_penalty * i)
-        margin, text = scored[k]
-        if margin < self.cfg.null_threshold or not text.strip():
-            return None
-        return ReaderAnswer(text, k, margin)
+        (no answer: no passage's margin reaches the threshold: null_threshold, else the config's)."""
+        return decide(self.scores(question, passages), self.cfg, null_threshold)
+
+
+def choose_passage(margins: Sequence[float], rank_penalty: float) -> int:
+    """The passage answered from: the best margin - rank_penalty * rank (margins in retrieval order)."""
+    return max(range(len(margins)), key=lambda i: margins[i] - rank_penalty * i)
+
+
+def decide(
+    scored: Sequence[tuple[float, str]], cfg: ReaderConfig, null_threshold: float | None = None
+) -> ReaderAnswer | None:
+    """Whether to answer, then from which passage. Answerable when the best margin of any passage reaches the
+    threshold: that is what the threshold was chosen on (rag.train_reader.choose_threshold,
+    rag.calibrate_reader), and a lower-ranked passage that clearly holds an answer is evidence the question has
+    one even where retrieval's first passage is then quoted. scored: Reader.scores's (margin, span) per passage."""
+    margins = [m for m, _ in scored]
+    if not margins:
+        return None
+    threshold = cfg.null_threshold if null_threshold is None else null_threshold
+    if not max(margins) >= threshold:  # (also -inf: nothing to read)
+        return None
+    k = choose_passage(margins, cfg.rank_penalty)
+    margin, text = scored[k]
+    if not text.strip():
+        return None
+    return ReaderAnswer(text, k, margin)

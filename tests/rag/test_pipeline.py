@@ -16,9 +16,10 @@ from tests.rag.conftest import hit
 
 
 class FakeCollection:
-    def __init__(self, hits, grounding=None):
+    def __init__(self, hits, grounding=None, reader_threshold=None):
         self.hits, self.searches, self.modes = hits, [], []
-        self.config = SimpleNamespace(grounding=grounding)  # CollectionConfig's default grounding
+        # CollectionConfig's default grounding and reader threshold
+        self.config = SimpleNamespace(grounding=grounding, reader_threshold=reader_threshold)
 
     def search(self, query, k, filter, mode=None, **fusion):
         self.searches.append((query, k, filter))
@@ -222,6 +223,25 @@ def test_extract_declines_when_no_span_clears_the_threshold(reader, bowl):
     pipeline = RagPipeline(FakeCollections(bowl), None, run_inline, reader=strict)
     events = answer(pipeline, AnswerRequest.ask("kb", "Who won?", grounding="extract"))
     assert events[1].text == NO_ANSWER
+
+
+def test_extract_follows_the_collections_reader_threshold(reader, bowl):
+    from rag.prompt import NO_ANSWER
+
+    question = "Who did the Denver Broncos defeat?"
+    margin = max(m for m, _ in reader.scores(question, [BOWL]))
+    strict = FakeCollection(bowl.hits, reader_threshold=margin + 0.01)  # just above what the reader scores
+    events = answer(
+        RagPipeline(FakeCollections(strict), None, run_inline, reader=reader),
+        AnswerRequest.ask("kb", question, grounding="extract"),
+    )
+    assert events[1].text == NO_ANSWER
+    lenient = FakeCollection(bowl.hits, reader_threshold=margin - 0.01)
+    events = answer(
+        RagPipeline(FakeCollections(lenient), None, run_inline, reader=reader),
+        AnswerRequest.ask("kb", question, grounding="extract"),
+    )
+    assert "Carolina Panthers" in events[1].text
 
 
 def test_extract_without_a_reader_and_generation_without_a_generator_are_failed_preconditions(tok, reader, bowl):

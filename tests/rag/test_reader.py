@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rag.reader import Reader, ReaderConfig, best_spans, collapse
+from rag.reader import Reader, ReaderAnswer, ReaderConfig, best_spans, collapse, decide
 
 BUNDLED = Path(__file__).resolve().parents[2] / "models" / "pqrag-reader"
 PASSAGES = [
@@ -53,7 +53,7 @@ def test_answer_is_a_verbatim_slice_of_the_passage_it_cites(reader):
         found = reader.answer(question, PASSAGES)
         assert found is not None
         assert found.text and found.text in collapse(PASSAGES[found.passage])
-        assert found.margin >= reader.cfg.null_threshold
+        assert max(m for m, _ in reader.scores(question, PASSAGES)) >= reader.cfg.null_threshold
     scores = reader.scores("Where was the game played?", PASSAGES)
     assert len(scores) == len(PASSAGES) and scores[2] == (float("-inf"), "")  # an empty passage: no span
 
@@ -63,6 +63,20 @@ def test_declines_below_the_threshold_and_without_passages(reader):
     assert reader.answer("Who won?", [""]) is None
     strict = Reader(ReaderConfig(**{**reader.cfg.__dict__, "null_threshold": 1e9}), reader.model, reader.tokenizer)
     assert strict.answer("Who won the Super Bowl?", PASSAGES) is None
+
+
+def test_decide_answers_when_any_passage_reaches_the_threshold():
+    cfg = ReaderConfig(null_threshold=-1.0, rank_penalty=2.0)
+    scored = [(-3.0, "first"), (0.5, "second"), (float("-inf"), "")]
+    # answerable (passage 2 reaches -1), quoted from retrieval's first: -3 - 0 > 0.5 - 2 is false, so passage 2
+    assert decide(scored, cfg) == ReaderAnswer("second", 1, 0.5)
+    near = [(-1.5, "first"), (0.2, "second")]  # -1.5 > 0.2 - 2: the first passage, although below the threshold
+    assert decide(near, cfg) == ReaderAnswer("first", 0, -1.5)
+    assert decide([(-1.5, "first"), (-1.2, "second")], cfg) is None  # none reaches -1
+    assert decide([(-1.5, "first"), (-1.2, "second")], cfg, null_threshold=-1.3) == ReaderAnswer("first", 0, -1.5)
+    assert decide(near, cfg, null_threshold=0.3) is None  # a collection's stricter threshold
+    assert decide([(float("-inf"), "")], cfg, null_threshold=-1e9) is None
+    assert decide([], cfg) is None
 
 
 def test_long_passages_are_read_in_windows(reader):

@@ -161,6 +161,21 @@ def test_a_server_without_a_generator_answers_extract_and_refuses_the_rest(reade
     assert reader_server.server.generator is None and reader_server.server.reader is not None
 
 
+def test_a_collections_reader_threshold_decides_its_extract_answers(reader_server):
+    from rag.prompt import NO_ANSWER
+
+    with reader_server.client(timeout=120) as c:
+        for name, threshold in (("kb-strict", 100.0), ("kb-lenient", -100.0)):
+            c.create_collection(name, reader_threshold=threshold)
+            list(c.ingest(name, RAG_DOCS))
+        question = "What makes sourdough bread rise?"
+        strict = c.ask("kb-strict", question, num_passages=3, grounding="extract")
+        lenient = c.ask("kb-lenient", question, num_passages=3, grounding="extract")
+    assert strict["answer"] == NO_ANSWER  # no margin reaches 100
+    assert lenient["answer"] != NO_ANSWER  # every question is answered from the same passages
+    check_extracted(lenient["answer"], passages_of(lenient))
+
+
 def test_an_extract_answer_cites_the_passage_its_span_is_in(tmp_path):
     """The bundled reader with its no-answer threshold lowered always answers a span: the citation path."""
     eager = tmp_path / "eager-reader"
