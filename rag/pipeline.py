@@ -56,6 +56,8 @@ class AnswerEnd:
     retrieval_ms: float  # request start -> passages found
     time_to_first_token_ms: float  # request start -> first answer text (the end, for an answer with no text)
     total_ms: float
+    grounding: str = "free"  # how it was answered: "free" | "quote" | "extract"
+    declined: bool = False  # the answer is the no-answer sentence (rag.prompt.NO_ANSWER)
 
 
 AnswerEvent = Context | TextDelta | AnswerEnd
@@ -104,8 +106,9 @@ class RagPipeline:
             )
         start = time.perf_counter()
         coll = await self.run(self.collections.get, request.collection)
+        config = coll.config  # read once: grounding and reader_threshold from one config, whatever an update swaps in
         grounding = self.grounding_for(
-            request, coll.config.grounding, llm.generation_config.grounding if llm is not None else None
+            request, config.grounding, llm.generation_config.grounding if llm is not None else None
         )
         if grounding == "extract" and self.reader is None:
             raise ReaderUnavailableError(
@@ -123,7 +126,7 @@ class RagPipeline:
         )
         retrieval_ms = (time.perf_counter() - start) * 1e3
         if grounding == "extract":
-            async for event in self._extract(query, found.hits, coll.config.reader_threshold, start, retrieval_ms):
+            async for event in self._extract(query, found.hits, config.reader_threshold, start, retrieval_ms):
                 yield event
             return
         assert llm is not None
@@ -137,12 +140,13 @@ class RagPipeline:
             params = dataclasses.replace(params, constraint=index)
         yield Context(prompt.passages)
 
-        finish_reason, n_out, ttft_ms = "abort", 0, 0.0
+        finish_reason, n_out, ttft_ms, said = "abort", 0, 0.0, []
         async for d in llm.generate(prompt.token_ids, params, uuid.uuid4().hex):
             n_out = d.num_generated_tokens
             text = d.text_delta.lstrip() if quote and not ttft_ms else d.text_delta  # a quote's leading space
             if text:
                 ttft_ms = ttft_ms or (time.perf_counter() - start) * 1e3
+                said.append(text)
                 yield TextDelta(text)
             if d.finished:
                 finish_reason = d.finish_reason or "stop"
@@ -154,6 +158,8 @@ class RagPipeline:
             retrieval_ms=retrieval_ms,
             time_to_first_token_ms=ttft_ms or total_ms,
             total_ms=total_ms,
+            grounding=grounding,
+            declined="".join(said).strip() == NO_ANSWER,
         )
 
     async def _extract(
@@ -175,6 +181,8 @@ class RagPipeline:
             retrieval_ms=retrieval_ms,
             time_to_first_token_ms=ttft_ms,
             total_ms=(time.perf_counter() - start) * 1e3,
+            grounding="extract",
+            declined=text == NO_ANSWER,
         )
 
 

@@ -10,9 +10,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+if TYPE_CHECKING:
+    from rag.pipeline import AnswerEnd
 
 
 @dataclass
@@ -75,6 +78,15 @@ class ServerMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.generated_tokens = Counter("pqrag_generated_tokens", "Answer tokens generated", registry=self.registry)
+        # By grounding (free, quote, extract: the reader's answers generate no tokens) and outcome (answered,
+        # declined: the no-answer sentence), so that the share of declines a collection's reader_threshold or the
+        # quote mode's refusal causes can be watched.
+        self.rag_answers = Counter(
+            "pqrag_rag_answers",
+            "Rag answers finished, by grounding and outcome",
+            ["grounding", "outcome"],
+            registry=self.registry,
+        )
         self.engine_gauges: dict[str, Gauge] = {}
         self.serving = Gauge(
             "pqrag_serving",
@@ -93,11 +105,13 @@ class ServerMetrics:
             registry=self.registry,
         )
 
-    def observe_generation(self, retrieval_s: float, ttft_s: float, total_s: float, tokens: int) -> None:
-        self.rag_retrieval_seconds.observe(retrieval_s)
-        self.rag_ttft_seconds.observe(ttft_s)
-        self.rag_total_seconds.observe(total_s)
-        self.generated_tokens.inc(tokens)
+    def observe_answer(self, end: AnswerEnd) -> None:
+        """A finished Rag answer (its AnswerEnd): timings, tokens, and its count by grounding and outcome."""
+        self.rag_retrieval_seconds.observe(end.retrieval_ms / 1e3)
+        self.rag_ttft_seconds.observe(end.time_to_first_token_ms / 1e3)
+        self.rag_total_seconds.observe(end.total_ms / 1e3)
+        self.generated_tokens.inc(end.completion_tokens)
+        self.rag_answers.labels(grounding=end.grounding, outcome="declined" if end.declined else "answered").inc()
 
     def watch_engine(self, stats) -> None:
         """Export the engine's numeric stats (running, waiting, kv_usage, prefix-cache hit rate, preemptions,

@@ -163,8 +163,7 @@ async def answer_events(ctx: HttpContext, request: AnswerRequest) -> AsyncIterat
                     yield Piece(event.text)
                 else:
                     assert isinstance(event, AnswerEnd), event
-                    seconds = (event.retrieval_ms / 1e3, event.time_to_first_token_ms / 1e3, event.total_ms / 1e3)
-                    ctx.metrics.observe_generation(*seconds, event.completion_tokens)
+                    ctx.metrics.observe_answer(event)
                     ctx.limits.charge_tokens(current_principal(), event.prompt_tokens + event.completion_tokens)
                     yield End(event.finish_reason, event.prompt_tokens, event.completion_tokens)
 

@@ -60,8 +60,7 @@ class RagServicer(Servicer, rag_pb2_grpc.RagServicer):
                     yield convert.answer_event_to_proto(held)
                     held = None
                 if isinstance(event, AnswerEnd):
-                    seconds = (event.retrieval_ms / 1e3, event.time_to_first_token_ms / 1e3, event.total_ms / 1e3)
-                    self.metrics.observe_generation(*seconds, event.completion_tokens)
+                    self.metrics.observe_answer(event)
                     self.limits.charge_tokens(current_principal(), event.prompt_tokens + event.completion_tokens)
                 yield convert.answer_event_to_proto(event)
 

@@ -88,6 +88,16 @@ def test_events_come_in_order_with_the_numbered_context_and_the_counts(tok, coll
     end = events[-1]
     assert (end.finish_reason, end.prompt_tokens, end.completion_tokens) == ("length", len(prompt_ids), 3)
     assert 0 <= end.retrieval_ms <= end.time_to_first_token_ms <= end.total_ms
+    assert (end.grounding, end.declined) == ("free", False)
+
+
+def test_the_end_says_when_the_answer_is_the_no_answer_sentence(tok, coll):
+    from rag.prompt import NO_ANSWER
+
+    head, tail = NO_ANSWER[:8], NO_ANSWER[8:]  # streamed in pieces, as a generator does
+    gen = FakeGenerator(tok, texts=(head, tail, ""), finish_reason="stop")
+    *_, end = answer(RagPipeline(FakeCollections(coll), gen, run_inline), AnswerRequest.ask("kb", "q"))
+    assert (end.grounding, end.declined) == ("free", True)
 
 
 def test_a_chat_retrieves_with_the_previous_user_turn(tok, coll):
@@ -223,6 +233,7 @@ def test_extract_declines_when_no_span_clears_the_threshold(reader, bowl):
     pipeline = RagPipeline(FakeCollections(bowl), None, run_inline, reader=strict)
     events = answer(pipeline, AnswerRequest.ask("kb", "Who won?", grounding="extract"))
     assert events[1].text == NO_ANSWER
+    assert (events[-1].grounding, events[-1].declined) == ("extract", True)
 
 
 def test_extract_follows_the_collections_reader_threshold(reader, bowl):

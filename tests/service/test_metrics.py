@@ -26,6 +26,7 @@ DOCUMENTED = {
     "pqrag_rag_time_to_first_token_seconds": "histogram",
     "pqrag_rag_total_seconds": "histogram",
     "pqrag_generated_tokens": "counter",
+    "pqrag_rag_answers": "counter",
     "pqrag_serving": "gauge",
     "pqrag_waiting_requests": "gauge",
     "pqrag_waiting_tokens": "gauge",
@@ -40,7 +41,9 @@ DOCUMENTED = {
 
 
 def test_metrics_endpoint_serves_the_documented_names_and_types(tmp_path, tiny_model_dir):
-    srv = ServerThread(tmp_path / "data", model=str(tiny_model_dir), metrics_port=0).start()
+    from service.config import BUNDLED_READER
+
+    srv = ServerThread(tmp_path / "data", model=str(tiny_model_dir), metrics_port=0, reader=BUNDLED_READER).start()
     try:
         with srv.client(timeout=120) as c:
             c.create_collection("kb")
@@ -48,7 +51,10 @@ def test_metrics_endpoint_serves_the_documented_names_and_types(tmp_path, tiny_m
             c.search("kb", "bread")
             with pytest.raises(grpc.RpcError):
                 c.search("kb", "")
-            c.ask("kb", "What makes bread rise?", max_tokens=4, ignore_eos=True)
+            c.ask("kb", "What makes bread rise?", max_tokens=4, ignore_eos=True, grounding="free")
+            c.create_collection("strict", reader_threshold=100.0)  # the reader declines every question here
+            list(c.ingest("strict", RAG_DOCS))
+            c.ask("strict", "What makes bread rise?", grounding="extract")
         with urllib.request.urlopen(f"http://127.0.0.1:{srv.server.metrics_port}/metrics", timeout=10) as r:
             assert r.headers.get_content_type() == "text/plain"
             text = r.read().decode()
@@ -63,7 +69,12 @@ def test_metrics_endpoint_serves_the_documented_names_and_types(tmp_path, tiny_m
     assert samples[("pqrag_rpc_requests_total", (("code", "INVALID_ARGUMENT"), ("method", "Search")))] == 1
     assert samples[("pqrag_ingested_documents_total", (("collection", "kb"),))] == len(RAG_DOCS)
     assert samples[("pqrag_generated_tokens_total", ())] == 4
-    assert samples[("pqrag_rag_total_seconds_count", ())] == 1
+    assert samples[("pqrag_rag_total_seconds_count", ())] == 2
+    answers = {k[1]: v for k, v in samples.items() if k[0] == "pqrag_rag_answers_total"}
+    assert answers == {
+        (("grounding", "free"), ("outcome", "answered")): 1,
+        (("grounding", "extract"), ("outcome", "declined")): 1,
+    }
     assert samples[("pqrag_serving", ())] == 1 and samples[("pqrag_waiting_requests", ())] == 0
 
     documented = README.read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
