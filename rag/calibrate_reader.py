@@ -1,6 +1,7 @@
 """Calibrate the extractive reader's no-answer threshold for one collection, on a few of its own questions.
 
-    python -m rag.calibrate_reader --data-dir DIR --collection NAME --questions Q.jsonl [--reader DIR] [--json]
+    python -m rag.calibrate_reader --data-dir DIR --collection NAME --questions Q.jsonl [--reader DIR] [--write]
+        [--json]
 
 Why: the reader (rag/reader.py) answers when some retrieved passage's margin (best span score - no-answer score)
 reaches a threshold. Its trainer chose that threshold on its training data (mostly SQuAD's Wikipedia paragraphs),
@@ -12,9 +13,11 @@ Q.jsonl rows: {"question": "...", "answerable": true | false}, or {"question": "
 (bench/data/python_docs_dev_questions.jsonl's form: a null topic is unanswerable; a topic also reports how often the
 passage quoted is that document). Each question goes the server's way (the collection's default search, the
 server's passage count, merged as rag.pipeline merges them); the threshold chosen maximises the right decisions,
-answering the answerable and declining the rest (each as a share of its kind). It is printed with the decisions before and after; set it with
-`pqrag collections create NAME --reader-threshold X` (CollectionConfig.reader_threshold). It opens the data dir
-itself, so run it while no server holds that directory (or on a copy).
+answering the answerable and declining the rest (each as a share of its kind). It is printed with the decisions
+before and after; --write also stores it as the collection's reader_threshold (CollectionConfig.reader_threshold,
+through Collections.update), which a server started on the data dir then uses. It opens the data dir itself, so it
+runs while no server holds that directory; for a server that keeps running, calibrate on a copy of the directory and
+set the threshold with `pqrag collections update NAME --reader-threshold X`.
 """
 
 from __future__ import annotations
@@ -157,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", required=True, help="JSONL: question + answerable (or topic: doc id / null)")
     p.add_argument("--reader", default=str(DEFAULT_READER), help="the reader's directory (default: the bundled one)")
     p.add_argument("--passages", type=int, default=DEFAULT_NUM_PASSAGES, help="passages per question (the server's)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument(
+        "--write", action="store_true", help="store the calibrated threshold as the collection's reader_threshold"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout (with written: true after --write)")
     args = p.parse_args(argv)
 
     from rag.reader import Reader
@@ -172,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     colls = Collections(args.data_dir)
     try:
         result = calibrate(reader, colls.get(args.collection), questions, args.passages, progress=not args.json)
+        if args.write:  # committed to the store; a server reads it when it next opens the data dir
+            colls.update(args.collection, reader_threshold=result["reader_threshold"])
     finally:
         colls.close()
+    result["written"] = args.write
     if args.json:
         print(json.dumps(result))
         return 0
@@ -186,7 +195,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['answered']:.2f} of the answerable, declined {r['declined']:.2f} of the rest, right "
             f"{r['right']:.2f}{topic}"
         )
-    print(f"set it: pqrag collections create {args.collection} --reader-threshold {result['reader_threshold']}")
+    threshold = result["reader_threshold"]
+    if args.write:
+        print(f"wrote reader_threshold {threshold} to collection {args.collection} in {args.data_dir}")
+    else:
+        print(
+            f"set it: pqrag collections update {args.collection} --reader-threshold {threshold} (on a running "
+            "server), or run this again with --write (no server holding the data dir)"
+        )
     return 0
 
 

@@ -3,11 +3,13 @@
     with Collections("data") as colls:                   # data/pqrag.sqlite3 + data/indexes/<cid>-<name>/
         notes = colls.create("notes")                    # a retrieval.collection.Collection
         colls.get("notes").search("what is ...?", k=5)
+        colls.update("notes", reader_threshold=-1.5)     # UPDATABLE_SETTINGS only; None: back to the default
 
 One process at a time owns a data directory (an exclusive flock on data_dir/LOCK). Opening it opens the SQLite
 store and every collection (each index restored from its snapshot plus the store, see recovery.py) and
 removes index directories left by a collection whose deletion was interrupted. The manager's lock guards its
-name table only; a collection's own work runs under that collection's lock.
+name table and the swap of a collection's config by `update`; a collection's own work runs under that collection's
+lock.
 
 `document_texts` and `collection_version` read a collection without owning the directory (the trainer does, while
 a server may own it).
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from common.checks import optional_positive_int, positive_int
-from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, quote
 from retrieval.chunker import ChunkerConfig
 from retrieval.collection import Collection, CollectionConfig
 from retrieval.embedder import Embedder, check_model_name, get_embedder
@@ -36,11 +38,32 @@ from retrieval.store import Store, StoreReader
 from retrieval.validation import check_reader_threshold, validate_name
 from retrieval.vector_index import IndexConfig
 
-__all__ = ["Collections", "DB_FILE", "INDEX_DIR", "MAX_PAGE_SIZE", "collection_version", "document_texts"]
+__all__ = [
+    "Collections",
+    "DB_FILE",
+    "INDEX_DIR",
+    "MAX_PAGE_SIZE",
+    "UPDATABLE_SETTINGS",
+    "collection_version",
+    "document_texts",
+]
 
 DB_FILE = "pqrag.sqlite3"
 INDEX_DIR = "indexes"
 MAX_PAGE_SIZE = 1000  # collections per list_page: the default and the most one page may hold
+# What Collections.update may change: how a collection is searched and answered. The other settings (embedder,
+# dimension, index, chunker) shape the vectors it stores: changing one takes a new collection and a re-ingest.
+UPDATABLE_SETTINGS = ("search_mode", "grounding", "reader_threshold")
+
+
+def _checked_settings(config: CollectionConfig) -> CollectionConfig:
+    """The one check of the UPDATABLE_SETTINGS, at create and at update: config with reader_threshold as a float, or
+    InvalidArgumentError naming the setting."""
+    if config.search_mode not in MODES:
+        raise InvalidArgumentError(f"search_mode must be one of {', '.join(MODES)}, got {quote(config.search_mode)}")
+    if config.grounding not in (None, "free", "quote", "extract"):  # rag.request.GROUNDINGS (rag is above us)
+        raise InvalidArgumentError(f"grounding must be free, quote or extract, got {quote(config.grounding)}")
+    return dataclasses.replace(config, reader_threshold=check_reader_threshold(config.reader_threshold))
 
 
 class Collections:
@@ -135,11 +158,7 @@ class Collections:
             config.index.validate(embedder.dimension)
         except (ValueError, TypeError) as exc:
             raise InvalidArgumentError(f"invalid index configuration: {exc}") from exc
-        if config.search_mode not in MODES:
-            raise InvalidArgumentError(f"search_mode must be one of {', '.join(MODES)}, got {config.search_mode!r}")
-        if config.grounding not in (None, "free", "quote", "extract"):  # rag.request.GROUNDINGS (rag is above us)
-            raise InvalidArgumentError(f"grounding must be free, quote or extract, got {config.grounding!r}")
-        config.reader_threshold = check_reader_threshold(config.reader_threshold)
+        config = _checked_settings(config)
 
         with self._lock:
             self._require_open()
@@ -169,6 +188,35 @@ class Collections:
             coll = self._collections.get(name)
         if coll is None:
             raise NotFoundError(f"collection {name!r} not found")
+        return coll
+
+    def update(self, name: str, /, **settings: Any) -> Collection:
+        """Change the settings of a collection that leave its stored vectors as they are (UPDATABLE_SETTINGS:
+        search_mode, grounding, reader_threshold) and return it. Only the settings given change; None puts one back to
+        its default (search_mode: hybrid; grounding: the server's; reader_threshold: the reader's own). They are
+        checked as create checks them and committed to the store before the collection's config is swapped for the
+        new one under the manager's lock: a request reads either the old config or the new one, never a mix."""
+        self._require_open()
+        validate_name(name)
+        unknown = [k for k in settings if k not in UPDATABLE_SETTINGS]
+        if unknown:
+            raise InvalidArgumentError(
+                f"cannot update {quote(', '.join(unknown))}: a collection's updatable settings are "
+                f"{', '.join(UPDATABLE_SETTINGS)}; the others (embedder, dimension, index, chunker) shape its stored "
+                "vectors, so changing one needs a new collection (create it and ingest the documents again)"
+            )
+        defaults = CollectionConfig()
+        changes = {k: getattr(defaults, k) if v is None else v for k, v in settings.items()}
+        with self._lock:
+            self._require_open()
+            coll = self._collections.get(name)
+            if coll is None:
+                raise NotFoundError(f"collection {name!r} not found")
+            config = _checked_settings(dataclasses.replace(coll.config, **changes))
+            if config != coll.config:
+                with self._store.write() as conn:
+                    self._store.update_collection_config(conn, coll.cid, config.to_dict())
+                coll.config = config  # one reference swapped: readers that took the old config keep a whole one
         return coll
 
     def list(self) -> list[Collection]:

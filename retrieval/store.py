@@ -202,6 +202,11 @@ class Store:
         create_fts(conn, cid)
         return cid
 
+    @staticmethod
+    def update_collection_config(conn: sqlite3.Connection, cid: int, config: dict) -> None:
+        """Replace a collection's config JSON (its settings that leave the stored vectors as they are)."""
+        conn.execute("UPDATE collections SET config = ? WHERE cid = ?", (json.dumps(config, sort_keys=True), cid))
+
     def collection_rows(self) -> list[dict[str, Any]]:
         rows = (
             self._reader()

@@ -74,7 +74,7 @@ __all__ = [
 class Role(enum.IntEnum):
     READ = 1  # Search, GetDocument, Get/ListCollections, Ask, Chat, embeddings
     WRITE = 2  # + Ingest, IngestStream, DeleteDocument
-    ADMIN = 3  # + Create/DeleteCollection, keys
+    ADMIN = 3  # + Create/Update/DeleteCollection, keys
 
     @classmethod
     def parse(cls, name: str) -> Role:

@@ -2,6 +2,7 @@
 
     pqrag serve --data-dir data --port 50051
     pqrag collections create docs
+    pqrag collections update docs --reader-threshold -1.5
     pqrag ingest ./notes ./README.md --collection docs
     pqrag search "how do I open a file?" --collection docs -k 5 --json
 
@@ -23,12 +24,14 @@ from typing import Any
 
 from service.cli_options import GROUNDINGS, add_client_flags, add_serve_flags, client_options, serve_config
 from service.cli_retrieval import (
-    add_index_flags,
+    add_collection_actions,
     add_mode_flags,
     index_spec,
     mode_options,
     print_collection,
     print_hits,
+    print_updated,
+    update_settings,
 )
 from service.config import ServerConfig
 from service.keys_cli import add_keys_parser
@@ -135,6 +138,9 @@ def cmd_collections(args) -> int:
                     print(
                         f"{x['name']:24} {x['documents']:>8} {x['chunks']:>8} {x['dimension']:>5}  {x['index_state']}"
                     )
+        elif args.action == "update":
+            out = collection_to_dict(c.update_collection(args.name, **update_settings(args)))
+            _print_json(out) if args.json else print_updated(out)
         elif args.action == "delete":
             c.delete_collection(args.name)
             _print_json({"deleted": args.name}) if args.json else print(f"deleted collection {args.name}")
@@ -416,17 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_parser(sub, DEFAULT_DATA_DIR)
     add_models_parser(sub)
 
-    p = client_cmd("collections", "create, get, list or delete collections", cmd_collections)
+    p = client_cmd("collections", "create, get, list, update or delete collections", cmd_collections)
     csub = p.add_subparsers(dest="action", required=True)
-    c = csub.add_parser("create")
-    c.add_argument("name")
-    c.add_argument(
-        "--embedder", help="embedder model name (default all-MiniLM-L6-v2; others: the server's --models-dir)"
-    )
-    add_index_flags(c)
-    for action in ("get", "delete"):
-        csub.add_parser(action).add_argument("name")
-    csub.add_parser("list")
+    add_collection_actions(csub)
     # Let the shared client flags also follow the action (`pqrag collections list --json`).
     for sp in csub.choices.values():
         sp.add_argument("--server", default=argparse.SUPPRESS)

@@ -1,7 +1,10 @@
-"""The command line's retrieval flags and views, apart from cli.py: an index's settings at `collections create`, a
-search's mode and fusion (`search`, `ask`, `chat`), and the text form of hits and of a collection's tuning report.
+"""The command line's retrieval flags and views, apart from cli.py: the `collections` actions (an index's settings at
+`collections create`, the settings `collections update` changes), a search's mode and fusion (`search`, `ask`,
+`chat`), and the text form of hits and of a collection's tuning report.
 
+    add_collection_actions(subparsers)  the parsers of `pqrag collections create|get|delete|list|update`
     add_index_flags(create_parser)  ->  index_spec(args): Client.create_collection keyword arguments
+    update_settings(args)               Client.update_collection keyword arguments (`collections update`)
     add_mode_flags(parser)          ->  mode_options(args): {"mode", "fusion"} for search_raw / ask_stream / chat_stream
     print_hits(resp)                    `pqrag search` without --json (each hit's dense and lexical ranks)
     print_collection(out)               `pqrag collections get` without --json (settings, then the tuning report)
@@ -17,17 +20,66 @@ from service.cli_options import GROUNDINGS
 MODES = ("dense", "lexical", "hybrid")
 
 
+READER_THRESHOLD_HELP = (
+    "grounding extract: answer only when the reader's best span beats no-answer by this margin, in [-100, 100] "
+    "(default: the reader's own null_threshold, set on its training data; calibrate one on a few of the collection's "
+    "labelled questions with python -m rag.calibrate_reader)"
+)
+
+
+def add_collection_actions(csub: Any) -> None:
+    """`pqrag collections create|get|delete|list|update` on `csub`, the collections command's subparsers."""
+    c = csub.add_parser("create")
+    c.add_argument("name")
+    c.add_argument(
+        "--embedder", help="embedder model name (default all-MiniLM-L6-v2; others: the server's --models-dir)"
+    )
+    add_index_flags(c)
+    for action in ("get", "delete"):
+        csub.add_parser(action).add_argument("name")
+    csub.add_parser("list")
+    u = csub.add_parser(
+        "update",
+        help="change the settings that leave the stored vectors as they are",
+        description="Change a collection's search mode, grounding or reader threshold; the settings not given stay. "
+        "The embedder, index and chunking are fixed at create: changing them takes a new collection.",
+    )
+    u.add_argument("name")
+    u.add_argument(
+        "--search-mode", "--mode", dest="search_mode", choices=MODES, help="what a search naming no mode does"
+    )
+    g = u.add_mutually_exclusive_group()
+    g.add_argument("--grounding", choices=GROUNDINGS, help="answers' decoding")
+    g.add_argument("--no-grounding", action="store_true", help="back to the server's default grounding")
+    r = u.add_mutually_exclusive_group()
+    r.add_argument("--reader-threshold", type=float, metavar="X", help=READER_THRESHOLD_HELP)
+    r.add_argument("--no-reader-threshold", action="store_true", help="back to the reader's own null_threshold")
+
+
+def update_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """`collections update`'s flags as Client.update_collection keyword arguments; none given is an error."""
+    clear = [k for k in ("grounding", "reader_threshold") if getattr(args, f"no_{k}")]
+    given = {k: getattr(args, k) for k in ("search_mode", "grounding", "reader_threshold")}
+    if not clear and all(v is None for v in given.values()):
+        raise SystemExit(
+            "pqrag collections update: nothing to change; give --search-mode, --grounding / --no-grounding or "
+            "--reader-threshold / --no-reader-threshold"
+        )
+    return {**given, "clear": clear}
+
+
+def print_updated(out: dict[str, Any]) -> None:
+    """`pqrag collections update` without --json: the settings it may change, as they are now."""
+    grounding = out["default_grounding"] or "the server's"
+    threshold = "the reader's own" if out["reader_threshold"] is None else out["reader_threshold"]
+    mode = out["default_search_mode"] or "hybrid"
+    print(f"updated collection {out['name']}: search mode {mode}, grounding {grounding}, reader threshold {threshold}")
+
+
 def add_index_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", dest="search_mode", choices=MODES, help="what a search naming no mode does (hybrid)")
     p.add_argument("--grounding", choices=GROUNDINGS, help="answers' decoding (default: the server's)")
-    p.add_argument(
-        "--reader-threshold",
-        type=float,
-        metavar="X",
-        help="grounding extract: answer only when the reader's best span beats no-answer by this margin, in "
-        "[-100, 100] (default: the reader's own null_threshold, set on its training data; calibrate one on a few of "
-        "the collection's labelled questions with python -m rag.calibrate_reader)",
-    )
+    p.add_argument("--reader-threshold", type=float, metavar="X", help=READER_THRESHOLD_HELP)
     g = p.add_argument_group("index", "unset values are chosen by measurement each time the index trains")
     g.add_argument("--recall-target", type=float, help="recall@10 the index must keep, in (0, 1] (default 0.95)")
     g.add_argument("--kind", choices=["ivfpq", "pq", "flat"], help="pin the index kind (flat: always exact)")

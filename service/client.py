@@ -2,6 +2,7 @@
 
 with Client("localhost:50051") as c:
     c.create_collection("docs")
+    c.update_collection("docs", reader_threshold=-1.5)   # or clear=["reader_threshold"]: back to the reader's own
     for ack in c.ingest("docs", [{"id": "a", "text": "..."}]):
         ...
     hits = c.search("docs", "what is a list comprehension?", k=5)
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 import grpc
+from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pqrag.v1 import (
@@ -150,6 +152,26 @@ def print_answer(events: Iterable[rag_pb2.AskResponse], out: TextIO | None = Non
     return result
 
 
+def grounding_to_proto(grounding: str | None) -> int:
+    """ "free" | "quote" | "extract" -> Grounding; None -> GROUNDING_UNSPECIFIED."""
+    return collections_pb2.Grounding.Value(f"GROUNDING_{(grounding or 'unspecified').upper()}")
+
+
+def grounding_from_proto(grounding: int) -> str | None:
+    """Grounding -> "free" | "quote" | "extract"; None for GROUNDING_UNSPECIFIED."""
+    if grounding == collections_pb2.GROUNDING_UNSPECIFIED:
+        return None
+    return collections_pb2.Grounding.Name(grounding).removeprefix("GROUNDING_").lower()
+
+
+# Client.update_collection's settings -> UpdateCollectionRequest's mask paths
+UPDATE_PATHS = {
+    "search_mode": "default_search_mode",
+    "grounding": "default_grounding",
+    "reader_threshold": "reader_threshold",
+}
+
+
 def collection_to_dict(c: collections_pb2.Collection) -> dict[str, Any]:
     return {
         "name": c.name,
@@ -171,6 +193,7 @@ def collection_to_dict(c: collections_pb2.Collection) -> dict[str, Any]:
             "min_train_size": c.index.min_train_size,
         },
         "default_search_mode": mode_from_proto(c.default_search_mode),
+        "default_grounding": grounding_from_proto(c.default_grounding),  # None: the server's
         "reader_threshold": c.reader_threshold if c.HasField("reader_threshold") else None,  # None: the reader's own
         "index_training": c.index_training,
         "tuning": tuning_to_dict(c.tuning) if c.HasField("tuning") else None,
@@ -303,12 +326,42 @@ class Client:
             index=collections_pb2.IndexSpec(**{k: v for k, v in index.items() if v is not None}),
             chunking=collections_pb2.ChunkingSpec(**chunking),
             default_search_mode=mode_to_proto(search_mode),
-            default_grounding=collections_pb2.Grounding.Value(f"GROUNDING_{(grounding or 'unspecified').upper()}"),
+            default_grounding=grounding_to_proto(grounding),
             reader_threshold=reader_threshold,  # None: unset
         )
         return self.collections.CreateCollection(
             collections_pb2.CreateCollectionRequest(collection=coll), timeout=self.timeout
         )
+
+    def update_collection(
+        self,
+        name: str,
+        search_mode: str | None = None,
+        grounding: str | None = None,
+        reader_threshold: float | None = None,
+        clear: Iterable[str] = (),
+    ) -> collections_pb2.Collection:
+        """Change a collection's settings that leave its vectors as they are; the ones given (not None) change, the
+        others stay. clear: settings put back to their defaults, among "search_mode" (hybrid), "grounding" (the
+        server's) and "reader_threshold" (the reader's own). Returns the collection as updated."""
+        given = {"search_mode": search_mode, "grounding": grounding, "reader_threshold": reader_threshold}
+        clear = list(clear)
+        for k in clear:
+            if k not in UPDATE_PATHS:
+                raise ValueError(f"cannot clear {k!r}: the updatable settings are {', '.join(UPDATE_PATHS)}")
+            if given[k] is not None:
+                raise ValueError(f"{k} is both given and cleared")
+        coll = collections_pb2.Collection(
+            name=name,
+            default_search_mode=mode_to_proto(search_mode),
+            default_grounding=grounding_to_proto(grounding),
+            reader_threshold=reader_threshold,  # None: unset
+        )
+        paths = [UPDATE_PATHS[k] for k, v in given.items() if v is not None or k in clear]  # unset + named: cleared
+        request = collections_pb2.UpdateCollectionRequest(
+            collection=coll, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+        return self.collections.UpdateCollection(request, timeout=self.timeout)
 
     def get_collection(self, name: str) -> collections_pb2.Collection:
         return self.collections.GetCollection(collections_pb2.GetCollectionRequest(name=name), timeout=self.timeout)
@@ -395,7 +448,7 @@ class Client:
         grounding: str | None = None,
     ) -> None:
         if grounding is not None:  # "free" | "quote" | "extract"; None: the collection's, else the server's default
-            req.grounding = collections_pb2.Grounding.Value(f"GROUNDING_{grounding.upper()}")
+            req.grounding = grounding_to_proto(grounding)
         if num_passages is not None:
             req.num_passages = num_passages
         if filter is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from common.errors import InvalidArgumentError
+from common.errors import InvalidArgumentError, quote
 from pqrag.v1 import collections_pb2, documents_pb2, rag_pb2, search_pb2
 from rag.passages import Passage
 from rag.pipeline import AnswerEnd, AnswerEvent, Context, TextDelta
@@ -71,6 +71,55 @@ def collection_config_from_proto(c: collections_pb2.Collection) -> tuple[str, Co
         },
     )
     return name, config
+
+
+# UpdateCollection: the mask paths that may change -> Collections.update's settings. The fixed fields shape the stored
+# vectors (changing one takes a new collection); Collection's other fields are output only.
+UPDATE_PATHS = {
+    "default_search_mode": "search_mode",
+    "default_grounding": "grounding",
+    "reader_threshold": "reader_threshold",
+}
+FIXED_FIELDS = ("embedder", "index", "chunking")
+
+
+def collection_update_from_proto(request: collections_pb2.UpdateCollectionRequest) -> tuple[str, dict[str, Any]]:
+    """UpdateCollectionRequest -> (name, Collections.update's settings): the fields update_mask names (an unset one:
+    None, back to its default), or with no mask the updatable fields the collection populates (AIP-134)."""
+    c = request.collection
+    name = require_name(c.name)
+    values = {  # read only for the paths asked: a field outside the mask is ignored, whatever it holds
+        "default_search_mode": lambda: mode_from_proto(c.default_search_mode),  # None: hybrid, the default
+        "default_grounding": lambda: grounding_from_proto(c.default_grounding),
+        "reader_threshold": lambda: c.reader_threshold if c.HasField("reader_threshold") else None,
+    }
+    paths = list(dict.fromkeys(request.update_mask.paths))
+    wrong = [p for p in paths if p not in UPDATE_PATHS]
+    if wrong:
+        raise InvalidArgumentError(
+            f"update_mask path {quote(wrong[0])} cannot be updated; the updatable paths are "
+            f"{', '.join(UPDATE_PATHS)} (embedder, index and chunking shape the stored vectors: changing them takes a "
+            "new collection; the other fields are output only)"
+        )
+    if not paths:
+        paths = [p for p in UPDATE_PATHS if values[p]() is not None]
+    return name, {UPDATE_PATHS[p]: values[p]() for p in paths}
+
+
+def fixed_fields_set(c: collections_pb2.Collection) -> list[str]:
+    """The fields of FIXED_FIELDS that `c` populates."""
+    return [f for f in FIXED_FIELDS if (bool(c.embedder) if f == "embedder" else c.HasField(f))]
+
+
+def check_fixed_fields(c: collections_pb2.Collection, current: collections_pb2.Collection) -> None:
+    """An UpdateCollection without a mask may repeat the fixed fields (a collection read with GetCollection, changed
+    and sent back), not change them: a populated one that differs from `current` is InvalidArgumentError."""
+    changed = [f for f in fixed_fields_set(c) if getattr(c, f) != getattr(current, f)]
+    if changed:
+        raise InvalidArgumentError(
+            f"{', '.join(changed)} cannot be updated: fixed at create, they shape the stored vectors (changing them "
+            f"takes a new collection); the updatable fields are {', '.join(UPDATE_PATHS)} (name them in update_mask)"
+        )
 
 
 def _replace(obj, overrides: dict[str, Any]):

@@ -54,6 +54,7 @@ METHOD_ROLES: dict[str, Role] = {
     "/pqrag.v1.Documents/IngestStream": Role.WRITE,
     "/pqrag.v1.Documents/DeleteDocument": Role.WRITE,
     "/pqrag.v1.Collections/CreateCollection": Role.ADMIN,
+    "/pqrag.v1.Collections/UpdateCollection": Role.ADMIN,
     "/pqrag.v1.Collections/DeleteCollection": Role.ADMIN,
 }
 
@@ -67,7 +68,7 @@ def collection_of(request: Any) -> str | None:
     kind = request.DESCRIPTOR.name
     if kind in ("GetCollectionRequest", "DeleteCollectionRequest"):
         return request.name or None
-    if kind == "CreateCollectionRequest":
+    if kind in ("CreateCollectionRequest", "UpdateCollectionRequest"):
         return request.collection.name or None
     f = request.DESCRIPTOR.fields_by_name.get("collection")
     if f is not None and f.type == f.TYPE_STRING:

@@ -51,6 +51,11 @@ class CollectionsStub:
                 request_serializer=pqrag_dot_v1_dot_collections__pb2.ListCollectionsRequest.SerializeToString,
                 response_deserializer=pqrag_dot_v1_dot_collections__pb2.ListCollectionsResponse.FromString,
                 _registered_method=True)
+        self.UpdateCollection = channel.unary_unary(
+                '/pqrag.v1.Collections/UpdateCollection',
+                request_serializer=pqrag_dot_v1_dot_collections__pb2.UpdateCollectionRequest.SerializeToString,
+                response_deserializer=pqrag_dot_v1_dot_collections__pb2.Collection.FromString,
+                _registered_method=True)
         self.DeleteCollection = channel.unary_unary(
                 '/pqrag.v1.Collections/DeleteCollection',
                 request_serializer=pqrag_dot_v1_dot_collections__pb2.DeleteCollectionRequest.SerializeToString,
@@ -80,6 +85,15 @@ class CollectionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateCollection(self, request, context):
+        """Changes the settings that leave the stored vectors as they are (default_search_mode, default_grounding,
+        reader_threshold; AIP-134). The embedder, index and chunking are fixed at create: changing them takes a new
+        collection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteCollection(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -103,6 +117,11 @@ def add_CollectionsServicer_to_server(servicer, server):
                     servicer.ListCollections,
                     request_deserializer=pqrag_dot_v1_dot_collections__pb2.ListCollectionsRequest.FromString,
                     response_serializer=pqrag_dot_v1_dot_collections__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'UpdateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCollection,
+                    request_deserializer=pqrag_dot_v1_dot_collections__pb2.UpdateCollectionRequest.FromString,
+                    response_serializer=pqrag_dot_v1_dot_collections__pb2.Collection.SerializeToString,
             ),
             'DeleteCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteCollection,
@@ -192,6 +211,33 @@ class Collections:
             '/pqrag.v1.Collections/ListCollections',
             pqrag_dot_v1_dot_collections__pb2.ListCollectionsRequest.SerializeToString,
             pqrag_dot_v1_dot_collections__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pqrag.v1.Collections/UpdateCollection',
+            pqrag_dot_v1_dot_collections__pb2.UpdateCollectionRequest.SerializeToString,
+            pqrag_dot_v1_dot_collections__pb2.Collection.FromString,
             options,
             channel_credentials,
             insecure,

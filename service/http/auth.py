@@ -7,7 +7,8 @@ api_key), the action and the collection it touches, it returns or raises (Unauth
 PermissionDeniedError: 403, TooManyRequestsError: 429). `allow_all` allows everything.
 
 Actions: "read" (models, health details, listing, search, getting a document), "generate" (completions,
-embeddings, RAG answers), "write" (ingesting, deleting a document), "admin" (creating, deleting a collection).
+embeddings, RAG answers), "write" (ingesting, deleting a document), "admin" (creating, updating, deleting a
+collection).
 """
 
 from __future__ import annotations

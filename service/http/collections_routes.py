@@ -4,6 +4,8 @@
     POST   /v1/collections                    create {"name", "embedder"?, "index"?: {...}, "chunking"?: {...},
                                                       "search_mode"?, "grounding"?, "reader_threshold"?}
     GET    /v1/collections/{c}                one collection
+    PATCH  /v1/collections/{c}                update {"search_mode"?, "grounding"?, "reader_threshold"?}: a JSON merge
+                                              patch (RFC 7396): a key absent stays, null puts it back to its default
     DELETE /v1/collections/{c}                delete it, its documents and its index
     POST   /v1/collections/{c}/search         {"query" | "vector", "top_k"?, "filter"?, "mode"?, "nprobe"?, "rerank"?}
 
@@ -43,6 +45,23 @@ class CreateCollection(BaseModel):
         strict=True,
         description="grounding extract: the margin (best span score minus no-answer score) an answer must reach, in "
         "[-100, 100] (default: the reader's own null_threshold; python -m rag.calibrate_reader finds one)",
+    )
+
+
+class UpdateCollection(BaseModel):
+    """A JSON merge patch of a collection's updatable settings (Collections.update): a key absent is unchanged, null
+    puts the setting back to its default. Other keys reach Collections.update, whose 400 names the updatable ones."""
+
+    model_config = ConfigDict(extra="allow")
+
+    search_mode: str | None = Field(
+        None, description="a search without a mode: hybrid, dense or lexical (null: hybrid)"
+    )
+    grounding: str | None = Field(None, description="answers' decoding: free, quote or extract (null: the server's)")
+    reader_threshold: float | None = Field(  # strict: true or "1.5" is a 400, not 1.0 / 1.5
+        None,
+        strict=True,
+        description="grounding extract: the margin an answer must reach, in [-100, 100] (null: the reader's own)",
     )
 
 
@@ -88,14 +107,17 @@ def collection_config(body: CreateCollection) -> CollectionConfig:
 
 def collection_json(coll: Collection) -> dict[str, Any]:
     """A collection with its counts and index state (reads SQLite: call it in the worker pool)."""
+    config = coll.config  # read once: an update swaps in a new one
     stats = coll.stats()
     return {
         "object": "collection",
         **stats,
-        "embedder": embedder_name(coll.config.embedder),
-        "index": coll.config.index.to_dict(),
-        "chunking": dataclasses.asdict(coll.config.chunker),
-        "reader_threshold": coll.config.reader_threshold,  # null: the reader's own
+        "embedder": embedder_name(config.embedder),
+        "index": config.index.to_dict(),
+        "chunking": dataclasses.asdict(config.chunker),
+        "search_mode": config.search_mode,
+        "grounding": config.grounding,  # null: the server's
+        "reader_threshold": config.reader_threshold,  # null: the reader's own
     }
 
 
@@ -137,6 +159,16 @@ async def get_collection(request: Request, collection: str) -> dict[str, Any]:
     await authorize(request, "read", collection)
     ctx = _ctx(request)
     return await ctx.run(collection_json, await ctx.run(ctx.collections.get, collection))
+
+
+@router.patch("/{collection}")
+async def update_collection(request: Request, collection: str, body: UpdateCollection) -> dict[str, Any]:
+    """Change the settings that leave the stored vectors as they are; the embedder, index and chunking are fixed."""
+    await authorize(request, "admin", collection)
+    ctx = _ctx(request)
+    settings = {k: getattr(body, k) for k in body.model_fields_set}  # the keys sent, extra ones too
+    coll = await ctx.run(ctx.collections.update, collection, **settings)
+    return await ctx.run(collection_json, coll)
 
 
 @router.delete("/{collection}")

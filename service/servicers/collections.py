@@ -1,4 +1,4 @@
-"""pqrag.v1.Collections: create, get, list (paged) and delete collections."""
+"""pqrag.v1.Collections: create, get, list (paged), update (AIP-134: a field mask) and delete collections."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ class CollectionsServicer(Servicer, collections_pb2_grpc.CollectionsServicer):
         principal = current_principal()  # a key scoped to some collections sees only those (a page may come short)
         protos = [await self.run(convert.collection_to_proto, c) for c in page if principal.may_access(c.name)]
         return collections_pb2.ListCollectionsResponse(collections=protos, next_page_token=next_token)
+
+    @rpc("UpdateCollection")
+    async def UpdateCollection(self, request, context):
+        name, settings = convert.collection_update_from_proto(request)
+        if not request.update_mask.paths and convert.fixed_fields_set(request.collection):
+            current = await self.run(convert.collection_to_proto, await self.run(self.collections.get, name))
+            convert.check_fixed_fields(request.collection, current)  # only repeated, as GetCollection gave them
+        coll = await self.run(self.collections.update, name, **settings)
+        return await self.run(convert.collection_to_proto, coll)
 
     @rpc("DeleteCollection")
     async def DeleteCollection(self, request, context):

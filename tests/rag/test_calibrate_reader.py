@@ -137,4 +137,29 @@ def test_the_cli_prints_json_and_refuses_a_bad_file(kb, tmp_path, capsys):
     path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     assert main(["--data-dir", str(kb), "--collection", "kb", "--questions", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(out) == {"questions", "answerable", "reader_threshold", "before", "after"}
+    assert set(out) == {"questions", "answerable", "reader_threshold", "before", "after", "written"}
+    assert out["written"] is False
+
+
+def test_write_stores_the_calibrated_threshold_in_the_collection(kb, tmp_path, capsys):
+    from retrieval import Collections
+
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    base = ["--data-dir", str(kb), "--collection", "kb", "--questions", str(path)]
+    assert main(base) == 0  # without --write: the hint, nothing stored
+    said = capsys.readouterr().out
+    assert "pqrag collections update kb --reader-threshold" in said and "--write" in said
+    with Collections(kb, device="cpu") as colls:
+        assert colls.get("kb").config.reader_threshold is None
+    assert main([*base, "--write", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["written"] is True
+    with Collections(kb, device="cpu") as colls:  # stored: a server opening the data dir uses it
+        assert colls.get("kb").config.reader_threshold == out["reader_threshold"]
+        colls.update("kb", reader_threshold=None)  # the module's other tests read kb at the reader's own
+    assert main([*base, "--write"]) == 0
+    assert f"wrote reader_threshold {out['reader_threshold']} to collection kb" in capsys.readouterr().out
+    with Collections(kb, device="cpu") as colls:
+        assert colls.get("kb").config.reader_threshold == out["reader_threshold"]
+        colls.update("kb", reader_threshold=None)

@@ -173,3 +173,100 @@ def test_a_collections_reader_threshold_is_checked_and_kept(tmp_path, embedder):
     with Collections(tmp_path / "data", device="cpu") as again:  # stored with the collection
         assert again.get("low").config.reader_threshold == -2.5 and again.get("plain").config.reader_threshold is None
         assert again.get("edge").config.reader_threshold == 100.0
+
+
+# --- update: the settings that leave the stored vectors as they are ---------------------------------------------
+
+
+def test_update_changes_the_given_settings_and_survives_reopening(tmp_path, embedder):
+    with Collections(tmp_path / "data", device="cpu") as colls:
+        coll = colls.create("kb", CollectionConfig(grounding="quote", reader_threshold=-2.0, index=IndexConfig(m=8)))
+        coll.ingest([{"id": "a", "text": "sourdough bread rises with wild yeast"}])
+        old = coll.config
+        assert colls.update("kb", reader_threshold=1.5) is coll
+        assert coll.config is not old and old.reader_threshold == -2.0  # a new config swapped in, the old one kept
+        assert (coll.config.search_mode, coll.config.grounding, coll.config.reader_threshold) == (
+            "hybrid",
+            "quote",
+            1.5,
+        )
+        assert coll.config.index == old.index and coll.config.embedder == old.embedder  # the rest as it was
+        colls.update("kb", search_mode="lexical", grounding="extract")
+        assert coll.search(query="bread").hits[0].doc_id == "a"  # the collection serves on, by its new default
+        assert (coll.config.search_mode, coll.config.grounding, coll.config.reader_threshold) == (
+            "lexical",
+            "extract",
+            1.5,
+        )
+        colls.update("kb", reader_threshold=7)  # an int is a float, as at create
+        assert colls.get("kb").config.reader_threshold == 7.0 and isinstance(coll.config.reader_threshold, float)
+        assert colls.update("kb") is coll and coll.config.reader_threshold == 7.0  # nothing given: nothing changes
+    with Collections(tmp_path / "data", device="cpu") as again:  # stored: the next server opens it so
+        cfg = again.get("kb").config
+        assert (cfg.search_mode, cfg.grounding, cfg.reader_threshold, cfg.index.m) == ("lexical", "extract", 7.0, 8)
+        again.update("kb", search_mode=None, grounding=None, reader_threshold=None)  # None: back to the defaults
+        cfg = again.get("kb").config
+        assert (cfg.search_mode, cfg.grounding, cfg.reader_threshold) == ("hybrid", None, None)
+    with Collections(tmp_path / "data", device="cpu") as third:
+        cfg = third.get("kb").config
+        assert (cfg.search_mode, cfg.grounding, cfg.reader_threshold) == ("hybrid", None, None)
+        assert third.get("kb").stats()["document_count"] == 1
+
+
+def test_update_checks_as_create_does_and_refuses_the_fixed_settings(colls):
+    coll = colls.create("kb", CollectionConfig(reader_threshold=-1.0))
+    for bad, says in (
+        ({"search_mode": "fuzzy"}, "search_mode must be one of dense, lexical, hybrid"),
+        ({"grounding": "strict"}, "grounding must be free, quote or extract"),
+        ({"reader_threshold": float("nan")}, r"reader_threshold must be a finite number in \[-100, 100\]"),
+        ({"reader_threshold": True}, "reader_threshold must be a finite number"),
+        ({"reader_threshold": 100.5}, "reader_threshold must be a finite number"),
+        ({"reader_threshold": 2.0, "grounding": "strict"}, "grounding"),  # all or nothing
+    ):
+        with pytest.raises(InvalidArgumentError, match=says):
+            colls.update("kb", **bad)
+    for fixed in ("embedder", "dimension", "index", "chunker", "name"):
+        with pytest.raises(InvalidArgumentError, match=f"cannot update '{fixed}'") as e:
+            colls.update("kb", **{fixed: None})
+        assert "updatable settings are search_mode, grounding, reader_threshold" in str(e.value)
+        assert "new collection" in str(e.value)
+    assert coll.config.reader_threshold == -1.0 and coll.config.search_mode == "hybrid"  # nothing changed
+    with pytest.raises(NotFoundError, match="collection 'nope' not found"):
+        colls.update("nope", reader_threshold=1.0)
+    with pytest.raises(InvalidArgumentError):
+        colls.update("bad/name", reader_threshold=1.0)
+
+
+def test_update_changes_nothing_when_the_store_refuses_it(colls, monkeypatch):
+    coll = colls.create("kb", CollectionConfig(reader_threshold=-1.0))
+
+    def broken(conn, cid, config):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(colls._store, "update_collection_config", broken)
+    with pytest.raises(OSError, match="disk full"):
+        colls.update("kb", reader_threshold=3.0)
+    assert coll.config.reader_threshold == -1.0  # the live config is swapped only after the commit
+
+
+def test_readers_see_the_old_config_or_the_new_never_a_mix(colls):
+    coll = colls.create("kb")
+    pairs = [("quote", 1.0), ("extract", -2.0)]
+    seen: set[tuple] = set()
+    done = threading.Event()
+
+    def read():
+        while not done.is_set():
+            cfg = coll.config
+            seen.add((cfg.grounding, cfg.reader_threshold))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(200):
+            grounding, threshold = pairs[i % 2]
+            colls.update("kb", grounding=grounding, reader_threshold=threshold)
+    finally:
+        done.set()
+        reader.join()
+    assert seen <= {(None, None), *pairs}

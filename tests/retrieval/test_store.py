@@ -94,3 +94,19 @@ def test_delete_document_and_collection(store):
         store.delete_collection(conn, b)
     assert store.counts(b) == (0, 0)
     assert [r["name"] for r in store.collection_rows()] == ["a"]
+
+
+def test_update_collection_config_replaces_one_rows_config(store):
+    a, b = new_collection(store, "a"), new_collection(store, "b")
+    before = {r["name"]: r for r in store.collection_rows()}
+    with store.write() as conn:
+        store.update_collection_config(conn, a, {**before["a"]["config"], "reader_threshold": 1.5})
+    after = {r["name"]: r for r in store.collection_rows()}
+    assert after["a"]["config"] == {**before["a"]["config"], "reader_threshold": 1.5}
+    assert (
+        after["b"] == before["b"] and after["a"]["cid"] == a and after["a"]["created_at"] == before["a"]["created_at"]
+    )
+    with pytest.raises(RuntimeError), store.write() as conn:  # rolled back with its transaction
+        store.update_collection_config(conn, b, {"reader_threshold": 9.0})
+        raise RuntimeError("boom")
+    assert {r["name"]: r for r in store.collection_rows()}["b"] == before["b"]

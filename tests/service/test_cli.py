@@ -289,6 +289,37 @@ def test_cli_collections_create_reader_threshold(server, capsys):
     assert "calibrate_reader" in _help("collections", "create")
 
 
+def test_cli_collections_update(server, capsys):
+    s = ["--server", server.target]
+    run_json(capsys, "collections", "create", "kb", "--reader-threshold", "-1.5", *s)
+    out = run_json(capsys, "collections", "update", "kb", "--reader-threshold", "2.5", "--grounding", "extract", *s)
+    assert (out["reader_threshold"], out["default_grounding"], out["default_search_mode"]) == (2.5, "extract", "hybrid")
+    out = run_json(capsys, "collections", "update", "kb", "--search-mode", "lexical", *s)
+    assert (out["reader_threshold"], out["default_grounding"], out["default_search_mode"]) == (
+        2.5,
+        "extract",
+        "lexical",
+    )
+    assert run_json(capsys, "collections", "get", "kb", *s) == out
+    assert main(["collections", "update", "kb", "--no-reader-threshold", "--no-grounding", *s]) == 0
+    said = capsys.readouterr().out
+    assert said.strip() == (
+        "updated collection kb: search mode lexical, grounding the server's, reader threshold the reader's own"
+    )
+    out = run_json(capsys, "collections", "get", "kb", *s)
+    assert out["reader_threshold"] is None and out["default_grounding"] is None
+    assert main(["collections", "update", "kb", "--reader-threshold", "250", *s]) == 1  # refused by the server
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "reader_threshold must be a finite number" in err
+    assert main(["collections", "update", "nope", "--reader-threshold", "1", *s]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="nothing to change"):
+        main(["collections", "update", "kb", *s])
+    with pytest.raises(SystemExit):  # argparse: one or the other
+        main(["collections", "update", "kb", "--reader-threshold", "1", "--no-reader-threshold", *s])
+    assert "fixed at create" in _help("collections", "update")
+
+
 def _help(*argv) -> str:
     import contextlib
     import io

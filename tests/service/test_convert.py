@@ -174,3 +174,54 @@ def test_a_collections_reader_threshold_is_set_only_when_the_field_is():
     # The value itself is the catalog's to check (retrieval.validation.check_reader_threshold): it passes through.
     _, nan = convert.collection_config_from_proto(collections_pb2.Collection(name="kb", reader_threshold=math.nan))
     assert math.isnan(nan.reader_threshold)
+
+
+def test_an_update_takes_the_masks_paths_or_the_populated_fields():
+    from pqrag.v1 import collections_pb2
+
+    def settings(collection, *paths):
+        request = collections_pb2.UpdateCollectionRequest(collection=collection)
+        request.update_mask.paths.extend(paths)
+        return convert.collection_update_from_proto(request)
+
+    full = collections_pb2.Collection(
+        name="kb",
+        embedder="other",
+        default_search_mode=search_pb2.SEARCH_MODE_DENSE,
+        default_grounding=collections_pb2.GROUNDING_EXTRACT,
+        reader_threshold=0.0,
+    )
+    assert settings(full) == ("kb", {"search_mode": "dense", "grounding": "extract", "reader_threshold": 0.0})
+    assert settings(full, "reader_threshold") == ("kb", {"reader_threshold": 0.0})  # only the mask's
+    empty = collections_pb2.Collection(name="kb")
+    assert settings(empty) == ("kb", {})  # nothing populated, no mask: nothing changes
+    cleared = {"search_mode": None, "grounding": None, "reader_threshold": None}  # unset + named: the defaults
+    assert settings(empty, "default_search_mode", "default_grounding", "reader_threshold") == ("kb", cleared)
+    assert settings(empty, "reader_threshold", "reader_threshold") == ("kb", {"reader_threshold": None})
+    odd = collections_pb2.Collection(name="kb", default_search_mode=9)  # outside the mask: never read
+    assert settings(odd, "reader_threshold") == ("kb", {"reader_threshold": None})
+    with pytest.raises(InvalidArgumentError, match="unknown SearchMode 9"):
+        settings(odd)
+    with pytest.raises(InvalidArgumentError, match="update_mask path 'index.kind' cannot be updated; the updatable"):
+        settings(full, "reader_threshold", "index.kind")
+    with pytest.raises(InvalidArgumentError, match="name is required"):
+        settings(collections_pb2.Collection(reader_threshold=1.0))
+
+
+def test_an_update_without_a_mask_may_repeat_the_fixed_fields_not_change_them():
+    from pqrag.v1 import collections_pb2
+
+    current = collections_pb2.Collection(
+        name="kb", index=collections_pb2.IndexSpec(metric="ip"), chunking=collections_pb2.ChunkingSpec(chunk_tokens=200)
+    )
+    sent = collections_pb2.Collection()
+    sent.CopyFrom(current)
+    assert (
+        convert.fixed_fields_set(sent) == ["index", "chunking"]
+        and convert.fixed_fields_set(collections_pb2.Collection(name="kb")) == []
+    )
+    convert.check_fixed_fields(sent, current)  # the same: fine
+    sent.chunking.chunk_tokens = 100
+    sent.embedder = "other"
+    with pytest.raises(InvalidArgumentError, match="embedder, chunking cannot be updated"):
+        convert.check_fixed_fields(sent, current)

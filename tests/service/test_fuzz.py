@@ -184,6 +184,7 @@ METHODS = {
     "/pqrag.v1.Collections/CreateCollection": (collections_pb2.CreateCollectionRequest, False, False),
     "/pqrag.v1.Collections/GetCollection": (collections_pb2.GetCollectionRequest, False, False),
     "/pqrag.v1.Collections/ListCollections": (collections_pb2.ListCollectionsRequest, False, False),
+    "/pqrag.v1.Collections/UpdateCollection": (collections_pb2.UpdateCollectionRequest, False, False),
     "/pqrag.v1.Collections/DeleteCollection": (collections_pb2.DeleteCollectionRequest, False, False),
     "/pqrag.v1.Documents/Ingest": (documents_pb2.IngestRequest, True, False),
     "/pqrag.v1.Documents/IngestStream": (documents_pb2.IngestRequest, True, True),

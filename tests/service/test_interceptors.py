@@ -73,6 +73,7 @@ def test_roles(secured):
         c.delete_document("other", DOCS[2]["id"])
         assert "admin role" in fails(S.PERMISSION_DENIED, lambda: c.delete_collection("other"))
         fails(S.PERMISSION_DENIED, lambda: c.create_collection("mine"))
+        assert "admin role" in fails(S.PERMISSION_DENIED, lambda: c.update_collection("other", reader_threshold=1.0))
 
 
 def test_scoped_keys_see_and_touch_their_collections_only(secured):
@@ -190,6 +191,8 @@ def test_audit_log_records_write_and_admin_calls(secured):
         fails(S.PERMISSION_DENIED, lambda: c.delete_document("other", DOCS[0]["id"]))
     with srv.client(api_key=made["reader"]) as c:
         c.search("docs", "bread")  # reads are not audited
+    with srv.client(api_key=made["admin"]) as c:
+        c.update_collection("docs", search_mode="hybrid")  # the default it has: nothing else changes
     srv.server.gate.audit.close()  # flush
     entries = [json.loads(line) for line in (data / "audit.log").read_text().splitlines()]
     mine = [e for e in entries if e["key"] == "docs-writer"]
@@ -201,6 +204,7 @@ def test_audit_log_records_write_and_admin_calls(secured):
     assert mine[-3]["ids"] == ["audited"] and mine[-2]["ids"] == ["audited"]
     assert not any(e["method"] == "Search" for e in entries)
     assert {e["method"] for e in entries if e["key"] == "admin"} >= {"CreateCollection", "IngestStream"}
+    assert ("UpdateCollection", "docs", "OK") in [(e["method"], e["collection"], e["outcome"]) for e in entries]
     for secret in made.values():
         assert secret not in (data / "audit.log").read_text()
 

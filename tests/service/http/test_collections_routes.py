@@ -96,3 +96,58 @@ def test_a_collections_reader_threshold_over_rest(http):
     assert http.get("/v1/collections/bad-rt").status_code == 404
     for name in ("cal", "plain-rt"):
         assert http.delete(f"/v1/collections/{name}").status_code == 200
+
+
+def test_patch_a_collection_is_a_json_merge_patch(http):
+    created = http.post("/v1/collections", json={"name": "upd", "grounding": "quote", "reader_threshold": -1.0}).json()
+    assert (created["search_mode"], created["grounding"], created["reader_threshold"]) == ("hybrid", "quote", -1.0)
+    r = http.patch("/v1/collections/upd", json={"reader_threshold": 2.5})
+    assert r.status_code == 200
+    assert (r.json()["search_mode"], r.json()["grounding"], r.json()["reader_threshold"]) == ("hybrid", "quote", 2.5)
+    r = http.patch(
+        "/v1/collections/upd",
+        content='{"search_mode": "lexical", "grounding": "extract"}',
+        headers={"content-type": "application/merge-patch+json"},  # RFC 7396's own media type
+    )
+    assert r.status_code == 200, r.json()
+    got = http.get("/v1/collections/upd").json()
+    assert (got["search_mode"], got["grounding"], got["reader_threshold"]) == ("lexical", "extract", 2.5)
+    r = http.patch("/v1/collections/upd", json={"grounding": None, "reader_threshold": None})  # null: the default
+    assert (r.json()["search_mode"], r.json()["grounding"], r.json()["reader_threshold"]) == ("lexical", None, None)
+    r = http.patch("/v1/collections/upd", json={"search_mode": None})
+    assert r.json()["search_mode"] == "hybrid"
+    assert http.patch("/v1/collections/upd", json={}).json()["search_mode"] == "hybrid"  # nothing sent: no change
+
+    for bad, says in (
+        ({"reader_threshold": 250}, "reader_threshold must be a finite number"),
+        ({"reader_threshold": True}, "reader_threshold"),
+        ({"reader_threshold": "1.5"}, "reader_threshold"),
+        ({"search_mode": "fuzzy"}, "search_mode must be one of"),
+        ({"grounding": "strict"}, "grounding must be free, quote or extract"),
+        ({"embedder": "other"}, "updatable settings are search_mode, grounding, reader_threshold"),
+        ({"index": {"kind": "flat"}, "reader_threshold": 1.0}, "cannot update 'index'"),
+        ({"name": "renamed"}, "cannot update 'name'"),
+    ):
+        r = http.patch("/v1/collections/upd", json=bad)
+        assert r.status_code == 400, (bad, r.json())
+        error = r.json()["error"]
+        assert says in error["message"] + str(error.get("param")), (bad, error)
+    assert http.patch("/v1/collections/upd", json=[1]).status_code == 400  # not an object
+    got = http.get("/v1/collections/upd").json()  # nothing of the refused patches was applied
+    assert (got["search_mode"], got["grounding"], got["reader_threshold"]) == ("hybrid", None, None)
+    r = http.patch("/v1/collections/nope", json={"reader_threshold": 1.0})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert http.delete("/v1/collections/upd").status_code == 200
+
+
+def test_patch_is_an_admin_action_on_its_collection(http_server, http):
+    from service.http.auth import allow_all
+
+    asked = []
+    ctx = http_server.server.http.ctx
+    ctx.authorize = lambda key, action, collection: asked.append((action, collection))
+    try:
+        assert http.patch("/v1/collections/nope", json={"reader_threshold": 1.0}).status_code == 404
+    finally:
+        ctx.authorize = allow_all
+    assert asked == [("admin", "nope")]

@@ -1,4 +1,4 @@
-"""Collections over a real gRPC channel: create, get, paged list, delete, and their errors."""
+"""Collections over a real gRPC channel: create, get, paged list, update (field masks), delete, and their errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from pqrag.v1 import collections_pb2
-from tests.service.conftest import code_of, ingest_all
+from pqrag.v1 import collections_pb2, search_pb2
+from tests.service.conftest import DOCS, code_of, ingest_all
 
 
 def test_collections_crud_and_errors(client):
@@ -118,6 +118,94 @@ def test_a_collections_reader_threshold_over_grpc(client):
     # the server keeps serving, and nothing was created
     assert [c.name for c in client.list_collections()] == ["calibrated", "plain", "zero"]
     assert client.get_collection("calibrated").reader_threshold == -1.75
+
+
+# --- UpdateCollection (AIP-134: a field mask) -------------------------------------------------------------------
+
+
+def update(client, collection: collections_pb2.Collection, *paths: str) -> collections_pb2.Collection:
+    """UpdateCollection with exactly this mask (none: no mask at all)."""
+    request = collections_pb2.UpdateCollectionRequest(collection=collection)
+    if paths:
+        request.update_mask.paths.extend(paths)
+    return client.collections.UpdateCollection(request, timeout=60)
+
+
+def test_update_collection_changes_each_setting_and_keeps_the_rest(client):
+    client.create_collection("kb", kind="flat", chunk_tokens=64, grounding="quote", reader_threshold=-2.0)
+    ingest_all(client, "kb", DOCS)
+    got = client.update_collection("kb", reader_threshold=1.25)
+    assert got.reader_threshold == 1.25 and got.default_grounding == collections_pb2.GROUNDING_QUOTE
+    got = client.update_collection("kb", search_mode="lexical")
+    assert got.default_search_mode == search_pb2.SEARCH_MODE_LEXICAL and got.reader_threshold == 1.25
+    got = client.update_collection("kb", grounding="extract")
+    assert got.default_grounding == collections_pb2.GROUNDING_EXTRACT
+    assert (got.index.kind, got.chunking.chunk_tokens, got.document_count) == ("flat", 64, len(DOCS))
+    assert client.get_collection("kb") == got  # what GetCollection reads from now on
+    hits = client.search("kb", "sourdough starter", k=1)  # the new default mode: lexical ranks only
+    assert hits[0]["doc_id"] == "bread" and hits[0]["dense_rank"] is None
+    got = client.update_collection("kb", reader_threshold=0.0)  # 0.0 is a value, not unset
+    assert got.HasField("reader_threshold") and got.reader_threshold == 0.0
+    got = client.update_collection("kb", clear=["reader_threshold", "grounding", "search_mode"])
+    assert not got.HasField("reader_threshold") and got.default_grounding == collections_pb2.GROUNDING_UNSPECIFIED
+    assert got.default_search_mode == search_pb2.SEARCH_MODE_HYBRID  # a cleared search mode is the default
+    assert client.update_collection("kb") == client.get_collection("kb")  # nothing given: nothing changes
+
+
+def test_update_mask_semantics(client):
+    created = client.create_collection("kb", grounding="extract", reader_threshold=-1.5, search_mode="dense")
+    # A path whose field is unset puts it back to its default; fields outside the mask are ignored.
+    got = update(
+        client, collections_pb2.Collection(name="kb", embedder="other", reader_threshold=3.0), "reader_threshold"
+    )
+    assert got.reader_threshold == 3.0 and got.embedder == created.embedder
+    got = update(client, collections_pb2.Collection(name="kb"), "default_grounding", "reader_threshold")
+    assert got.default_grounding == collections_pb2.GROUNDING_UNSPECIFIED and not got.HasField("reader_threshold")
+    assert got.default_search_mode == search_pb2.SEARCH_MODE_DENSE
+    got = update(client, collections_pb2.Collection(name="kb"), "default_search_mode")
+    assert got.default_search_mode == search_pb2.SEARCH_MODE_HYBRID
+    # No mask: the updatable fields populated change, output-only ones are ignored, and the fixed fields may be sent
+    # back as GetCollection gave them (read, change, write).
+    current = client.get_collection("kb")
+    current.default_grounding = collections_pb2.GROUNDING_QUOTE
+    current.reader_threshold = -0.5
+    current.document_count = 999
+    got = update(client, current)
+    assert (got.default_grounding, got.reader_threshold, got.document_count) == (
+        collections_pb2.GROUNDING_QUOTE,
+        -0.5,
+        0,
+    )
+    got = update(client, collections_pb2.Collection(name="kb", default_search_mode=search_pb2.SEARCH_MODE_LEXICAL))
+    assert got.default_search_mode == search_pb2.SEARCH_MODE_LEXICAL and got.reader_threshold == -0.5  # rest kept
+
+    def refused(code, collection, *paths):
+        with pytest.raises(grpc.RpcError) as e:
+            update(client, collection, *paths)
+        assert code_of(e) == code, e.value.details()
+        return e.value.details()
+
+    bad = grpc.StatusCode.INVALID_ARGUMENT
+    for path in ("embedder", "index", "chunking", "name", "document_count", "index.kind", "reader_treshold"):
+        details = refused(bad, collections_pb2.Collection(name="kb"), "reader_threshold", path)
+        assert path in details and "default_search_mode, default_grounding, reader_threshold" in details
+    details = refused(bad, collections_pb2.Collection(name="kb", embedder="other"))  # no mask: a fixed field changed
+    assert "embedder cannot be updated" in details and "new collection" in details
+    changed = client.get_collection("kb")
+    changed.index.kind = "pq"
+    assert "index cannot be updated" in refused(bad, changed)
+    details = refused(bad, collections_pb2.Collection(name="kb", reader_threshold=math.nan), "reader_threshold")
+    assert "reader_threshold must be a finite number in [-100, 100]" in details
+    assert "SearchMode 9" in refused(bad, collections_pb2.Collection(name="kb", default_search_mode=9))
+    assert "name is required" in refused(bad, collections_pb2.Collection(reader_threshold=1.0), "reader_threshold")
+    details = refused(grpc.StatusCode.NOT_FOUND, collections_pb2.Collection(name="nope", reader_threshold=1.0))
+    assert "'nope' not found" in details
+    # nothing of the refused updates was applied, and the server keeps serving
+    after = client.get_collection("kb")
+    assert (after.reader_threshold, after.default_search_mode) == (-0.5, search_pb2.SEARCH_MODE_LEXICAL)
+    assert client.health() == "SERVING" and [c.name for c in client.list_collections()] == ["kb"]
+    with pytest.raises(ValueError, match="cannot clear 'embedder'"):
+        client.update_collection("kb", clear=["embedder"])
 
 
 # --- the self-tuning index, through the real server ------------------------------------------------------------

@@ -176,6 +176,27 @@ def test_a_collections_reader_threshold_decides_its_extract_answers(reader_serve
     check_extracted(lenient["answer"], passages_of(lenient))
 
 
+def test_an_updated_reader_threshold_decides_the_next_extract_answers(reader_server):
+    question = "What makes sourdough bread rise?"
+    with reader_server.client(timeout=120) as c:
+        c.create_collection("kb-updated", grounding="extract")
+        list(c.ingest("kb-updated", RAG_DOCS))
+        own = c.ask("kb-updated", question, num_passages=3)["answer"]  # the reader's own threshold
+        c.update_collection("kb-updated", reader_threshold=100.0)
+        assert c.ask("kb-updated", question, num_passages=3)["answer"] == NO_ANSWER  # no margin reaches 100
+        c.update_collection("kb-updated", reader_threshold=-100.0)
+        lenient = c.ask("kb-updated", question, num_passages=3)
+        assert lenient["answer"] != NO_ANSWER  # every question is answered
+        check_extracted(lenient["answer"], passages_of(lenient))
+        c.update_collection("kb-updated", clear=["reader_threshold"])  # back to the reader's own
+        assert c.ask("kb-updated", question, num_passages=3)["answer"] == own
+        c.update_collection("kb-updated", grounding="quote")  # the collection's default: quote, needs a generator
+        with pytest.raises(grpc.RpcError) as e:
+            c.ask("kb-updated", question)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert c.health() == "SERVING"
+
+
 def test_an_extract_answer_cites_the_passage_its_span_is_in(tmp_path):
     """The bundled reader with its no-answer threshold lowered always answers a span: the citation path."""
     eager = tmp_path / "eager-reader"
