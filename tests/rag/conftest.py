@@ -1,12 +1,15 @@
-"""Fixtures of the rag tests: hits over one small document, and a tiny BPE tokenizer with the chat template."""
+"""Fixtures of the rag tests: hits over one small document, a tiny BPE tokenizer with the chat template, and the
+bundled extractive reader."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+BUNDLED_READER = Path(__file__).resolve().parents[2] / "models" / "pqrag-reader"
 DOC = "Alpha beta gamma. Delta epsilon zeta. Eta theta iota. Kappa lambda mu. Nu xi omicron."
 
 
@@ -32,6 +35,16 @@ def tok():
     from llm.tokenizer import train_bpe_tokenizer
 
     return train_bpe_tokenizer([DOC * 5, "Context Question passages answer cite"], vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def reader():
+    """The bundled extractive reader (models/pqrag-reader), loaded once for the reader, pipeline and calibration
+    tests (each module loaded its own: the encoder built and its weights read, about a second on 2 cores). Tests only
+    read it; one that needs other settings wraps its model and tokenizer in a Reader of its own."""
+    from rag.reader import Reader
+
+    return Reader.load(BUNDLED_READER)
 
 
 def squad_fixture(tmp_path, titles):

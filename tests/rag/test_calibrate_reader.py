@@ -107,14 +107,11 @@ QUESTIONS = [
 ]
 
 
-def test_calibrate_over_a_real_collection_and_the_cli(kb, tmp_path):
-    from rag.reader import Reader
+def test_calibrate_over_a_real_collection_and_the_cli(kb, reader, tmp_path):
     from retrieval import Collections
-    from tests.rag.test_reader import BUNDLED
 
     path = tmp_path / "q.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    reader = Reader.load(BUNDLED)
     with Collections(kb, device="cpu") as colls:
         result = calibrate(reader, colls.get("kb"), read_questions(path), num_passages=3, progress=False)
     assert (result["questions"], result["answerable"]) == (5, 3)

@@ -196,14 +196,6 @@ BOWL = (
 )
 
 
-@pytest.fixture(scope="module")
-def reader():
-    from rag.reader import Reader
-    from tests.rag.test_reader import BUNDLED
-
-    return Reader.load(BUNDLED)
-
-
 @pytest.fixture
 def bowl():
     return FakeCollection([hit("a", 1, 0.9, 0, 45, text=BOWL), hit("a", 2, 0.5, 45, len(BOWL), text=BOWL)])

@@ -3,14 +3,11 @@ declining below the threshold, long passages read in windows, and its directory'
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from rag.reader import Reader, ReaderAnswer, ReaderConfig, best_spans, collapse, decide
 
-BUNDLED = Path(__file__).resolve().parents[2] / "models" / "pqrag-reader"
 PASSAGES = [
     "The Denver Broncos defeated the Carolina Panthers 24-10 to earn their third Super Bowl title.\n"
     "The game was played on February 7, 2016,   at Levi's Stadium in Santa Clara, California.",
@@ -18,11 +15,6 @@ PASSAGES = [
     "the generator function. Using yield in a function definition is sufficient to make it a generator.",
     "",
 ]
-
-
-@pytest.fixture(scope="module")
-def reader():
-    return Reader.load(BUNDLED)
 
 
 def test_collapse():

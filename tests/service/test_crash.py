@@ -16,6 +16,9 @@ from service.launcher import start_server_process
 from tests.service.conftest import ServerThread
 
 N_DOCS = 400
+# The servers here only ingest: no generator, and no extractive reader to load at each start (`pqrag serve` loads
+# the bundled one by default).
+SERVE_ARGS = ("--no-generator", "--reader", "none")
 
 
 def make_docs():
@@ -29,7 +32,7 @@ def make_docs():
 
 def test_acknowledged_documents_survive_sigkill(tmp_path):
     data = tmp_path / "data"
-    proc, target = start_server_process(data, extra_args=("--no-generator",))
+    proc, target = start_server_process(data, extra_args=SERVE_ARGS)
     acked: dict[str, int] = {}
     try:
         with Client(target, timeout=120) as c:
@@ -94,7 +97,7 @@ def test_kill_9_loop_during_ingest_streams(tmp_path):
     for r in range(ROUNDS):
         in_window = r % 3 == 2
         env = {**os.environ, "PQRAG_TEST_ACK_DELAY_S": "0.4" if in_window else "0"}
-        proc, target = start_server_process(data, extra_args=("--no-generator",), env=env)
+        proc, target = start_server_process(data, extra_args=SERVE_ARGS, env=env)
         try:
             with Client(target, timeout=60) as c:
                 c.wait_ready()

@@ -27,7 +27,9 @@ def test_queries_answer_while_a_large_document_is_embedding(tmp_path, monkeypatc
                 return real(self, texts)
 
             monkeypatch.setattr(Embedder, "_encode", held_encode)
-            large = {"id": "large", "text": " ".join(f"Sentence {i} about rivers and mountains." for i in range(3000))}
+            # ~28 chunks, 4 bulk batches: the first is held below, so a larger document would only add embedding
+            # after the release (a tenth of a second or more per chunk on 2 cores).
+            large = {"id": "large", "text": " ".join(f"Sentence {i} about rivers and mountains." for i in range(600))}
             acks: list = []
             ingesting = threading.Thread(target=lambda: acks.extend(ingest_all(c, "kb", [large])))
             ingesting.start()

@@ -92,7 +92,10 @@ def test_engine_death_ends_open_streams_with_unavailable_and_health_not_serving(
 def test_serve_exits_non_zero_when_the_engine_dies(tmp_path, tiny_model_dir):
     """serve() in this (main) thread, as `pqrag serve` runs it: the engine dies, the server stops and returns
     EXIT_ENGINE_DIED for its supervisor."""
-    config = ServerConfig(data_dir=str(tmp_path / "data"), port=0, model=str(tiny_model_dir), grace_period=5)
+    # reader=None: the engine's death is the point, and loading the default reader would take a second
+    config = ServerConfig(
+        data_dir=str(tmp_path / "data"), port=0, model=str(tiny_model_dir), grace_period=5, reader=None
+    )
     outcome: dict = {}
 
     def ready(server) -> None:

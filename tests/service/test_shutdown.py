@@ -17,6 +17,10 @@ from service.client import Client
 from service.launcher import start_server_process
 from tests.service.conftest import RAG_DOCS, ServerThread
 
+# The `pqrag serve` processes here only ingest: no generator, and no extractive reader to load (the default loads the
+# bundled one).
+SERVE_ARGS = ("--no-generator", "--reader", "none")
+
 
 def test_stop_drains_refuses_new_calls_and_lets_in_flight_ones_finish(tmp_path, tiny_model_dir, monkeypatch):
     srv = ServerThread(tmp_path / "data", model=str(tiny_model_dir)).start()
@@ -63,7 +67,7 @@ def big_text(n_words: int) -> str:
 
 def test_sigterm_during_an_ingestion_acknowledges_only_what_is_stored(tmp_path):
     data = tmp_path / "data"
-    proc, target = start_server_process(data, extra_args=("--no-generator", "--grace-period", "300"))
+    proc, target = start_server_process(data, extra_args=(*SERVE_ARGS, "--grace-period", "300"))
     acked: list[str] = []
     try:
         with Client(target, timeout=120) as c:
@@ -72,7 +76,7 @@ def test_sigterm_during_an_ingestion_acknowledges_only_what_is_stored(tmp_path):
             sent = threading.Event()
 
             def documents():
-                yield {"id": "big", "text": big_text(8_000)}  # ~100 chunks: seconds of embedding
+                yield {"id": "big", "text": big_text(4_000)}  # ~70 chunks: seconds of embedding
                 sent.set()
                 for i in range(100):
                     time.sleep(0.2)
@@ -108,7 +112,7 @@ def test_sigterm_during_an_ingestion_acknowledges_only_what_is_stored(tmp_path):
 
 
 def test_a_second_signal_exits_at_once(tmp_path):
-    proc, target = start_server_process(tmp_path / "data", extra_args=("--no-generator", "--grace-period", "600"))
+    proc, target = start_server_process(tmp_path / "data", extra_args=(*SERVE_ARGS, "--grace-period", "600"))
     try:
         with Client(target, timeout=120) as c:
             c.wait_ready()

@@ -37,7 +37,8 @@ def test_a_taken_http_port_fails_the_build(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(OSError):
-            asyncio.run(create_server(ServerConfig(data_dir=str(tmp_path / "d"), port=0, http_port=port)))
+            # no reader: ServerConfig's default loads the bundled one, a second for nothing here
+            asyncio.run(create_server(ServerConfig(data_dir=str(tmp_path / "d"), port=0, http_port=port, reader=None)))
     # the data directory was released: a new server opens it
     srv = start_http_server(tmp_path / "d")
     srv.stop()
