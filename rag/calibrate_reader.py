@@ -77,6 +77,11 @@ def read_questions(path: str | Path) -> list[LabelledQuestion]:
     return out
 
 
+def decided(answerable: Sequence[float], unanswerable: Sequence[float], threshold: float) -> tuple[int, int]:
+    """(answerable questions answered, unanswerable ones declined) at threshold, from their best margins."""
+    return sum(m >= threshold for m in answerable), sum(not m >= threshold for m in unanswerable)
+
+
 def choose_threshold(answerable: Sequence[float], unanswerable: Sequence[float]) -> float:
     """The threshold over best margins that decides best: the most answered of the answerable (margin >= threshold)
     plus declined of the unanswerable (below it), each as a share of its kind, so that the mix of the questions
@@ -89,8 +94,8 @@ def choose_threshold(answerable: Sequence[float], unanswerable: Sequence[float])
     cands = [finite[0] - 1.0, *((a + b) / 2 for a, b in zip(finite, finite[1:])), finite[-1] + 1.0]
 
     def right(th: float) -> float:
-        said = sum(m >= th for m in answerable) / max(len(answerable), 1)
-        return said + sum(not m >= th for m in unanswerable) / max(len(unanswerable), 1)
+        said, declined = decided(answerable, unanswerable, th)
+        return said / max(len(answerable), 1) + declined / max(len(unanswerable), 1)
 
     def room(th: float) -> float:
         return min(abs(th - m) for m in finite)
@@ -105,18 +110,18 @@ def decisions(scored: Sequence[Scored], threshold: float, rank_penalty: float) -
 
     ans = [s for s in scored if s.question.answerable]
     none = [s for s in scored if not s.question.answerable]
+    said, declined = decided([s.best_margin for s in ans], [s.best_margin for s in none], threshold)
     topical = [s for s in ans if s.question.topic is not None]
-    said = [s for s in topical if s.best_margin >= threshold]
     row = {
         "threshold": round(threshold, 4),
-        "answered": sum(s.best_margin >= threshold for s in ans) / max(len(ans), 1),
-        "declined": sum(not s.best_margin >= threshold for s in none) / max(len(none), 1),
-        "right": (sum(s.best_margin >= threshold for s in ans) + sum(not s.best_margin >= threshold for s in none))
-        / len(scored),
+        "answered": said / max(len(ans), 1),
+        "declined": declined / max(len(none), 1),
+        "right": (said + declined) / len(scored),
     }
     if topical:
         row["quoted_topic"] = sum(
-            s.doc_ids[choose_passage(s.margins, rank_penalty)] == s.question.topic for s in said
+            s.best_margin >= threshold and s.doc_ids[choose_passage(s.margins, rank_penalty)] == s.question.topic
+            for s in topical
         ) / len(topical)
     return row
 

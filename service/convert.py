@@ -66,8 +66,7 @@ def collection_config_from_proto(c: collections_pb2.Collection) -> tuple[str, Co
         {
             "search_mode": mode_from_proto(c.default_search_mode),
             "grounding": grounding_from_proto(c.default_grounding),
-            # unset: the reader's own threshold; a value is checked by the catalog (finite, in range)
-            "reader_threshold": c.reader_threshold if c.HasField("reader_threshold") else None,
+            "reader_threshold": reader_threshold_from_proto(c),
         },
     )
     return name, config
@@ -83,6 +82,11 @@ UPDATE_PATHS = {
 FIXED_FIELDS = ("embedder", "index", "chunking")
 
 
+def reader_threshold_from_proto(c: collections_pb2.Collection) -> float | None:
+    """Unset: None (the reader's own threshold); a value is checked by the catalog (finite, in range)."""
+    return c.reader_threshold if c.HasField("reader_threshold") else None
+
+
 def collection_update_from_proto(request: collections_pb2.UpdateCollectionRequest) -> tuple[str, dict[str, Any]]:
     """UpdateCollectionRequest -> (name, Collections.update's settings): the fields update_mask names (an unset one:
     None, back to its default), or with no mask the updatable fields the collection populates (AIP-134)."""
@@ -91,7 +95,7 @@ def collection_update_from_proto(request: collections_pb2.UpdateCollectionReques
     values = {  # read only for the paths asked: a field outside the mask is ignored, whatever it holds
         "default_search_mode": lambda: mode_from_proto(c.default_search_mode),  # None: hybrid, the default
         "default_grounding": lambda: grounding_from_proto(c.default_grounding),
-        "reader_threshold": lambda: c.reader_threshold if c.HasField("reader_threshold") else None,
+        "reader_threshold": lambda: reader_threshold_from_proto(c),
     }
     paths = list(dict.fromkeys(request.update_mask.paths))
     wrong = [p for p in paths if p not in UPDATE_PATHS]
