@@ -67,8 +67,8 @@ log = logging.getLogger("pqrag.collection")
 
 @dataclass
 class CollectionConfig:
-    """How a collection embeds, chunks and indexes. Stored in SQLite with the collection; search_mode, grounding and
-    reader_threshold can be changed later (Collections.update swaps in a new config), the others are fixed.
+    """How a collection embeds, chunks and indexes. Stored in SQLite with the collection; search_mode, grounding,
+    reader_threshold and min_similarity can be changed later (Collections.update swaps in a new config), the others are fixed.
 
     embedder: a model name (retrieval.embedder: the bundled all-MiniLM-L6-v2 when None, else a sentence-transformers
       directory in one of the server's model dirs), never a path.
@@ -84,6 +84,10 @@ class CollectionConfig:
       None: the reader's own null_threshold (chosen by its trainer on its training data); its margins are not
       calibrated across domains, so a collection calibrated on a few of its own labelled questions
       (`python -m rag.calibrate_reader`) answers more of them.
+    min_similarity: the least dense similarity (the index's score: inner product, or -squared L2) the best retrieved
+      chunk must have for a RAG answer over this collection; below it the question is declined without reading or
+      generating (nothing stored is about it), as Qdrant's score_threshold or LlamaIndex's similarity_cutoff do.
+      None: no such cut. Chosen with reader_threshold by `python -m rag.calibrate_reader`.
     """
 
     embedder: str | None = None
@@ -95,6 +99,8 @@ class CollectionConfig:
     grounding: str | None = None
     # the extractive reader's no-answer threshold over it (None: the reader's own null_threshold)
     reader_threshold: float | None = None
+    # the best chunk's dense score a RAG answer needs (None: any)
+    min_similarity: float | None = None
 
     @property
     def metric(self) -> str:
@@ -109,6 +115,7 @@ class CollectionConfig:
             "search_mode": self.search_mode,
             "grounding": self.grounding,
             "reader_threshold": self.reader_threshold,
+            "min_similarity": self.min_similarity,
         }
 
     @classmethod
@@ -123,6 +130,7 @@ class CollectionConfig:
             search_mode=d.get("search_mode", DEFAULT_MODE),
             grounding=d.get("grounding"),
             reader_threshold=d.get("reader_threshold"),  # absent from configs stored before it existed
+            min_similarity=d.get("min_similarity"),  # (likewise)
         )
 
 
