@@ -35,7 +35,7 @@ from retrieval.collection import Collection, CollectionConfig
 from retrieval.embedder import Embedder, check_model_name, get_embedder
 from retrieval.fusion import MODES
 from retrieval.store import Store, StoreReader
-from retrieval.validation import check_reader_threshold, validate_name
+from retrieval.validation import check_min_similarity, check_reader_threshold, validate_name
 from retrieval.vector_index import IndexConfig
 
 __all__ = [
@@ -53,17 +53,21 @@ INDEX_DIR = "indexes"
 MAX_PAGE_SIZE = 1000  # collections per list_page: the default and the most one page may hold
 # What Collections.update may change: how a collection is searched and answered. The other settings (embedder,
 # dimension, index, chunker) shape the vectors it stores: changing one takes a new collection and a re-ingest.
-UPDATABLE_SETTINGS = ("search_mode", "grounding", "reader_threshold")
+UPDATABLE_SETTINGS = ("search_mode", "grounding", "reader_threshold", "min_similarity")
 
 
 def _checked_settings(config: CollectionConfig) -> CollectionConfig:
-    """The one check of the UPDATABLE_SETTINGS, at create and at update: config with reader_threshold as a float, or
-    InvalidArgumentError naming the setting."""
+    """The one check of the UPDATABLE_SETTINGS, at create and at update: config with reader_threshold and
+    min_similarity as floats, or InvalidArgumentError naming the setting."""
     if config.search_mode not in MODES:
         raise InvalidArgumentError(f"search_mode must be one of {', '.join(MODES)}, got {quote(config.search_mode)}")
     if config.grounding not in (None, "free", "quote", "extract"):  # rag.request.GROUNDINGS (rag is above us)
         raise InvalidArgumentError(f"grounding must be free, quote or extract, got {quote(config.grounding)}")
-    return dataclasses.replace(config, reader_threshold=check_reader_threshold(config.reader_threshold))
+    return dataclasses.replace(
+        config,
+        reader_threshold=check_reader_threshold(config.reader_threshold),
+        min_similarity=check_min_similarity(config.min_similarity),
+    )
 
 
 class Collections:
@@ -192,10 +196,11 @@ class Collections:
 
     def update(self, name: str, /, **settings: Any) -> Collection:
         """Change the settings of a collection that leave its stored vectors as they are (UPDATABLE_SETTINGS:
-        search_mode, grounding, reader_threshold) and return it. Only the settings given change; None puts one back to
-        its default (search_mode: hybrid; grounding: the server's; reader_threshold: the reader's own). They are
-        checked as create checks them and committed to the store before the collection's config is swapped for the
-        new one under the manager's lock: a request reads either the old config or the new one, never a mix."""
+        search_mode, grounding, reader_threshold, min_similarity) and return it. Only the settings given change; None
+        puts one back to its default (search_mode: hybrid; grounding: the server's; reader_threshold: the reader's own;
+        min_similarity: no cut). They are checked as create checks them and committed to the store before the
+        collection's config is swapped for the new one under the manager's lock: a request reads either the old config
+        or the new one, never a mix."""
         self._require_open()
         validate_name(name)
         unknown = [k for k in settings if k not in UPDATABLE_SETTINGS]

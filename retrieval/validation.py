@@ -34,6 +34,9 @@ MAX_CHUNKS_PER_DOCUMENT = 20_000
 MAX_NPROBE = 65536  # IVF lists a search may visit (no index has more lists: index_config.MAX_NLIST)
 # |reader_threshold| at most: the extractive reader's margins are differences of logits, a few units wide.
 MAX_READER_THRESHOLD = 100.0
+# |min_similarity| at most: dense scores are inner products (cosine in [-1, 1] for normalised embeddings) or negative
+# squared L2 distances, which unnormalised vectors can make large but not past this.
+MAX_MIN_SIMILARITY = 1e6
 
 
 def validate_name(name: Any) -> str:
@@ -53,6 +56,21 @@ def check_reader_threshold(value: Any) -> float | None:
             f"reader_threshold must be a finite number in [-{MAX_READER_THRESHOLD:g}, {MAX_READER_THRESHOLD:g}] (the "
             f"margin of span over no-answer score the reader's answer must reach), or unset for the reader's own "
             f"threshold; got {quote(value)}"
+        )
+    return float(value)
+
+
+def check_min_similarity(value: Any) -> float | None:
+    """A collection's min_similarity: None (no cut) or a finite number (not a bool) within
+    [-MAX_MIN_SIMILARITY, MAX_MIN_SIMILARITY], as a float."""
+    if value is None:
+        return None
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or abs(value) > MAX_MIN_SIMILARITY or not math.isfinite(value):  # abs first: 10**400
+        raise InvalidArgumentError(
+            f"min_similarity must be a finite number in [-{MAX_MIN_SIMILARITY:.0f}, {MAX_MIN_SIMILARITY:.0f}] "
+            f"(the dense score, inner product or -squared L2, the nearest chunk to a question must reach for an "
+            f"answer), or unset for no cut; got {quote(value)}"
         )
     return float(value)
 

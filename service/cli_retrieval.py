@@ -25,6 +25,10 @@ READER_THRESHOLD_HELP = (
     "(default: the reader's own null_threshold, set on its training data; calibrate one on a few of the collection's "
     "labelled questions with python -m rag.calibrate_reader)"
 )
+MIN_SIMILARITY_HELP = (
+    "answer only when the collection's nearest chunk to the question has a dense score (the index's: inner product, "
+    "or -squared L2) of at least this, else decline without reading or generating; in [-1e6, 1e6] (default: no cut)"
+)
 
 
 def add_collection_actions(csub: Any) -> None:
@@ -41,7 +45,8 @@ def add_collection_actions(csub: Any) -> None:
     u = csub.add_parser(
         "update",
         help="change the settings that leave the stored vectors as they are",
-        description="Change a collection's search mode, grounding or reader threshold; the settings not given stay. "
+        description="Change a collection's search mode, grounding, reader threshold or minimum similarity; the "
+        "settings not given stay. "
         "The embedder, index and chunking are fixed at create: changing them takes a new collection.",
     )
     u.add_argument("name")
@@ -54,16 +59,19 @@ def add_collection_actions(csub: Any) -> None:
     r = u.add_mutually_exclusive_group()
     r.add_argument("--reader-threshold", type=float, metavar="X", help=READER_THRESHOLD_HELP)
     r.add_argument("--no-reader-threshold", action="store_true", help="back to the reader's own null_threshold")
+    sim = u.add_mutually_exclusive_group()
+    sim.add_argument("--min-similarity", type=float, metavar="X", help=MIN_SIMILARITY_HELP)
+    sim.add_argument("--no-min-similarity", action="store_true", help="back to no cut on the nearest chunk's score")
 
 
 def update_settings(args: argparse.Namespace) -> dict[str, Any]:
     """`collections update`'s flags as Client.update_collection keyword arguments; none given is an error."""
-    clear = [k for k in ("grounding", "reader_threshold") if getattr(args, f"no_{k}")]
-    given = {k: getattr(args, k) for k in ("search_mode", "grounding", "reader_threshold")}
+    clear = [k for k in ("grounding", "reader_threshold", "min_similarity") if getattr(args, f"no_{k}")]
+    given = {k: getattr(args, k) for k in ("search_mode", "grounding", "reader_threshold", "min_similarity")}
     if not clear and all(v is None for v in given.values()):
         raise SystemExit(
-            "pqrag collections update: nothing to change; give --search-mode, --grounding / --no-grounding or "
-            "--reader-threshold / --no-reader-threshold"
+            "pqrag collections update: nothing to change; give --search-mode, --grounding / --no-grounding, "
+            "--reader-threshold / --no-reader-threshold or --min-similarity / --no-min-similarity"
         )
     return {**given, "clear": clear}
 
@@ -72,14 +80,19 @@ def print_updated(out: dict[str, Any]) -> None:
     """`pqrag collections update` without --json: the settings it may change, as they are now."""
     grounding = out["default_grounding"] or "the server's"
     threshold = "the reader's own" if out["reader_threshold"] is None else out["reader_threshold"]
+    similarity = "none" if out["min_similarity"] is None else out["min_similarity"]
     mode = out["default_search_mode"] or "hybrid"
-    print(f"updated collection {out['name']}: search mode {mode}, grounding {grounding}, reader threshold {threshold}")
+    print(
+        f"updated collection {out['name']}: search mode {mode}, grounding {grounding}, reader threshold {threshold}, "
+        f"min similarity {similarity}"
+    )
 
 
 def add_index_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", dest="search_mode", choices=MODES, help="what a search naming no mode does (hybrid)")
     p.add_argument("--grounding", choices=GROUNDINGS, help="answers' decoding (default: the server's)")
     p.add_argument("--reader-threshold", type=float, metavar="X", help=READER_THRESHOLD_HELP)
+    p.add_argument("--min-similarity", type=float, metavar="X", help=MIN_SIMILARITY_HELP)
     g = p.add_argument_group("index", "unset values are chosen by measurement each time the index trains")
     g.add_argument("--recall-target", type=float, help="recall@10 the index must keep, in (0, 1] (default 0.95)")
     g.add_argument("--kind", choices=["ivfpq", "pq", "flat"], help="pin the index kind (flat: always exact)")
@@ -96,7 +109,8 @@ def add_index_flags(p: argparse.ArgumentParser) -> None:
 
 def index_spec(args: argparse.Namespace) -> dict[str, Any]:
     names = ("recall_target", "kind", "m", "nbits", "nlist", "nprobe", "rerank_factor", "min_train_size")
-    spec = {k: getattr(args, k) for k in (*names, "metric", "backend", "search_mode", "grounding", "reader_threshold")}
+    settings = ("search_mode", "grounding", "reader_threshold", "min_similarity")
+    spec = {k: getattr(args, k) for k in (*names, "metric", "backend", *settings)}
     if args.no_rerank:
         spec["rerank"] = False
     return spec
@@ -130,6 +144,8 @@ def print_collection(out: dict[str, Any]) -> None:
     for k, v in out.items():
         if k == "reader_threshold" and v is None:
             v = "unset (the reader's own)"
+        if k == "min_similarity" and v is None:
+            v = "unset (no cut)"
         print(f"{k:20} {v}")
     if tuning is None:
         print(f"{'tuning':20} none yet (exact search until the index first trains)")

@@ -169,6 +169,7 @@ UPDATE_PATHS = {
     "search_mode": "default_search_mode",
     "grounding": "default_grounding",
     "reader_threshold": "reader_threshold",
+    "min_similarity": "min_similarity",
 }
 
 
@@ -195,6 +196,7 @@ def collection_to_dict(c: collections_pb2.Collection) -> dict[str, Any]:
         "default_search_mode": mode_from_proto(c.default_search_mode),
         "default_grounding": grounding_from_proto(c.default_grounding),  # None: the server's
         "reader_threshold": c.reader_threshold if c.HasField("reader_threshold") else None,  # None: the reader's own
+        "min_similarity": c.min_similarity if c.HasField("min_similarity") else None,  # None: no cut
         "index_training": c.index_training,
         "tuning": tuning_to_dict(c.tuning) if c.HasField("tuning") else None,
     }
@@ -312,13 +314,16 @@ class Client:
         search_mode: str | None = None,
         grounding: str | None = None,
         reader_threshold: float | None = None,
+        min_similarity: float | None = None,
         **index: Any,
     ) -> collections_pb2.Collection:
         """index: IndexSpec fields (kind, m, nbits, recall_target, ...) and chunk_tokens / overlap_tokens; None or
         absent: the server's choice. search_mode: what a search naming no mode does (None: hybrid). grounding: how
         answers over it are decoded, "free", "quote" or "extract" (None: the server's default). reader_threshold: the
         extractive reader's no-answer threshold over it, the span-minus-no-answer margin an answer must reach (None:
-        the reader's own; `python -m rag.calibrate_reader` finds one from a few of the collection's questions)."""
+        the reader's own; `python -m rag.calibrate_reader` finds one from a few of the collection's questions).
+        min_similarity: the dense score (inner product, or -squared L2) the collection's nearest chunk to a question
+        must reach for a RAG answer; below it the question is declined (None: no cut)."""
         chunking = {k: index.pop(k) for k in ("chunk_tokens", "overlap_tokens") if k in index}
         coll = collections_pb2.Collection(
             name=name,
@@ -328,6 +333,7 @@ class Client:
             default_search_mode=mode_to_proto(search_mode),
             default_grounding=grounding_to_proto(grounding),
             reader_threshold=reader_threshold,  # None: unset
+            min_similarity=min_similarity,  # (likewise)
         )
         return self.collections.CreateCollection(
             collections_pb2.CreateCollectionRequest(collection=coll), timeout=self.timeout
@@ -339,12 +345,19 @@ class Client:
         search_mode: str | None = None,
         grounding: str | None = None,
         reader_threshold: float | None = None,
+        min_similarity: float | None = None,
         clear: Iterable[str] = (),
     ) -> collections_pb2.Collection:
         """Change a collection's settings that leave its vectors as they are; the ones given (not None) change, the
         others stay. clear: settings put back to their defaults, among "search_mode" (hybrid), "grounding" (the
-        server's) and "reader_threshold" (the reader's own). Returns the collection as updated."""
-        given = {"search_mode": search_mode, "grounding": grounding, "reader_threshold": reader_threshold}
+        server's), "reader_threshold" (the reader's own) and "min_similarity" (no cut). Returns the collection as
+        updated."""
+        given = {
+            "search_mode": search_mode,
+            "grounding": grounding,
+            "reader_threshold": reader_threshold,
+            "min_similarity": min_similarity,
+        }
         clear = list(clear)
         for k in clear:
             if k not in UPDATE_PATHS:
@@ -356,6 +369,7 @@ class Client:
             default_search_mode=mode_to_proto(search_mode),
             default_grounding=grounding_to_proto(grounding),
             reader_threshold=reader_threshold,  # None: unset
+            min_similarity=min_similarity,  # (likewise)
         )
         paths = [UPDATE_PATHS[k] for k, v in given.items() if v is not None or k in clear]  # unset + named: cleared
         request = collections_pb2.UpdateCollectionRequest(

@@ -67,6 +67,7 @@ def collection_config_from_proto(c: collections_pb2.Collection) -> tuple[str, Co
             "search_mode": mode_from_proto(c.default_search_mode),
             "grounding": grounding_from_proto(c.default_grounding),
             "reader_threshold": reader_threshold_from_proto(c),
+            "min_similarity": min_similarity_from_proto(c),
         },
     )
     return name, config
@@ -78,6 +79,7 @@ UPDATE_PATHS = {
     "default_search_mode": "search_mode",
     "default_grounding": "grounding",
     "reader_threshold": "reader_threshold",
+    "min_similarity": "min_similarity",
 }
 FIXED_FIELDS = ("embedder", "index", "chunking")
 
@@ -85,6 +87,11 @@ FIXED_FIELDS = ("embedder", "index", "chunking")
 def reader_threshold_from_proto(c: collections_pb2.Collection) -> float | None:
     """Unset: None (the reader's own threshold); a value is checked by the catalog (finite, in range)."""
     return c.reader_threshold if c.HasField("reader_threshold") else None
+
+
+def min_similarity_from_proto(c: collections_pb2.Collection) -> float | None:
+    """Unset: None (no cut on the nearest chunk's dense score); a value is checked by the catalog (finite, in range)."""
+    return c.min_similarity if c.HasField("min_similarity") else None
 
 
 def collection_update_from_proto(request: collections_pb2.UpdateCollectionRequest) -> tuple[str, dict[str, Any]]:
@@ -96,6 +103,7 @@ def collection_update_from_proto(request: collections_pb2.UpdateCollectionReques
         "default_search_mode": lambda: mode_from_proto(c.default_search_mode),  # None: hybrid, the default
         "default_grounding": lambda: grounding_from_proto(c.default_grounding),
         "reader_threshold": lambda: reader_threshold_from_proto(c),
+        "min_similarity": lambda: min_similarity_from_proto(c),
     }
     paths = list(dict.fromkeys(request.update_mask.paths))
     wrong = [p for p in paths if p not in UPDATE_PATHS]
@@ -166,6 +174,7 @@ def collection_to_proto(coll) -> collections_pb2.Collection:
         default_search_mode=structs.mode_to_proto(cfg.search_mode),
         default_grounding=grounding_to_proto(cfg.grounding),
         reader_threshold=cfg.reader_threshold,  # None: left unset
+        min_similarity=cfg.min_similarity,  # (likewise)
         tuning=tuning_to_proto(stats["index"]["tuning"]),
         index_training=bool(stats["training"]),
     )

@@ -28,15 +28,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pqrag.v1 import search_pb2 as pqrag_dot_v1_dot_search__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apqrag/v1/collections.proto\x12\x08pqrag.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15pqrag/v1/search.proto\"\xf0\x01\n\tIndexSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\t\n\x01m\x18\x02 \x01(\r\x12\r\n\x05nbits\x18\x03 \x01(\r\x12\r\n\x05nlist\x18\x04 \x01(\r\x12\x0e\n\x06nprobe\x18\x05 \x01(\r\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x13\n\x06rerank\x18\x08 \x01(\x08H\x00\x88\x01\x01\x12\x1a\n\rrecall_target\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rrerank_factor\x18\n \x01(\r\x12\x16\n\x0emin_train_size\x18\x0b \x01(\rB\t\n\x07_rerankB\x10\n\x0e_recall_target\"\x89\x02\n\x0bIndexTuning\x12#\n\x06params\x18\x01 \x01(\x0b\x32\x13.pqrag.v1.IndexSpec\x12\x0e\n\x06recall\x18\x02 \x01(\x01\x12\x15\n\rrecall_stderr\x18\x03 \x01(\x01\x12\x15\n\rrecall_target\x18\x04 \x01(\x01\x12\x12\n\nmet_target\x18\x05 \x01(\x08\x12\x18\n\x10\x62ytes_per_vector\x18\x06 \x01(\x01\x12\x17\n\x0ftrained_vectors\x18\x07 \x01(\x04\x12\x0f\n\x07queries\x18\x08 \x01(\r\x12\x18\n\x10settings_trained\x18\t \x01(\r\x12\x15\n\rtrain_seconds\x18\n \x01(\x01\x12\x0e\n\x06reason\x18\x0b \x01(\t\"<\n\x0c\x43hunkingSpec\x12\x14\n\x0c\x63hunk_tokens\x18\x01 \x01(\r\x12\x16\n\x0eoverlap_tokens\x18\x02 \x01(\r\"\xd6\x03\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65mbedder\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\"\n\x05index\x18\x04 \x01(\x0b\x32\x13.pqrag.v1.IndexSpec\x12(\n\x08\x63hunking\x18\x05 \x01(\x0b\x32\x16.pqrag.v1.ChunkingSpec\x12\x16\n\x0e\x64ocument_count\x18\x06 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x04\x12\x13\n\x0bindex_state\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x13\x64\x65\x66\x61ult_search_mode\x18\n \x01(\x0e\x32\x14.pqrag.v1.SearchMode\x12%\n\x06tuning\x18\x0b \x01(\x0b\x32\x15.pqrag.v1.IndexTuning\x12\x16\n\x0eindex_training\x18\x0c \x01(\x08\x12.\n\x11\x64\x65\x66\x61ult_grounding\x18\r \x01(\x0e\x32\x13.pqrag.v1.Grounding\x12\x1d\n\x10reader_threshold\x18\x0e \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_reader_threshold\"C\n\x17\x43reateCollectionRequest\x12(\n\ncollection\x18\x01 \x01(\x0b\x32\x14.pqrag.v1.Collection\"t\n\x17UpdateCollectionRequest\x12(\n\ncollection\x18\x01 \x01(\x0b\x32\x14.pqrag.v1.Collection\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x17ListCollectionsResponse\x12)\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x14.pqrag.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*f\n\tGrounding\x12\x19\n\x15GROUNDING_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUNDING_FREE\x10\x01\x12\x13\n\x0fGROUNDING_QUOTE\x10\x02\x12\x15\n\x11GROUNDING_EXTRACT\x10\x03\x32\x95\x03\n\x0b\x43ollections\x12K\n\x10\x43reateCollection\x12!.pqrag.v1.CreateCollectionRequest\x1a\x14.pqrag.v1.Collection\x12\x45\n\rGetCollection\x12\x1e.pqrag.v1.GetCollectionRequest\x1a\x14.pqrag.v1.Collection\x12V\n\x0fListCollections\x12 .pqrag.v1.ListCollectionsRequest\x1a!.pqrag.v1.ListCollectionsResponse\x12K\n\x10UpdateCollection\x12!.pqrag.v1.UpdateCollectionRequest\x1a\x14.pqrag.v1.Collection\x12M\n\x10\x44\x65leteCollection\x12!.pqrag.v1.DeleteCollectionRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apqrag/v1/collections.proto\x12\x08pqrag.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15pqrag/v1/search.proto\"\xf0\x01\n\tIndexSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\t\n\x01m\x18\x02 \x01(\r\x12\r\n\x05nbits\x18\x03 \x01(\r\x12\r\n\x05nlist\x18\x04 \x01(\r\x12\x0e\n\x06nprobe\x18\x05 \x01(\r\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x13\n\x06rerank\x18\x08 \x01(\x08H\x00\x88\x01\x01\x12\x1a\n\rrecall_target\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rrerank_factor\x18\n \x01(\r\x12\x16\n\x0emin_train_size\x18\x0b \x01(\rB\t\n\x07_rerankB\x10\n\x0e_recall_target\"\x89\x02\n\x0bIndexTuning\x12#\n\x06params\x18\x01 \x01(\x0b\x32\x13.pqrag.v1.IndexSpec\x12\x0e\n\x06recall\x18\x02 \x01(\x01\x12\x15\n\rrecall_stderr\x18\x03 \x01(\x01\x12\x15\n\rrecall_target\x18\x04 \x01(\x01\x12\x12\n\nmet_target\x18\x05 \x01(\x08\x12\x18\n\x10\x62ytes_per_vector\x18\x06 \x01(\x01\x12\x17\n\x0ftrained_vectors\x18\x07 \x01(\x04\x12\x0f\n\x07queries\x18\x08 \x01(\r\x12\x18\n\x10settings_trained\x18\t \x01(\r\x12\x15\n\rtrain_seconds\x18\n \x01(\x01\x12\x0e\n\x06reason\x18\x0b \x01(\t\"<\n\x0c\x43hunkingSpec\x12\x14\n\x0c\x63hunk_tokens\x18\x01 \x01(\r\x12\x16\n\x0eoverlap_tokens\x18\x02 \x01(\r\"\x86\x04\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65mbedder\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\"\n\x05index\x18\x04 \x01(\x0b\x32\x13.pqrag.v1.IndexSpec\x12(\n\x08\x63hunking\x18\x05 \x01(\x0b\x32\x16.pqrag.v1.ChunkingSpec\x12\x16\n\x0e\x64ocument_count\x18\x06 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x04\x12\x13\n\x0bindex_state\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x13\x64\x65\x66\x61ult_search_mode\x18\n \x01(\x0e\x32\x14.pqrag.v1.SearchMode\x12%\n\x06tuning\x18\x0b \x01(\x0b\x32\x15.pqrag.v1.IndexTuning\x12\x16\n\x0eindex_training\x18\x0c \x01(\x08\x12.\n\x11\x64\x65\x66\x61ult_grounding\x18\r \x01(\x0e\x32\x13.pqrag.v1.Grounding\x12\x1d\n\x10reader_threshold\x18\x0e \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0emin_similarity\x18\x0f \x01(\x01H\x01\x88\x01\x01\x42\x13\n\x11_reader_thresholdB\x11\n\x0f_min_similarity\"C\n\x17\x43reateCollectionRequest\x12(\n\ncollection\x18\x01 \x01(\x0b\x32\x14.pqrag.v1.Collection\"t\n\x17UpdateCollectionRequest\x12(\n\ncollection\x18\x01 \x01(\x0b\x32\x14.pqrag.v1.Collection\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x17ListCollectionsResponse\x12)\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x14.pqrag.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*f\n\tGrounding\x12\x19\n\x15GROUNDING_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUNDING_FREE\x10\x01\x12\x13\n\x0fGROUNDING_QUOTE\x10\x02\x12\x15\n\x11GROUNDING_EXTRACT\x10\x03\x32\x95\x03\n\x0b\x43ollections\x12K\n\x10\x43reateCollection\x12!.pqrag.v1.CreateCollectionRequest\x1a\x14.pqrag.v1.Collection\x12\x45\n\rGetCollection\x12\x1e.pqrag.v1.GetCollectionRequest\x1a\x14.pqrag.v1.Collection\x12V\n\x0fListCollections\x12 .pqrag.v1.ListCollectionsRequest\x1a!.pqrag.v1.ListCollectionsResponse\x12K\n\x10UpdateCollection\x12!.pqrag.v1.UpdateCollectionRequest\x1a\x14.pqrag.v1.Collection\x12M\n\x10\x44\x65leteCollection\x12!.pqrag.v1.DeleteCollectionRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pqrag.v1.collections_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GROUNDING']._serialized_start=1631
-  _globals['_GROUNDING']._serialized_end=1733
+  _globals['_GROUNDING']._serialized_start=1679
+  _globals['_GROUNDING']._serialized_end=1781
   _globals['_INDEXSPEC']._serialized_start=160
   _globals['_INDEXSPEC']._serialized_end=400
   _globals['_INDEXTUNING']._serialized_start=403
@@ -44,19 +44,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHUNKINGSPEC']._serialized_start=670
   _globals['_CHUNKINGSPEC']._serialized_end=730
   _globals['_COLLECTION']._serialized_start=733
-  _globals['_COLLECTION']._serialized_end=1203
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=1205
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=1272
-  _globals['_UPDATECOLLECTIONREQUEST']._serialized_start=1274
-  _globals['_UPDATECOLLECTIONREQUEST']._serialized_end=1390
-  _globals['_GETCOLLECTIONREQUEST']._serialized_start=1392
-  _globals['_GETCOLLECTIONREQUEST']._serialized_end=1428
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1430
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1493
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1495
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1588
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=1590
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=1629
-  _globals['_COLLECTIONS']._serialized_start=1736
-  _globals['_COLLECTIONS']._serialized_end=2141
+  _globals['_COLLECTION']._serialized_end=1251
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=1253
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=1320
+  _globals['_UPDATECOLLECTIONREQUEST']._serialized_start=1322
+  _globals['_UPDATECOLLECTIONREQUEST']._serialized_end=1438
+  _globals['_GETCOLLECTIONREQUEST']._serialized_start=1440
+  _globals['_GETCOLLECTIONREQUEST']._serialized_end=1476
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1478
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1541
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1543
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1636
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=1638
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=1677
+  _globals['_COLLECTIONS']._serialized_start=1784
+  _globals['_COLLECTIONS']._serialized_end=2189
 # @@protoc_insertion_point(module_scope)

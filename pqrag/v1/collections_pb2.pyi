@@ -85,7 +85,7 @@ class ChunkingSpec(_message.Message):
     def __init__(self, chunk_tokens: _Optional[int] = ..., overlap_tokens: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "embedder", "dimension", "index", "chunking", "document_count", "chunk_count", "index_state", "create_time", "default_search_mode", "tuning", "index_training", "default_grounding", "reader_threshold")
+    __slots__ = ("name", "embedder", "dimension", "index", "chunking", "document_count", "chunk_count", "index_state", "create_time", "default_search_mode", "tuning", "index_training", "default_grounding", "reader_threshold", "min_similarity")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class Collection(_message.Message):
     INDEX_TRAINING_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_GROUNDING_FIELD_NUMBER: _ClassVar[int]
     READER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     embedder: str
     dimension: int
@@ -114,7 +115,8 @@ class Collection(_message.Message):
     index_training: bool
     default_grounding: Grounding
     reader_threshold: float
-    def __init__(self, name: _Optional[str] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ..., chunking: _Optional[_Union[ChunkingSpec, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., index_state: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., default_search_mode: _Optional[_Union[_search_pb2.SearchMode, str]] = ..., tuning: _Optional[_Union[IndexTuning, _Mapping]] = ..., index_training: _Optional[bool] = ..., default_grounding: _Optional[_Union[Grounding, str]] = ..., reader_threshold: _Optional[float] = ...) -> None: ...
+    min_similarity: float
+    def __init__(self, name: _Optional[str] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ..., chunking: _Optional[_Union[ChunkingSpec, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., index_state: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., default_search_mode: _Optional[_Union[_search_pb2.SearchMode, str]] = ..., tuning: _Optional[_Union[IndexTuning, _Mapping]] = ..., index_training: _Optional[bool] = ..., default_grounding: _Optional[_Union[Grounding, str]] = ..., reader_threshold: _Optional[float] = ..., min_similarity: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("collection",)

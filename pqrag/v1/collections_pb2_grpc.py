@@ -87,8 +87,8 @@ class CollectionsServicer:
 
     def UpdateCollection(self, request, context):
         """Changes the settings that leave the stored vectors as they are (default_search_mode, default_grounding,
-        reader_threshold; AIP-134). The embedder, index and chunking are fixed at create: changing them takes a new
-        collection.
+        reader_threshold, min_similarity; AIP-134). The embedder, index and chunking are fixed at create: changing them
+        takes a new collection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

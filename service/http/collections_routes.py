@@ -2,10 +2,12 @@
 
     GET    /v1/collections                    list (with counts and index state), paged like ListCollections
     POST   /v1/collections                    create {"name", "embedder"?, "index"?: {...}, "chunking"?: {...},
-                                                      "search_mode"?, "grounding"?, "reader_threshold"?}
+                                                      "search_mode"?, "grounding"?, "reader_threshold"?,
+                                                      "min_similarity"?}
     GET    /v1/collections/{c}                one collection
-    PATCH  /v1/collections/{c}                update {"search_mode"?, "grounding"?, "reader_threshold"?}: a JSON merge
-                                              patch (RFC 7396): a key absent stays, null puts it back to its default
+    PATCH  /v1/collections/{c}                update {"search_mode"?, "grounding"?, "reader_threshold"?,
+                                              "min_similarity"?}: a JSON merge patch (RFC 7396): a key absent stays,
+                                              null puts it back to its default
     DELETE /v1/collections/{c}                delete it, its documents and its index
     POST   /v1/collections/{c}/search         {"query" | "vector", "top_k"?, "filter"?, "mode"?, "nprobe"?, "rerank"?}
 
@@ -46,6 +48,12 @@ class CreateCollection(BaseModel):
         description="grounding extract: the margin (best span score minus no-answer score) an answer must reach, in "
         "[-100, 100] (default: the reader's own null_threshold; python -m rag.calibrate_reader finds one)",
     )
+    min_similarity: float | None = Field(  # strict, as reader_threshold
+        None,
+        strict=True,
+        description="the dense score (inner product, or -squared L2) the collection's nearest chunk to a question "
+        "must reach for an answer, in [-1e6, 1e6]; below it the question is declined (default: no cut)",
+    )
 
 
 class UpdateCollection(BaseModel):
@@ -62,6 +70,11 @@ class UpdateCollection(BaseModel):
         None,
         strict=True,
         description="grounding extract: the margin an answer must reach, in [-100, 100] (null: the reader's own)",
+    )
+    min_similarity: float | None = Field(  # strict, as reader_threshold
+        None,
+        strict=True,
+        description="the dense score the nearest chunk must reach for an answer, in [-1e6, 1e6] (null: no cut)",
     )
 
 
@@ -102,6 +115,8 @@ def collection_config(body: CreateCollection) -> CollectionConfig:
         config = _with(config, {"grounding": body.grounding}, "collection")
     if body.reader_threshold is not None:
         config = _with(config, {"reader_threshold": body.reader_threshold}, "collection")
+    if body.min_similarity is not None:
+        config = _with(config, {"min_similarity": body.min_similarity}, "collection")
     return config
 
 
@@ -118,6 +133,7 @@ def collection_json(coll: Collection) -> dict[str, Any]:
         "search_mode": config.search_mode,
         "grounding": config.grounding,  # null: the server's
         "reader_threshold": config.reader_threshold,  # null: the reader's own
+        "min_similarity": config.min_similarity,  # null: no cut
     }
 
 

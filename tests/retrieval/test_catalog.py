@@ -175,6 +175,26 @@ def test_a_collections_reader_threshold_is_checked_and_kept(tmp_path, embedder):
         assert again.get("edge").config.reader_threshold == 100.0
 
 
+def test_a_collections_min_similarity_is_checked_and_kept(tmp_path, embedder):
+    colls = Collections(tmp_path / "data", device="cpu")
+    try:
+        assert colls.create("plain").config.min_similarity is None  # no cut then
+        assert colls.create("cut", CollectionConfig(min_similarity=0.35)).config.min_similarity == 0.35
+        edge = colls.create("edge", CollectionConfig(min_similarity=-(10**6))).config.min_similarity  # -squared L2
+        assert edge == -1e6 and isinstance(edge, float)
+        for bad in (float("nan"), float("inf"), -float("inf"), True, "0.5", 1e6 + 1, -2e6, 10**400):
+            with pytest.raises(
+                InvalidArgumentError, match=r"min_similarity must be a finite number in \[-1000000, 1000000\]"
+            ):
+                colls.create("bad", CollectionConfig(min_similarity=bad))
+        assert "bad" not in colls  # nothing was created
+    finally:
+        colls.close()
+    with Collections(tmp_path / "data", device="cpu") as again:  # stored with the collection
+        assert again.get("cut").config.min_similarity == 0.35 and again.get("plain").config.min_similarity is None
+        assert again.get("edge").config.min_similarity == -1e6
+
+
 # --- update: the settings that leave the stored vectors as they are ---------------------------------------------
 
 
@@ -200,21 +220,37 @@ def test_update_changes_the_given_settings_and_survives_reopening(tmp_path, embe
         )
         colls.update("kb", reader_threshold=7)  # an int is a float, as at create
         assert colls.get("kb").config.reader_threshold == 7.0 and isinstance(coll.config.reader_threshold, float)
+        assert coll.config.min_similarity is None  # not given at create: no cut
+        colls.update("kb", min_similarity=0)  # 0 is a value, not unset; an int is a float
+        assert coll.config.min_similarity == 0.0 and isinstance(coll.config.min_similarity, float)
+        colls.update("kb", min_similarity=0.4)
+        assert (coll.config.reader_threshold, coll.config.min_similarity) == (7.0, 0.4)  # each on its own
         assert colls.update("kb") is coll and coll.config.reader_threshold == 7.0  # nothing given: nothing changes
     with Collections(tmp_path / "data", device="cpu") as again:  # stored: the next server opens it so
         cfg = again.get("kb").config
         assert (cfg.search_mode, cfg.grounding, cfg.reader_threshold, cfg.index.m) == ("lexical", "extract", 7.0, 8)
-        again.update("kb", search_mode=None, grounding=None, reader_threshold=None)  # None: back to the defaults
+        assert cfg.min_similarity == 0.4
+        again.update("kb", search_mode=None, grounding=None, reader_threshold=None, min_similarity=None)  # defaults
         cfg = again.get("kb").config
-        assert (cfg.search_mode, cfg.grounding, cfg.reader_threshold) == ("hybrid", None, None)
+        assert (cfg.search_mode, cfg.grounding, cfg.reader_threshold, cfg.min_similarity) == (
+            "hybrid",
+            None,
+            None,
+            None,
+        )
     with Collections(tmp_path / "data", device="cpu") as third:
         cfg = third.get("kb").config
-        assert (cfg.search_mode, cfg.grounding, cfg.reader_threshold) == ("hybrid", None, None)
+        assert (cfg.search_mode, cfg.grounding, cfg.reader_threshold, cfg.min_similarity) == (
+            "hybrid",
+            None,
+            None,
+            None,
+        )
         assert third.get("kb").stats()["document_count"] == 1
 
 
 def test_update_checks_as_create_does_and_refuses_the_fixed_settings(colls):
-    coll = colls.create("kb", CollectionConfig(reader_threshold=-1.0))
+    coll = colls.create("kb", CollectionConfig(reader_threshold=-1.0, min_similarity=0.25))
     for bad, says in (
         ({"search_mode": "fuzzy"}, "search_mode must be one of dense, lexical, hybrid"),
         ({"grounding": "strict"}, "grounding must be free, quote or extract"),
@@ -222,15 +258,21 @@ def test_update_checks_as_create_does_and_refuses_the_fixed_settings(colls):
         ({"reader_threshold": True}, "reader_threshold must be a finite number"),
         ({"reader_threshold": 100.5}, "reader_threshold must be a finite number"),
         ({"reader_threshold": 2.0, "grounding": "strict"}, "grounding"),  # all or nothing
+        ({"min_similarity": float("-inf")}, r"min_similarity must be a finite number in \[-1000000, 1000000\]"),
+        ({"min_similarity": False}, "min_similarity must be a finite number"),
+        ({"min_similarity": "0.5"}, "min_similarity must be a finite number"),
+        ({"min_similarity": 2e6}, "min_similarity must be a finite number"),
+        ({"min_similarity": 0.5, "reader_threshold": 250}, "reader_threshold"),  # all or nothing
     ):
         with pytest.raises(InvalidArgumentError, match=says):
             colls.update("kb", **bad)
     for fixed in ("embedder", "dimension", "index", "chunker", "name"):
         with pytest.raises(InvalidArgumentError, match=f"cannot update '{fixed}'") as e:
             colls.update("kb", **{fixed: None})
-        assert "updatable settings are search_mode, grounding, reader_threshold" in str(e.value)
+        assert "updatable settings are search_mode, grounding, reader_threshold, min_similarity" in str(e.value)
         assert "new collection" in str(e.value)
     assert coll.config.reader_threshold == -1.0 and coll.config.search_mode == "hybrid"  # nothing changed
+    assert coll.config.min_similarity == 0.25
     with pytest.raises(NotFoundError, match="collection 'nope' not found"):
         colls.update("nope", reader_threshold=1.0)
     with pytest.raises(InvalidArgumentError):

@@ -68,6 +68,18 @@ def test_config_round_trips_its_reader_threshold_and_loads_configs_stored_before
     assert CollectionConfig.from_dict(old).grounding == "quote"
 
 
+def test_config_round_trips_its_min_similarity_and_loads_configs_stored_before_it():
+    for cut in (None, -4.5, 0.0, 0.35):
+        config = CollectionConfig(reader_threshold=-1.0, min_similarity=cut)
+        stored = json.loads(json.dumps(config.to_dict()))  # as SQLite keeps it
+        assert stored["min_similarity"] == cut
+        assert CollectionConfig.from_dict(stored) == config
+    old = CollectionConfig(grounding="extract", reader_threshold=-1.0).to_dict()
+    del old["min_similarity"]  # a collection created before the setting existed
+    assert CollectionConfig.from_dict(old).min_similarity is None  # no cut
+    assert CollectionConfig.from_dict(old).reader_threshold == -1.0
+
+
 # --- ingest, get, delete, search -------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from retrieval.validation import (
     as_document,
     check_document,
     check_document_id,
+    check_min_similarity,
     check_query_text,
     check_query_vector,
     check_reader_threshold,
@@ -146,3 +147,14 @@ def test_reader_threshold_is_unset_or_a_finite_number_in_range():
         with pytest.raises(InvalidArgumentError, match="reader_threshold must be a finite number") as info:
             check_reader_threshold(bad)
         assert "unset for the reader's own" in str(info.value) and len(str(info.value)) < 600
+
+
+def test_min_similarity_is_unset_or_a_finite_number_in_range():
+    assert check_min_similarity(None) is None
+    assert check_min_similarity(0) == 0.0 and isinstance(check_min_similarity(0), float)  # 0 is a cut, not unset
+    assert check_min_similarity(np.float32(0.25)) == 0.25 and type(check_min_similarity(np.float32(0.25))) is float
+    assert check_min_similarity(-1e6) == -1e6 and check_min_similarity(10**6) == 1e6  # -squared L2 can be large
+    for bad in (float("nan"), float("inf"), -float("inf"), True, False, "0.5", [0.5], 1e6 + 1, -1e9, 10**400):
+        with pytest.raises(InvalidArgumentError, match="min_similarity must be a finite number") as info:
+            check_min_similarity(bad)
+        assert "unset for no cut" in str(info.value) and len(str(info.value)) < 600

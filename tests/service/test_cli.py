@@ -268,25 +268,45 @@ def test_serve_reader_flag(serve_configs, tmp_path):
     assert main([*base, "--grounding", "extract"]) == 0 and serve_configs[3].grounding == "extract"
 
 
-def test_cli_collections_create_reader_threshold(server, capsys):
+def test_cli_collections_create_reader_threshold_and_min_similarity(server, capsys):
     s = ["--server", server.target]
     created = run_json(
-        capsys, "collections", "create", "cal", "--grounding", "extract", "--reader-threshold", "-1.5", *s
+        capsys,
+        "collections",
+        "create",
+        "cal",
+        "--grounding",
+        "extract",
+        "--reader-threshold",
+        "-1.5",
+        "--min-similarity",
+        "0.25",
+        *s,
     )
-    assert created["reader_threshold"] == -1.5
-    assert run_json(capsys, "collections", "create", "plain", *s)["reader_threshold"] is None  # the reader's own
+    assert (created["reader_threshold"], created["min_similarity"]) == (-1.5, 0.25)
+    plain = run_json(capsys, "collections", "create", "plain", *s)
+    assert plain["reader_threshold"] is None and plain["min_similarity"] is None  # the reader's own; no cut
     listing = {c["name"]: c for c in run_json(capsys, "collections", "list", *s)}
     assert listing["cal"]["reader_threshold"] == -1.5 and listing["plain"]["reader_threshold"] is None
+    assert listing["cal"]["min_similarity"] == 0.25 and listing["plain"]["min_similarity"] is None
     assert main(["collections", "get", "cal", *s]) == 0
-    assert "reader_threshold     -1.5" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "reader_threshold     -1.5" in said and "min_similarity       0.25" in said
     assert main(["collections", "get", "plain", *s]) == 0
-    assert "reader_threshold     unset (the reader's own)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "reader_threshold     unset (the reader's own)" in said and "min_similarity       unset (no cut)" in said
     assert main(["collections", "create", "bad", "--reader-threshold", "nan", *s]) == 1  # refused by the server
     err = capsys.readouterr().err
     assert "INVALID_ARGUMENT" in err and "reader_threshold must be a finite number" in err
-    with pytest.raises(SystemExit):  # not a number: argparse's error
-        main(["collections", "create", "bad", "--reader-threshold", "high", *s])
-    assert "calibrate_reader" in _help("collections", "create")
+    # "=": to argparse "-inf" is an option, not a negative number
+    assert main(["collections", "create", "bad", "--min-similarity=-inf", *s]) == 1
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "min_similarity must be a finite number" in err
+    for flag in ("--reader-threshold", "--min-similarity"):
+        with pytest.raises(SystemExit):  # not a number: argparse's error
+            main(["collections", "create", "bad", flag, "high", *s])
+    said = _help("collections", "create")
+    assert "calibrate_reader" in said and "--min-similarity X" in said and "(default: no cut)" in said
 
 
 def test_cli_collections_update(server, capsys):
@@ -301,23 +321,42 @@ def test_cli_collections_update(server, capsys):
         "lexical",
     )
     assert run_json(capsys, "collections", "get", "kb", *s) == out
-    assert main(["collections", "update", "kb", "--no-reader-threshold", "--no-grounding", *s]) == 0
+    assert out["min_similarity"] is None
+    out = run_json(capsys, "collections", "update", "kb", "--min-similarity", "-0.5", *s)  # a negative value
+    assert (out["min_similarity"], out["reader_threshold"], out["default_search_mode"]) == (-0.5, 2.5, "lexical")
+    assert run_json(capsys, "collections", "get", "kb", *s) == out
+    assert main(["collections", "update", "kb", "--min-similarity", "0.3", *s]) == 0
     said = capsys.readouterr().out
     assert said.strip() == (
-        "updated collection kb: search mode lexical, grounding the server's, reader threshold the reader's own"
+        "updated collection kb: search mode lexical, grounding extract, reader threshold 2.5, min similarity 0.3"
+    )
+    assert (
+        main(["collections", "update", "kb", "--no-reader-threshold", "--no-grounding", "--no-min-similarity", *s]) == 0
+    )
+    said = capsys.readouterr().out
+    assert said.strip() == (
+        "updated collection kb: search mode lexical, grounding the server's, reader threshold the reader's own, "
+        "min similarity none"
     )
     out = run_json(capsys, "collections", "get", "kb", *s)
-    assert out["reader_threshold"] is None and out["default_grounding"] is None
+    assert out["reader_threshold"] is None and out["default_grounding"] is None and out["min_similarity"] is None
     assert main(["collections", "update", "kb", "--reader-threshold", "250", *s]) == 1  # refused by the server
     err = capsys.readouterr().err
     assert "INVALID_ARGUMENT" in err and "reader_threshold must be a finite number" in err
+    assert main(["collections", "update", "kb", "--min-similarity", "1e7", *s]) == 1  # likewise
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "min_similarity must be a finite number" in err
+    assert run_json(capsys, "collections", "get", "kb", *s)["min_similarity"] is None  # nothing changed
     assert main(["collections", "update", "nope", "--reader-threshold", "1", *s]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="nothing to change"):
         main(["collections", "update", "kb", *s])
     with pytest.raises(SystemExit):  # argparse: one or the other
         main(["collections", "update", "kb", "--reader-threshold", "1", "--no-reader-threshold", *s])
-    assert "fixed at create" in _help("collections", "update")
+    with pytest.raises(SystemExit):
+        main(["collections", "update", "kb", "--min-similarity", "1", "--no-min-similarity", *s])
+    said = _help("collections", "update")
+    assert "fixed at create" in said and "--no-min-similarity" in said and "minimum similarity" in said
 
 
 def _help(*argv) -> str:

@@ -176,6 +176,21 @@ def test_a_collections_reader_threshold_is_set_only_when_the_field_is():
     assert math.isnan(nan.reader_threshold)
 
 
+def test_a_collections_min_similarity_is_set_only_when_the_field_is():
+    import math
+
+    from pqrag.v1 import collections_pb2
+
+    _, unset = convert.collection_config_from_proto(collections_pb2.Collection(name="kb"))
+    assert unset.min_similarity is None  # no cut, not a cut at 0.0
+    for value in (0.0, -3.5, 0.42):  # 0.0 included: set, not the proto3 default
+        _, config = convert.collection_config_from_proto(collections_pb2.Collection(name="kb", min_similarity=value))
+        assert config.min_similarity == value and config.reader_threshold is None  # each field on its own
+    # The value itself is the catalog's to check (retrieval.validation.check_min_similarity): it passes through.
+    _, inf = convert.collection_config_from_proto(collections_pb2.Collection(name="kb", min_similarity=-math.inf))
+    assert inf.min_similarity == -math.inf
+
+
 def test_an_update_takes_the_masks_paths_or_the_populated_fields():
     from pqrag.v1 import collections_pb2
 
@@ -190,13 +205,20 @@ def test_an_update_takes_the_masks_paths_or_the_populated_fields():
         default_search_mode=search_pb2.SEARCH_MODE_DENSE,
         default_grounding=collections_pb2.GROUNDING_EXTRACT,
         reader_threshold=0.0,
+        min_similarity=0.0,
     )
-    assert settings(full) == ("kb", {"search_mode": "dense", "grounding": "extract", "reader_threshold": 0.0})
+    assert settings(full) == (
+        "kb",
+        {"search_mode": "dense", "grounding": "extract", "reader_threshold": 0.0, "min_similarity": 0.0},
+    )
     assert settings(full, "reader_threshold") == ("kb", {"reader_threshold": 0.0})  # only the mask's
+    assert settings(full, "min_similarity") == ("kb", {"min_similarity": 0.0})
     empty = collections_pb2.Collection(name="kb")
     assert settings(empty) == ("kb", {})  # nothing populated, no mask: nothing changes
-    cleared = {"search_mode": None, "grounding": None, "reader_threshold": None}  # unset + named: the defaults
-    assert settings(empty, "default_search_mode", "default_grounding", "reader_threshold") == ("kb", cleared)
+    cleared = {"search_mode": None, "grounding": None, "reader_threshold": None, "min_similarity": None}  # defaults
+    all_paths = ("default_search_mode", "default_grounding", "reader_threshold", "min_similarity")
+    assert settings(empty, *all_paths) == ("kb", cleared)  # unset + named: back to the defaults
+    assert settings(empty, "min_similarity") == ("kb", {"min_similarity": None})
     assert settings(empty, "reader_threshold", "reader_threshold") == ("kb", {"reader_threshold": None})
     odd = collections_pb2.Collection(name="kb", default_search_mode=9)  # outside the mask: never read
     assert settings(odd, "reader_threshold") == ("kb", {"reader_threshold": None})

@@ -75,14 +75,29 @@ def test_search_with_top_k_filter_and_spans(http):
     http.delete("/v1/collections/find")
 
 
-def test_a_collections_reader_threshold_over_rest(http):
-    created = http.post("/v1/collections", json={"name": "cal", "grounding": "extract", "reader_threshold": -1.25})
+def test_a_collections_reader_threshold_and_min_similarity_over_rest(http):
+    body = {"name": "cal", "grounding": "extract", "reader_threshold": -1.25, "min_similarity": 0.2}
+    created = http.post("/v1/collections", json=body)
     assert created.status_code == 201 and created.json()["reader_threshold"] == -1.25
-    assert http.get("/v1/collections/cal").json()["reader_threshold"] == -1.25
+    assert created.json()["min_similarity"] == 0.2
+    got = http.get("/v1/collections/cal").json()
+    assert (got["reader_threshold"], got["min_similarity"]) == (-1.25, 0.2)
     plain = http.post("/v1/collections", json={"name": "plain-rt"}).json()
     assert plain["reader_threshold"] is None  # the reader's own null_threshold
+    assert plain["min_similarity"] is None  # no cut
     listing = {c["name"]: c for c in http.get("/v1/collections").json()["data"]}
     assert listing["cal"]["reader_threshold"] == -1.25 and listing["plain-rt"]["reader_threshold"] is None
+    assert listing["cal"]["min_similarity"] == 0.2 and listing["plain-rt"]["min_similarity"] is None
+    for bad in (2e6, True, "0.5"):  # out of range (the catalog's check), a bool or a string (the body's)
+        r = http.post("/v1/collections", json={"name": "bad-rt", "min_similarity": bad})
+        assert r.status_code == 400, bad
+        assert "min_similarity" in (r.json()["error"]["message"] + str(r.json()["error"].get("param"))), r.json()
+    r = http.post(
+        "/v1/collections",
+        content='{"name": "bad-rt", "min_similarity": -Infinity}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "min_similarity must be a finite number" in r.json()["error"]["message"]
     for bad in (250, True, "1.5"):  # out of range (the catalog's check), a bool or a string (the body's)
         r = http.post("/v1/collections", json={"name": "bad-rt", "reader_threshold": bad})
         assert r.status_code == 400, bad
@@ -117,6 +132,12 @@ def test_patch_a_collection_is_a_json_merge_patch(http):
     r = http.patch("/v1/collections/upd", json={"search_mode": None})
     assert r.json()["search_mode"] == "hybrid"
     assert http.patch("/v1/collections/upd", json={}).json()["search_mode"] == "hybrid"  # nothing sent: no change
+    r = http.patch("/v1/collections/upd", json={"min_similarity": 0.3})
+    assert r.status_code == 200 and (r.json()["min_similarity"], r.json()["search_mode"]) == (0.3, "hybrid")
+    assert http.get("/v1/collections/upd").json()["min_similarity"] == 0.3
+    r = http.patch("/v1/collections/upd", json={"min_similarity": 0})  # 0 is a cut, not null
+    assert r.status_code == 200 and r.json()["min_similarity"] == 0.0
+    assert http.patch("/v1/collections/upd", json={"min_similarity": None}).json()["min_similarity"] is None
 
     for bad, says in (
         ({"reader_threshold": 250}, "reader_threshold must be a finite number"),
@@ -124,7 +145,11 @@ def test_patch_a_collection_is_a_json_merge_patch(http):
         ({"reader_threshold": "1.5"}, "reader_threshold"),
         ({"search_mode": "fuzzy"}, "search_mode must be one of"),
         ({"grounding": "strict"}, "grounding must be free, quote or extract"),
-        ({"embedder": "other"}, "updatable settings are search_mode, grounding, reader_threshold"),
+        ({"min_similarity": -2e6}, "min_similarity must be a finite number"),
+        ({"min_similarity": False}, "min_similarity"),
+        ({"min_similarity": "0.5"}, "min_similarity"),
+        ({"min_similarity": 0.5, "grounding": "strict"}, "grounding"),  # all or nothing
+        ({"embedder": "other"}, "updatable settings are search_mode, grounding, reader_threshold, min_similarity"),
         ({"index": {"kind": "flat"}, "reader_threshold": 1.0}, "cannot update 'index'"),
         ({"name": "renamed"}, "cannot update 'name'"),
     ):
@@ -134,7 +159,12 @@ def test_patch_a_collection_is_a_json_merge_patch(http):
         assert says in error["message"] + str(error.get("param")), (bad, error)
     assert http.patch("/v1/collections/upd", json=[1]).status_code == 400  # not an object
     got = http.get("/v1/collections/upd").json()  # nothing of the refused patches was applied
-    assert (got["search_mode"], got["grounding"], got["reader_threshold"]) == ("hybrid", None, None)
+    assert (got["search_mode"], got["grounding"], got["reader_threshold"], got["min_similarity"]) == (
+        "hybrid",
+        None,
+        None,
+        None,
+    )
     r = http.patch("/v1/collections/nope", json={"reader_threshold": 1.0})
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert http.delete("/v1/collections/upd").status_code == 200

@@ -97,16 +97,21 @@ def test_bad_index_and_chunking_specs_are_the_callers_mistake(client, spec, mess
     assert client.list_collections() == []
 
 
-def test_a_collections_reader_threshold_over_grpc(client):
-    created = client.create_collection("calibrated", grounding="extract", reader_threshold=-1.75)
+def test_a_collections_reader_threshold_and_min_similarity_over_grpc(client):
+    created = client.create_collection("calibrated", grounding="extract", reader_threshold=-1.75, min_similarity=0.3)
     assert created.HasField("reader_threshold") and created.reader_threshold == -1.75
-    zero = client.create_collection("zero", reader_threshold=0.0)  # set to 0.0, not left unset
+    assert created.HasField("min_similarity") and created.min_similarity == 0.3
+    zero = client.create_collection("zero", reader_threshold=0.0, min_similarity=0.0)  # set to 0.0, not left unset
     assert zero.HasField("reader_threshold") and zero.reader_threshold == 0.0
+    assert zero.HasField("min_similarity") and zero.min_similarity == 0.0
     plain = client.create_collection("plain")
     assert not plain.HasField("reader_threshold")  # unset stays unset: the reader's own null_threshold
+    assert not plain.HasField("min_similarity")  # likewise: no cut
     got = {c.name: c for c in client.list_collections()}
     assert got["calibrated"].reader_threshold == -1.75 and not got["plain"].HasField("reader_threshold")
+    assert got["calibrated"].min_similarity == 0.3 and not got["plain"].HasField("min_similarity")
     assert client.get_collection("zero").HasField("reader_threshold")
+    assert client.get_collection("zero").HasField("min_similarity")
     for bad, shown in ((math.nan, "nan"), (math.inf, "inf"), (-250.0, "-250")):
         with pytest.raises(grpc.RpcError) as e:
             client.create_collection("bad", reader_threshold=bad)
@@ -115,6 +120,12 @@ def test_a_collections_reader_threshold_over_grpc(client):
             "reader_threshold must be a finite number in [-100, 100]" in e.value.details()
             and shown in e.value.details()
         )
+    for bad, shown in ((math.nan, "nan"), (-math.inf, "-inf"), (2e6, "2000000")):
+        with pytest.raises(grpc.RpcError) as e:
+            client.create_collection("bad", min_similarity=bad)
+        assert code_of(e) == grpc.StatusCode.INVALID_ARGUMENT
+        assert "min_similarity must be a finite number in [-1000000, 1000000]" in e.value.details()
+        assert shown in e.value.details()
     # the server keeps serving, and nothing was created
     assert [c.name for c in client.list_collections()] == ["calibrated", "plain", "zero"]
     assert client.get_collection("calibrated").reader_threshold == -1.75
@@ -146,8 +157,13 @@ def test_update_collection_changes_each_setting_and_keeps_the_rest(client):
     assert hits[0]["doc_id"] == "bread" and hits[0]["dense_rank"] is None
     got = client.update_collection("kb", reader_threshold=0.0)  # 0.0 is a value, not unset
     assert got.HasField("reader_threshold") and got.reader_threshold == 0.0
-    got = client.update_collection("kb", clear=["reader_threshold", "grounding", "search_mode"])
+    got = client.update_collection("kb", min_similarity=0.0)  # likewise
+    assert got.HasField("min_similarity") and got.min_similarity == 0.0 and got.reader_threshold == 0.0
+    got = client.update_collection("kb", min_similarity=-0.25)
+    assert got.min_similarity == -0.25 and client.get_collection("kb").min_similarity == -0.25
+    got = client.update_collection("kb", clear=["reader_threshold", "grounding", "search_mode", "min_similarity"])
     assert not got.HasField("reader_threshold") and got.default_grounding == collections_pb2.GROUNDING_UNSPECIFIED
+    assert not got.HasField("min_similarity")  # back to no cut
     assert got.default_search_mode == search_pb2.SEARCH_MODE_HYBRID  # a cleared search mode is the default
     assert client.update_collection("kb") == client.get_collection("kb")  # nothing given: nothing changes
 
@@ -164,16 +180,24 @@ def test_update_mask_semantics(client):
     assert got.default_search_mode == search_pb2.SEARCH_MODE_DENSE
     got = update(client, collections_pb2.Collection(name="kb"), "default_search_mode")
     assert got.default_search_mode == search_pb2.SEARCH_MODE_HYBRID
+    got = update(
+        client, collections_pb2.Collection(name="kb", min_similarity=0.5, reader_threshold=9.0), "min_similarity"
+    )
+    assert got.min_similarity == 0.5 and not got.HasField("reader_threshold")  # only the mask's field
+    got = update(client, collections_pb2.Collection(name="kb"), "min_similarity")  # unset in the mask: no cut
+    assert not got.HasField("min_similarity")
     # No mask: the updatable fields populated change, output-only ones are ignored, and the fixed fields may be sent
     # back as GetCollection gave them (read, change, write).
     current = client.get_collection("kb")
     current.default_grounding = collections_pb2.GROUNDING_QUOTE
     current.reader_threshold = -0.5
+    current.min_similarity = 0.125
     current.document_count = 999
     got = update(client, current)
-    assert (got.default_grounding, got.reader_threshold, got.document_count) == (
+    assert (got.default_grounding, got.reader_threshold, got.min_similarity, got.document_count) == (
         collections_pb2.GROUNDING_QUOTE,
         -0.5,
+        0.125,
         0,
     )
     got = update(client, collections_pb2.Collection(name="kb", default_search_mode=search_pb2.SEARCH_MODE_LEXICAL))
@@ -188,7 +212,7 @@ def test_update_mask_semantics(client):
     bad = grpc.StatusCode.INVALID_ARGUMENT
     for path in ("embedder", "index", "chunking", "name", "document_count", "index.kind", "reader_treshold"):
         details = refused(bad, collections_pb2.Collection(name="kb"), "reader_threshold", path)
-        assert path in details and "default_search_mode, default_grounding, reader_threshold" in details
+        assert path in details and "default_search_mode, default_grounding, reader_threshold, min_similarity" in details
     details = refused(bad, collections_pb2.Collection(name="kb", embedder="other"))  # no mask: a fixed field changed
     assert "embedder cannot be updated" in details and "new collection" in details
     changed = client.get_collection("kb")
@@ -196,6 +220,10 @@ def test_update_mask_semantics(client):
     assert "index cannot be updated" in refused(bad, changed)
     details = refused(bad, collections_pb2.Collection(name="kb", reader_threshold=math.nan), "reader_threshold")
     assert "reader_threshold must be a finite number in [-100, 100]" in details
+    for value in (math.nan, math.inf, -1e7):
+        details = refused(bad, collections_pb2.Collection(name="kb", min_similarity=value), "min_similarity")
+        assert "min_similarity must be a finite number in [-1000000, 1000000]" in details
+    assert "min_similarity must be" in refused(bad, collections_pb2.Collection(name="kb", min_similarity=math.nan))
     assert "SearchMode 9" in refused(bad, collections_pb2.Collection(name="kb", default_search_mode=9))
     assert "name is required" in refused(bad, collections_pb2.Collection(reader_threshold=1.0), "reader_threshold")
     details = refused(grpc.StatusCode.NOT_FOUND, collections_pb2.Collection(name="nope", reader_threshold=1.0))
@@ -203,6 +231,7 @@ def test_update_mask_semantics(client):
     # nothing of the refused updates was applied, and the server keeps serving
     after = client.get_collection("kb")
     assert (after.reader_threshold, after.default_search_mode) == (-0.5, search_pb2.SEARCH_MODE_LEXICAL)
+    assert after.min_similarity == 0.125
     assert client.health() == "SERVING" and [c.name for c in client.list_collections()] == ["kb"]
     with pytest.raises(ValueError, match="cannot clear 'embedder'"):
         client.update_collection("kb", clear=["embedder"])
