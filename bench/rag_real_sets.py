@@ -9,7 +9,9 @@
 Each question goes the server's way: a search of the collection (its default mode, --passages hits), the prompt
 rag.prompt.build_prompt renders with the model's own template, greedy decoding through the engine (llm.LLM), free
 or quote (rag.pipeline.quote_index: the constraint the server applies). The extractive floor answers with the
-sentence of the same numbered passages most similar to the question by the collection's embedder, cited.
+sentence of the same numbered passages most similar to the question by the collection's embedder, cited. Extract
+answers (the reader) also decline as the server does below the collection's min_similarity (rag.pipeline.off_topic);
+the generator rows and the floor answer every question.
 
 Scores (a citation is a [n] in the answer; the answer's text is the answer without them):
 - EM, F1: SQuAD's (lower case, no punctuation or articles), best over the gold answers; the no-answer sentence
@@ -38,7 +40,7 @@ import numpy as np
 from llm import LLM, SamplingParams
 from rag.answer_scores import exact_match, f1, normalize
 from rag.passages import Passage, merge_hits, numbered
-from rag.pipeline import extract_answer, quote_index
+from rag.pipeline import extract_answer, off_topic, quote_index
 from rag.prompt import NO_ANSWER, build_prompt
 from rag.request import DEFAULT_NUM_PASSAGES
 from rag.sft_data import read_jsonl
@@ -144,11 +146,17 @@ def extractive(coll, questions: Sequence[Question], built) -> list[Answer]:
 
 
 def extract(reader, coll, questions: Sequence[Question], num_passages: int) -> list[Answer]:
-    """The server's extract answers (rag.pipeline): the reader's best span over every retrieved passage, cited."""
+    """The server's extract answers (rag.pipeline): the reader's best span over every retrieved passage, cited; the
+    no-answer sentence below the collection's min_similarity or reader_threshold."""
     out = []
+    config = coll.config
     for q in questions:
-        passages = numbered(merge_hits(coll.search(query=q.text, k=num_passages).hits))
-        out.append(Answer(extract_answer(reader, q.text, passages, coll.config.reader_threshold), "stop", passages))
+        found = coll.search(query=q.text, k=num_passages)
+        passages = numbered(merge_hits(found.hits))
+        if off_topic(found.nearest_score, config.min_similarity):
+            out.append(Answer(NO_ANSWER, "stop", passages))
+            continue
+        out.append(Answer(extract_answer(reader, q.text, passages, config.reader_threshold), "stop", passages))
     return out
 
 

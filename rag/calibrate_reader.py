@@ -1,23 +1,28 @@
-"""Calibrate the extractive reader's no-answer threshold for one collection, on a few of its own questions.
+"""Calibrate when a collection's RAG answers decline, on a few of its own questions: the reader's no-answer
+threshold and the similarity cut.
 
     python -m rag.calibrate_reader --data-dir DIR --collection NAME --questions Q.jsonl [--reader DIR] [--write]
         [--json]
 
 Why: the reader (rag/reader.py) answers when some retrieved passage's margin (best span score - no-answer score)
 reaches a threshold. Its trainer chose that threshold on its training data (mostly SQuAD's Wikipedia paragraphs),
-and margins shift with the kind of text and of question: on the Python docs, natural questions score about 2 lower
-than SQuAD's, so the reader's own threshold declines half of the questions the docs answer. A few tens of the
-collection's own questions, each marked answerable or not, are enough to place the threshold for it.
+and margins shift with the kind of text and of question: on the Python docs they separate the questions the docs
+answer from the others poorly (a threshold that declines most of the others declines a third of the answerable
+ones). How close the collection's nearest chunk is to the question (its dense score) separates them far better
+there: "who founded Microsoft?" is far from every chunk of the docs, "what does str.join do?" is not. So two
+settings decide, chosen together: the collection's min_similarity (below it a question is declined before any
+reading: rag.pipeline.off_topic) and its reader_threshold (for the questions that pass the cut).
 
 Q.jsonl rows: {"question": "...", "answerable": true | false}, or {"question": "...", "topic": "doc id" | null}
 (bench/data/python_docs_dev_questions.jsonl's form: a null topic is unanswerable; a topic also reports how often the
 passage quoted is that document). Each question goes the server's way (the collection's default search, the
-server's passage count, merged as rag.pipeline merges them); the threshold chosen maximises the right decisions,
-answering the answerable and declining the rest (each as a share of its kind). It is printed with the decisions
-before and after; --write also stores it as the collection's reader_threshold (CollectionConfig.reader_threshold,
-through Collections.update), which a server started on the data dir then uses. It opens the data dir itself, so it
-runs while no server holds that directory; for a server that keeps running, calibrate on a copy of the directory and
-set the threshold with `pqrag collections update NAME --reader-threshold X`.
+server's passage count, merged as rag.pipeline merges them); the settings chosen maximise the right decisions,
+answering the answerable and declining the rest (each as a share of its kind), with no cut where a cut does not
+help. They are printed with the decisions of the collection's current settings and of the new ones; --write also
+stores them in the collection (CollectionConfig.reader_threshold and min_similarity, through Collections.update),
+which a server started on the data dir then uses. It opens the data dir itself, so it runs while no server holds
+that directory; for a server that keeps running, calibrate on a copy of the directory and set them with `pqrag
+collections update NAME --reader-threshold X --min-similarity Y`.
 """
 
 from __future__ import annotations
@@ -49,6 +54,15 @@ class Scored:
     best_margin: float  # the best margin of any passage (what the threshold is compared with)
     margins: tuple[float, ...]  # per passage, in retrieval order
     doc_ids: tuple[str, ...]
+    similarity: float | None = None  # its search's nearest chunk's dense score (SearchResult.nearest_score)
+
+    def passes(self, min_similarity: float | None) -> bool:
+        """Not declined by the cut (rag.pipeline.off_topic's rule: no dense score never declines)."""
+        return min_similarity is None or self.similarity is None or self.similarity >= min_similarity
+
+    def margin_after(self, min_similarity: float | None) -> float:
+        """Its best margin, or -inf where the cut declines it (declined at any threshold: what the cut does)."""
+        return self.best_margin if self.passes(min_similarity) else -math.inf
 
 
 def read_questions(path: str | Path) -> list[LabelledQuestion]:
@@ -82,6 +96,15 @@ def decided(answerable: Sequence[float], unanswerable: Sequence[float], threshol
     return sum(m >= threshold for m in answerable), sum(not m >= threshold for m in unanswerable)
 
 
+def _right(answerable: Sequence[float], unanswerable: Sequence[float], threshold: float) -> float:
+    said, declined = decided(answerable, unanswerable, threshold)
+    return said / max(len(answerable), 1) + declined / max(len(unanswerable), 1)
+
+
+def _room(value: float, others: Sequence[float]) -> float:
+    return min((abs(value - m) for m in others), default=math.inf)
+
+
 def choose_threshold(answerable: Sequence[float], unanswerable: Sequence[float]) -> float:
     """The threshold over best margins that decides best: the most answered of the answerable (margin >= threshold)
     plus declined of the unanswerable (below it), each as a share of its kind, so that the mix of the questions
@@ -92,35 +115,57 @@ def choose_threshold(answerable: Sequence[float], unanswerable: Sequence[float])
     if not finite:
         return 0.0
     cands = [finite[0] - 1.0, *((a + b) / 2 for a, b in zip(finite, finite[1:])), finite[-1] + 1.0]
-
-    def right(th: float) -> float:
-        said, declined = decided(answerable, unanswerable, th)
-        return said / max(len(answerable), 1) + declined / max(len(unanswerable), 1)
-
-    def room(th: float) -> float:
-        return min(abs(th - m) for m in finite)
-
-    return max(cands, key=lambda th: (round(right(th), 9), room(th)))
+    return max(cands, key=lambda th: (round(_right(answerable, unanswerable, th), 9), _room(th, finite)))
 
 
-def decisions(scored: Sequence[Scored], threshold: float, rank_penalty: float) -> dict:
-    """How a threshold decides the questions: answered (of the answerable), declined (of the others), the share of
-    right decisions, and (where topics are known) how often the passage quoted is the topic's document."""
+def split_margins(scored: Sequence[Scored], min_similarity: float | None) -> tuple[list[float], list[float]]:
+    """(answerable, unanswerable) best margins after the cut (-inf: declined by it)."""
+    return (
+        [s.margin_after(min_similarity) for s in scored if s.question.answerable],
+        [s.margin_after(min_similarity) for s in scored if not s.question.answerable],
+    )
+
+
+def choose_settings(scored: Sequence[Scored]) -> tuple[float | None, float]:
+    """(min_similarity, reader_threshold) that decide best together, as choose_threshold does for one: every cut
+    halfway between neighbouring similarities, or none, each with its best threshold over the margins it lets
+    through; of equally good cuts, no cut, else the one farthest from any similarity."""
+    sims = sorted({s.similarity for s in scored if s.similarity is not None and math.isfinite(s.similarity)})
+    cuts: list[float | None] = [None, *((a + b) / 2 for a, b in zip(sims, sims[1:]))]
+    best: tuple | None = None
+    for cut in cuts:
+        answerable, unanswerable = split_margins(scored, cut)
+        threshold = choose_threshold(answerable, unanswerable)
+        key = (round(_right(answerable, unanswerable, threshold), 9), math.inf if cut is None else _room(cut, sims))
+        if best is None or key > best[0]:
+            best = (key, cut, threshold)
+    assert best is not None
+    return best[1], best[2]
+
+
+def decisions(
+    scored: Sequence[Scored], threshold: float, rank_penalty: float, min_similarity: float | None = None
+) -> dict:
+    """How the settings decide the questions: answered (of the answerable), declined (of the others; by the cut or
+    the threshold), the share of right decisions, and (where topics are known) how often the passage quoted is the
+    topic's document."""
     from rag.reader import choose_passage
 
     ans = [s for s in scored if s.question.answerable]
     none = [s for s in scored if not s.question.answerable]
-    said, declined = decided([s.best_margin for s in ans], [s.best_margin for s in none], threshold)
+    said, declined = decided(*split_margins(scored, min_similarity), threshold)
     topical = [s for s in ans if s.question.topic is not None]
     row = {
         "threshold": round(threshold, 4),
+        "min_similarity": None if min_similarity is None else round(min_similarity, 4),
         "answered": said / max(len(ans), 1),
         "declined": declined / max(len(none), 1),
         "right": (said + declined) / len(scored),
     }
     if topical:
         row["quoted_topic"] = sum(
-            s.best_margin >= threshold and s.doc_ids[choose_passage(s.margins, rank_penalty)] == s.question.topic
+            s.margin_after(min_similarity) >= threshold
+            and s.doc_ids[choose_passage(s.margins, rank_penalty)] == s.question.topic
             for s in topical
         ) / len(topical)
     return row
@@ -134,25 +179,32 @@ def score_questions(reader, coll, questions: Sequence[LabelledQuestion], num_pas
 
     out = []
     for q in tqdm(questions, desc="reading", unit="question", disable=not progress):
-        passages = numbered(merge_hits(coll.search(query=q.text, k=num_passages).hits))
+        found = coll.search(query=q.text, k=num_passages)
+        passages = numbered(merge_hits(found.hits))
         margins = tuple(m for m, _ in reader.scores(q.text, [p.text for p in passages]))
         best = max(margins, default=-math.inf)
-        out.append(Scored(q, best, margins, tuple(p.doc_id for p in passages)))
+        out.append(Scored(q, best, margins, tuple(p.doc_id for p in passages), found.nearest_score))
     return out
 
 
 def calibrate(reader, coll, questions: Sequence[LabelledQuestion], num_passages: int, progress: bool = True) -> dict:
-    """The collection's threshold for `reader` and the decisions at the reader's own threshold and at it."""
+    """The collection's settings for `reader` and the decisions at its current ones (unset threshold: the
+    reader's own) and at the new ones."""
     scored = score_questions(reader, coll, questions, num_passages, progress)
-    answerable = [s.best_margin for s in scored if s.question.answerable]
-    unanswerable = [s.best_margin for s in scored if not s.question.answerable]
-    threshold = choose_threshold(answerable, unanswerable)
+    cut, threshold = choose_settings(scored)
+    current = coll.config.reader_threshold
     return {
         "questions": len(scored),
-        "answerable": len(answerable),
+        "answerable": sum(s.question.answerable for s in scored),
         "reader_threshold": round(threshold, 4),
-        "before": decisions(scored, reader.cfg.null_threshold, reader.cfg.rank_penalty),
-        "after": decisions(scored, threshold, reader.cfg.rank_penalty),
+        "min_similarity": None if cut is None else round(cut, 4),
+        "before": decisions(
+            scored,
+            reader.cfg.null_threshold if current is None else current,
+            reader.cfg.rank_penalty,
+            coll.config.min_similarity,
+        ),
+        "after": decisions(scored, threshold, reader.cfg.rank_penalty, cut),
     }
 
 
@@ -166,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reader", default=str(DEFAULT_READER), help="the reader's directory (default: the bundled one)")
     p.add_argument("--passages", type=int, default=DEFAULT_NUM_PASSAGES, help="passages per question (the server's)")
     p.add_argument(
-        "--write", action="store_true", help="store the calibrated threshold as the collection's reader_threshold"
+        "--write",
+        action="store_true",
+        help="store the calibrated reader_threshold and min_similarity in the collection",
     )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout (with written: true after --write)")
     args = p.parse_args(argv)
@@ -184,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = calibrate(reader, colls.get(args.collection), questions, args.passages, progress=not args.json)
         if args.write:  # committed to the store; a server reads it when it next opens the data dir
-            colls.update(args.collection, reader_threshold=result["reader_threshold"])
+            colls.update(
+                args.collection, reader_threshold=result["reader_threshold"], min_similarity=result["min_similarity"]
+            )
     finally:
         colls.close()
     result["written"] = args.write
@@ -195,18 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("before", "after"):
         r = result[name]
         topic = f", quoted the topic {r['quoted_topic']:.2f}" if "quoted_topic" in r else ""
+        cut = "no similarity cut" if r["min_similarity"] is None else f"min_similarity {r['min_similarity']:.4f}"
         print(
-            f"  threshold {r['threshold']:+.3f} ({'the reader' if name == 'before' else 'calibrated'}): answered "
+            f"  threshold {r['threshold']:+.3f}, {cut} ({'now' if name == 'before' else 'calibrated'}): answered "
             f"{r['answered']:.2f} of the answerable, declined {r['declined']:.2f} of the rest, right "
             f"{r['right']:.2f}{topic}"
         )
-    threshold = result["reader_threshold"]
+    threshold, cut = result["reader_threshold"], result["min_similarity"]
     if args.write:
-        print(f"wrote reader_threshold {threshold} to collection {args.collection} in {args.data_dir}")
+        print(f"wrote reader_threshold {threshold}, min_similarity {cut} to {args.collection} in {args.data_dir}")
     else:
+        flag = "--no-min-similarity" if cut is None else f"--min-similarity {cut}"
         print(
-            f"set it: pqrag collections update {args.collection} --reader-threshold {threshold} (on a running "
-            "server), or run this again with --write (no server holding the data dir)"
+            f"set them: pqrag collections update {args.collection} --reader-threshold {threshold} {flag} (on a "
+            "running server), or run this again with --write (no server holding the data dir)"
         )
     return 0
 

@@ -106,7 +106,7 @@ class RagPipeline:
             )
         start = time.perf_counter()
         coll = await self.run(self.collections.get, request.collection)
-        config = coll.config  # read once: grounding and reader_threshold from one config, whatever an update swaps in
+        config = coll.config  # read once: grounding and thresholds from one config, whatever an update swaps in
         grounding = self.grounding_for(
             request, config.grounding, llm.generation_config.grounding if llm is not None else None
         )
@@ -125,6 +125,12 @@ class RagPipeline:
             coll.search, query=query, k=request.num_passages, filter=request.filter, mode=request.mode, **request.fusion
         )
         retrieval_ms = (time.perf_counter() - start) * 1e3
+        if off_topic(
+            found.nearest_score, config.min_similarity
+        ):  # nothing stored is about it: decline, whatever answers
+            for event in declined(found.hits, grounding, start, retrieval_ms):
+                yield event
+            return
         if grounding == "extract":
             async for event in self._extract(query, found.hits, config.reader_threshold, start, retrieval_ms):
                 yield event
@@ -184,6 +190,25 @@ class RagPipeline:
             grounding="extract",
             declined=text == NO_ANSWER,
         )
+
+
+def off_topic(nearest_score: float | None, min_similarity: float | None) -> bool:
+    """Whether a question is declined before any reading or generating: a cut is set (CollectionConfig.
+    min_similarity) and the collection's nearest chunk to it (SearchResult.nearest_score) is below it. A search that
+    measured no dense score (lexical) cannot say how far the question is, so it never declines; an empty collection
+    is left to the answerer (which declines on nothing to read)."""
+    return min_similarity is not None and nearest_score is not None and nearest_score < min_similarity
+
+
+def declined(hits, grounding: str, start: float, retrieval_ms: float) -> list[AnswerEvent]:
+    """The answer to an off-topic question (off_topic): the passages found, cited as usual so the
+    caller sees how far they were, and the no-answer sentence; nothing read or generated."""
+    total_ms = (time.perf_counter() - start) * 1e3
+    return [
+        Context(numbered(merge_hits(hits))),
+        TextDelta(NO_ANSWER),
+        AnswerEnd("stop", 0, 0, retrieval_ms, total_ms, total_ms, grounding=grounding, declined=True),
+    ]
 
 
 def extract_answer(reader: Reader, question: str, passages: list[Passage], threshold: float | None = None) -> str:

@@ -84,9 +84,10 @@ class CollectionConfig:
       None: the reader's own null_threshold (chosen by its trainer on its training data); its margins are not
       calibrated across domains, so a collection calibrated on a few of its own labelled questions
       (`python -m rag.calibrate_reader`) answers more of them.
-    min_similarity: the least dense similarity (the index's score: inner product, or -squared L2) the best retrieved
-      chunk must have for a RAG answer over this collection; below it the question is declined without reading or
-      generating (nothing stored is about it), as Qdrant's score_threshold or LlamaIndex's similarity_cutoff do.
+    min_similarity: the least dense score (the index's: inner product, or -squared L2 distance) the collection's
+      nearest chunk to a question must have for a RAG answer over it (SearchResult.nearest_score); below it the
+      question is declined without reading or generating (nothing stored is about it), a cut like Qdrant's
+      score_threshold or LlamaIndex's similarity_cutoff.
       None: no such cut. Chosen with reader_threshold by `python -m rag.calibrate_reader`.
     """
 
@@ -99,7 +100,7 @@ class CollectionConfig:
     grounding: str | None = None
     # the extractive reader's no-answer threshold over it (None: the reader's own null_threshold)
     reader_threshold: float | None = None
-    # the best chunk's dense score a RAG answer needs (None: any)
+    # the nearest chunk's dense score a RAG answer needs (None: any)
     min_similarity: float | None = None
 
     @property
@@ -387,7 +388,8 @@ class Collection:
         nprobe: IVF lists to visit (None: the index's). rerank: re-rank PQ candidates with the exact vectors
           (None: the collection's default).
         rrf_k, alpha, candidates: hybrid's fusion (fusion.FusionParams; None: the defaults).
-        Each hit carries its rank and score in the dense and the lexical ranking (None where it was not in one).
+        Each hit carries its rank and score in the dense and the lexical ranking (None where it was not in one); the
+        result carries the nearest chunk's dense score (SearchResult.nearest_score).
         """
         self._require_open()
         params = check_search(k, nprobe, rerank)
@@ -425,7 +427,8 @@ class Collection:
                 fused = single(dense if mode == "dense" else lexical, mode == "dense", params.k)
             hits = retrievers.hits(self._store, self.cid, fused)
         t2 = time.perf_counter()
-        return SearchResult(hits, embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3)
+        nearest = float(dense.scores[0]) if len(dense.scores) else None
+        return SearchResult(hits, embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3, nearest_score=nearest)
 
     # --- maintenance -------------------------------------------------------------------------------
 

@@ -58,12 +58,22 @@ class Hit:
 
 
 class SearchResult(list):
-    """The hits (a list of Hit, best first) with timings in milliseconds."""
+    """The hits (a list of Hit, best first) with timings in milliseconds, and nearest_score: the dense score of the
+    chunk nearest to the query among those the search may return (filter applied), whether or not fusion kept it
+    among the hits (how close the collection comes to the question at all); None for a lexical search or an empty
+    collection."""
 
-    def __init__(self, hits: Iterable[Hit] = (), embed_ms: float = 0.0, search_ms: float = 0.0):
+    def __init__(
+        self,
+        hits: Iterable[Hit] = (),
+        embed_ms: float = 0.0,
+        search_ms: float = 0.0,
+        nearest_score: float | None = None,
+    ):
         super().__init__(hits)
         self.embed_ms = embed_ms
         self.search_ms = search_ms
+        self.nearest_score = nearest_score
 
     @property
     def hits(self) -> list[Hit]:

@@ -13,6 +13,7 @@ from rag.calibrate_reader import (
     LabelledQuestion,
     Scored,
     calibrate,
+    choose_settings,
     choose_threshold,
     decisions,
     main,
@@ -82,8 +83,50 @@ def test_decisions_count_answers_declines_and_the_topic_quoted():
         Scored(LabelledQuestion("d", False), -1.5, (-1.5,), ("d3",)),
     ]
     row = decisions(scored, -1.0, rank_penalty=2.0)
-    assert row == {"threshold": -1.0, "answered": 2 / 3, "declined": 1.0, "right": 3 / 4, "quoted_topic": 1 / 3}
+    assert row == {
+        "threshold": -1.0,
+        "min_similarity": None,
+        "answered": 2 / 3,
+        "declined": 1.0,
+        "right": 3 / 4,
+        "quoted_topic": 1 / 3,
+    }
     assert decisions(scored, -10.0, rank_penalty=0.0)["quoted_topic"] == 3 / 3
+
+
+def question(answerable: bool, similarity: float | None, margin: float) -> Scored:
+    return Scored(LabelledQuestion("q", answerable), margin, (margin,), ("d",), similarity)
+
+
+def test_a_similarity_cut_is_chosen_where_it_declines_what_margins_cannot():
+    # The margins do not separate (the unanswerable ones score as high as the answerable), their distance does.
+    scored = [question(True, s, m) for s, m in ((0.6, 0.0), (0.5, -3.0), (0.7, 1.0))]
+    scored += [question(False, s, m) for s, m in ((0.2, 0.5), (0.3, 2.0))]
+    cut, threshold = choose_settings(scored)
+    assert cut == pytest.approx(0.4)  # halfway between the farthest answerable (0.5) and the nearest other (0.3)
+    assert threshold < -3.0  # past the cut, every question is answerable: answer them all
+    row = decisions(scored, threshold, rank_penalty=0.0, min_similarity=cut)
+    assert (row["answered"], row["declined"], row["min_similarity"]) == (1.0, 1.0, 0.4)
+    assert decisions(scored, threshold, rank_penalty=0.0)["declined"] == 0.0  # without the cut: none declined
+
+
+def test_no_cut_where_the_margins_decide_alone_or_nothing_measured_a_distance():
+    # Far and near questions of both kinds, separated by their margins: a cut cannot help, so none is set.
+    scored = [question(True, s, 1.0) for s in (0.2, 0.8)] + [question(False, s, -1.0) for s in (0.3, 0.7)]
+    cut, threshold = choose_settings(scored)
+    assert cut is None and -1.0 < threshold < 1.0
+    lexical = [question(True, None, 1.0), question(False, None, -1.0)]  # a lexical collection: no distances
+    assert choose_settings(lexical)[0] is None
+    assert question(False, None, 5.0).passes(0.9)  # a question with no distance is never cut
+
+
+def test_the_cut_and_the_threshold_are_chosen_together():
+    # The cut declines one unanswerable question; the threshold the other; each alone leaves one wrong.
+    scored = [question(True, s, m) for s, m in ((0.6, 1.0), (0.7, 2.0))]
+    scored += [question(False, 0.2, 3.0), question(False, 0.8, -1.0)]
+    cut, threshold = choose_settings(scored)
+    assert 0.2 < cut < 0.6 and -1.0 < threshold < 1.0
+    assert decisions(scored, threshold, rank_penalty=0.0, min_similarity=cut)["right"] == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +177,7 @@ def test_the_cli_prints_json_and_refuses_a_bad_file(kb, tmp_path, capsys):
     path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     assert main(["--data-dir", str(kb), "--collection", "kb", "--questions", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(out) == {"questions", "answerable", "reader_threshold", "before", "after", "written"}
+    assert set(out) == {"questions", "answerable", "reader_threshold", "min_similarity", "before", "after", "written"}
     assert out["written"] is False
 
 
@@ -147,16 +190,19 @@ def test_write_stores_the_calibrated_threshold_in_the_collection(kb, tmp_path, c
     assert main(base) == 0  # without --write: the hint, nothing stored
     said = capsys.readouterr().out
     assert "pqrag collections update kb --reader-threshold" in said and "--write" in said
+    assert ("--no-min-similarity" in said) or ("--min-similarity " in said)
     with Collections(kb, device="cpu") as colls:
         assert colls.get("kb").config.reader_threshold is None
     assert main([*base, "--write", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["written"] is True
-    with Collections(kb, device="cpu") as colls:  # stored: a server opening the data dir uses it
-        assert colls.get("kb").config.reader_threshold == out["reader_threshold"]
-        colls.update("kb", reader_threshold=None)  # the module's other tests read kb at the reader's own
+    with Collections(kb, device="cpu") as colls:  # stored: a server opening the data dir uses them
+        config = colls.get("kb").config
+        assert (config.reader_threshold, config.min_similarity) == (out["reader_threshold"], out["min_similarity"])
+        colls.update("kb", reader_threshold=None, min_similarity=None)  # the other tests read kb unset
     assert main([*base, "--write"]) == 0
-    assert f"wrote reader_threshold {out['reader_threshold']} to collection kb" in capsys.readouterr().out
+    wrote = f"wrote reader_threshold {out['reader_threshold']}, min_similarity {out['min_similarity']} to kb"
+    assert wrote in capsys.readouterr().out
     with Collections(kb, device="cpu") as colls:
         assert colls.get("kb").config.reader_threshold == out["reader_threshold"]
-        colls.update("kb", reader_threshold=None)
+        colls.update("kb", reader_threshold=None, min_similarity=None)

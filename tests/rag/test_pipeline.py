@@ -16,15 +16,18 @@ from tests.rag.conftest import hit
 
 
 class FakeCollection:
-    def __init__(self, hits, grounding=None, reader_threshold=None):
+    def __init__(self, hits, grounding=None, reader_threshold=None, min_similarity=None, nearest_score=0.5):
         self.hits, self.searches, self.modes = hits, [], []
-        # CollectionConfig's default grounding and reader threshold
-        self.config = SimpleNamespace(grounding=grounding, reader_threshold=reader_threshold)
+        # CollectionConfig's default grounding, reader threshold and similarity cut
+        self.config = SimpleNamespace(
+            grounding=grounding, reader_threshold=reader_threshold, min_similarity=min_similarity
+        )
+        self.nearest_score = nearest_score  # SearchResult's: the nearest chunk's dense score (None: not measured)
 
     def search(self, query, k, filter, mode=None, **fusion):
         self.searches.append((query, k, filter))
         self.modes.append((mode, fusion))
-        return SimpleNamespace(hits=self.hits[:k])
+        return SimpleNamespace(hits=self.hits[:k], nearest_score=self.nearest_score)
 
 
 class FakeCollections:
@@ -121,6 +124,37 @@ def test_an_answer_without_text_ends_at_its_first_token(tok, coll):
     gen = FakeGenerator(tok, texts=("",), finish_reason="stop")
     *_, end = answer(RagPipeline(FakeCollections(coll), gen, run_inline), AnswerRequest.ask("kb", "q"))
     assert end.finish_reason == "stop" and end.time_to_first_token_ms == end.total_ms
+
+
+def test_off_topic_needs_a_cut_and_a_measured_distance_below_it():
+    from rag.pipeline import off_topic
+
+    assert off_topic(0.2, 0.3) and not off_topic(0.3, 0.3) and not off_topic(0.9, 0.3)
+    assert not off_topic(0.2, None)  # no cut set
+    assert not off_topic(None, 0.3)  # a lexical search measured no distance: it cannot say
+    assert off_topic(-4.0, -1.5)  # an l2 collection's scores: negated squared distances
+
+
+@pytest.mark.parametrize("grounding", ["free", "quote"])
+def test_a_question_far_from_every_chunk_is_declined_without_generating(tok, grounding):
+    from rag.prompt import NO_ANSWER
+
+    hits = [hit("b", 2, 0.9, 38, 53), hit("a", 1, 0.2, 0, 17)]
+    far = FakeCollection(hits, min_similarity=0.4, nearest_score=0.25)
+    gen = FakeGenerator(tok)
+    events = answer(
+        RagPipeline(FakeCollections(far), gen, run_inline), AnswerRequest.ask("kb", "q", grounding=grounding)
+    )
+    assert [type(e) for e in events] == [Context, TextDelta, AnswerEnd]
+    assert [p.doc_id for p in events[0].passages] == ["b", "a"]  # what was found, so a caller sees how far it was
+    assert events[1].text == NO_ANSWER and gen.prompts == []  # nothing generated
+    end = events[-1]
+    assert (end.grounding, end.declined, end.prompt_tokens, end.completion_tokens) == (grounding, True, 0, 0)
+    near = FakeCollection(hits, min_similarity=0.4, nearest_score=0.45)  # at or above the cut: answered as before
+    events = answer(
+        RagPipeline(FakeCollections(near), gen, run_inline), AnswerRequest.ask("kb", "q", grounding=grounding)
+    )
+    assert len(gen.prompts) == 1 and not events[-1].declined
 
 
 def test_without_a_generator_answers_are_a_failed_precondition(coll):
@@ -245,6 +279,12 @@ def test_extract_follows_the_collections_reader_threshold(reader, bowl):
         AnswerRequest.ask("kb", question, grounding="extract"),
     )
     assert "Carolina Panthers" in events[1].text
+    far = FakeCollection(bowl.hits, reader_threshold=-100.0, min_similarity=0.9, nearest_score=0.3)  # the cut first
+    events = answer(
+        RagPipeline(FakeCollections(far), None, run_inline, reader=reader),
+        AnswerRequest.ask("kb", question, grounding="extract"),
+    )
+    assert events[1].text == NO_ANSWER and (events[-1].grounding, events[-1].declined) == ("extract", True)
 
 
 def test_extract_without_a_reader_and_generation_without_a_generator_are_failed_preconditions(tok, reader, bowl):

@@ -55,6 +55,18 @@ def test_three_modes(coll):
     assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
 
 
+def test_a_search_reports_the_nearest_chunks_dense_score_whatever_fusion_keeps(colls, coll):
+    q = "ZX-9042 pump leak"
+    nearest = coll.search(q, k=6, mode="dense")[0].dense_score  # every chunk ranked: the true nearest first
+    assert coll.search(q, k=1, mode="dense").nearest_score == pytest.approx(nearest)
+    lexical_first = coll.search(q, k=1, mode="hybrid", alpha=0.0)  # fusion keeps the lexical best only...
+    assert lexical_first.nearest_score == pytest.approx(nearest)  # ...the nearest chunk's score is still known
+    assert coll.search(q, k=3, mode="lexical").nearest_score is None  # no dense ranking: not measured
+    food = coll.search(q, k=6, mode="dense", filter={"topic": "food"})  # the nearest of the chunks it may return
+    assert food.nearest_score == pytest.approx(food[0].dense_score) and food.nearest_score < nearest
+    assert colls.create("empty").search(q, k=3).nearest_score is None
+
+
 def test_the_collection_default_mode(colls, coll):
     assert coll.config.search_mode == "hybrid"
     default = coll.search("ZX-9042 pump leak", k=3)

@@ -197,6 +197,27 @@ def test_an_updated_reader_threshold_decides_the_next_extract_answers(reader_ser
         assert c.health() == "SERVING"
 
 
+def test_a_collections_min_similarity_declines_questions_far_from_it(reader_server):
+    sourdough, dubai = "What makes sourdough bread rise?", "What is the tallest building in Dubai?"
+    with reader_server.client(timeout=120) as c:
+        c.create_collection("kb-cut", reader_threshold=-100.0)  # the reader alone answers everything
+        list(c.ingest("kb-cut", RAG_DOCS))
+        assert c.ask("kb-cut", dubai, num_passages=3, grounding="extract")["answer"] != NO_ANSWER
+        c.update_collection("kb-cut", min_similarity=0.4)  # the kb's chunks are about bread, Saturn, chess...
+        far = c.ask("kb-cut", dubai, num_passages=3, grounding="extract")
+        near = c.ask("kb-cut", sourdough, num_passages=3, grounding="extract")
+        assert far["answer"] == NO_ANSWER and len(far["citations"]) == 3  # what was found is still shown
+        check_extracted(near["answer"], passages_of(near))
+        assert near["answer"] != NO_ANSWER
+        far_words = "Is the tallest building in Dubai made of bread?"  # far (~0.24), yet sharing a word with one
+        assert c.ask("kb-cut", far_words, num_passages=3, grounding="extract")["answer"] == NO_ANSWER
+        lexical = c.ask("kb-cut", far_words, num_passages=3, grounding="extract", mode="lexical")
+        assert lexical["answer"] != NO_ANSWER  # a lexical search measures no distance: the cut cannot apply
+        c.update_collection("kb-cut", clear=["min_similarity"])
+        assert c.ask("kb-cut", dubai, num_passages=3, grounding="extract")["answer"] != NO_ANSWER
+        assert c.get_collection("kb-cut").HasField("min_similarity") is False
+
+
 def test_an_extract_answer_cites_the_passage_its_span_is_in(tmp_path):
     """The bundled reader with its no-answer threshold lowered always answers a span: the citation path."""
     eager = tmp_path / "eager-reader"
