@@ -104,15 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         print("Ask your own (while a server runs):")
         s = f"--server localhost:{port}"
         if model:
-            print(f'  .venv/bin/pqrag ask "how do I open a file?" --collection {COLLECTION} {s}')
+            print(f'  .venv/bin/pqrag ask "what does the yield statement do?" --collection {COLLECTION} {s}')
             print(f"  .venv/bin/pqrag chat --collection {COLLECTION} {s}")
-        print(f'  .venv/bin/pqrag search "how do I open a file?" --collection {COLLECTION} {s}')
+        print(f'  .venv/bin/pqrag search "what does the yield statement do?" --collection {COLLECTION} {s}')
         print(f"  .venv/bin/pqrag ingest ./my-notes --collection notes --create {s}")
         console = http_url.replace("127.0.0.1", "localhost") + "/"
         print(f"\nWeb console: {console}   (OpenAI-compatible API: {console}v1)")
         if model:
             body = {
-                "messages": [{"role": "user", "content": "how do I open a file?"}],
+                "messages": [{"role": "user", "content": "what does the yield statement do?"}],
                 "rag": {"collection": COLLECTION},
             }
             print(f"  curl {console}v1/chat/completions -H 'content-type: application/json' -d '{json.dumps(body)}'")
