@@ -45,34 +45,31 @@ def validate_name(name: Any) -> str:
     return name
 
 
-def check_reader_threshold(value: Any) -> float | None:
-    """A collection's reader_threshold: None (the reader's own null_threshold) or a finite number (not a bool) within
-    [-MAX_READER_THRESHOLD, MAX_READER_THRESHOLD], as a float."""
+def _optional_bounded(value: Any, name: str, bound: float, meaning: str, unset: str) -> float | None:
+    """None, or a finite number (not a bool) within [-bound, bound] as a float; else InvalidArgumentError saying what
+    the setting is (meaning) and what unset does."""
     if value is None:
         return None
     number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not number or abs(value) > MAX_READER_THRESHOLD or not math.isfinite(value):  # abs first: 10**400
+    if not number or abs(value) > bound or not math.isfinite(value):  # abs first: 10**400
         raise InvalidArgumentError(
-            f"reader_threshold must be a finite number in [-{MAX_READER_THRESHOLD:g}, {MAX_READER_THRESHOLD:g}] (the "
-            f"margin of span over no-answer score the reader's answer must reach), or unset for the reader's own "
-            f"threshold; got {quote(value)}"
+            f"{name} must be a finite number in [-{bound:.0f}, {bound:.0f}] ({meaning}), or unset for {unset}; got "
+            f"{quote(value)}"
         )
     return float(value)
+
+
+def check_reader_threshold(value: Any) -> float | None:
+    """A collection's reader_threshold: None (the reader's own null_threshold) or a float in
+    [-MAX_READER_THRESHOLD, MAX_READER_THRESHOLD]."""
+    meaning = "the margin of span over no-answer score the reader's answer must reach"
+    return _optional_bounded(value, "reader_threshold", MAX_READER_THRESHOLD, meaning, "the reader's own threshold")
 
 
 def check_min_similarity(value: Any) -> float | None:
-    """A collection's min_similarity: None (no cut) or a finite number (not a bool) within
-    [-MAX_MIN_SIMILARITY, MAX_MIN_SIMILARITY], as a float."""
-    if value is None:
-        return None
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not number or abs(value) > MAX_MIN_SIMILARITY or not math.isfinite(value):  # abs first: 10**400
-        raise InvalidArgumentError(
-            f"min_similarity must be a finite number in [-{MAX_MIN_SIMILARITY:.0f}, {MAX_MIN_SIMILARITY:.0f}] "
-            f"(the dense score, inner product or -squared L2, the nearest chunk to a question must reach for an "
-            f"answer), or unset for no cut; got {quote(value)}"
-        )
-    return float(value)
+    """A collection's min_similarity: None (no cut) or a float in [-MAX_MIN_SIMILARITY, MAX_MIN_SIMILARITY]."""
+    meaning = "the dense score, inner product or -squared L2, the nearest chunk to a question must reach for an answer"
+    return _optional_bounded(value, "min_similarity", MAX_MIN_SIMILARITY, meaning, "no cut")
 
 
 def utf8_size(text: str, what: str) -> int:
