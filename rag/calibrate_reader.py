@@ -57,8 +57,10 @@ class Scored:
     similarity: float | None = None  # its search's nearest chunk's dense score (SearchResult.nearest_score)
 
     def passes(self, min_similarity: float | None) -> bool:
-        """Not declined by the cut (rag.pipeline.off_topic's rule: no dense score never declines)."""
-        return min_similarity is None or self.similarity is None or self.similarity >= min_similarity
+        """Not declined by the cut (the server's rule, rag.pipeline.off_topic)."""
+        from rag.pipeline import off_topic
+
+        return not off_topic(self.similarity, min_similarity)
 
     def margin_after(self, min_similarity: float | None) -> float:
         """Its best margin, or -inf where the cut declines it (declined at any threshold: what the cut does)."""

@@ -125,9 +125,8 @@ class RagPipeline:
             coll.search, query=query, k=request.num_passages, filter=request.filter, mode=request.mode, **request.fusion
         )
         retrieval_ms = (time.perf_counter() - start) * 1e3
-        if off_topic(
-            found.nearest_score, config.min_similarity
-        ):  # nothing stored is about it: decline, whatever answers
+        # nothing stored is about it: decline, whatever would answer
+        if off_topic(found.nearest_score, config.min_similarity):
             for event in declined(found.hits, grounding, start, retrieval_ms):
                 yield event
             return

@@ -68,7 +68,8 @@ log = logging.getLogger("pqrag.collection")
 @dataclass
 class CollectionConfig:
     """How a collection embeds, chunks and indexes. Stored in SQLite with the collection; search_mode, grounding,
-    reader_threshold and min_similarity can be changed later (Collections.update swaps in a new config), the others are fixed.
+    reader_threshold and min_similarity can be changed later (Collections.update swaps in a new config), the others
+    are fixed.
 
     embedder: a model name (retrieval.embedder: the bundled all-MiniLM-L6-v2 when None, else a sentence-transformers
       directory in one of the server's model dirs), never a path.
