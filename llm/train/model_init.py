@@ -78,4 +78,6 @@ def load_init_state(cfg: TrainConfig) -> dict[str, torch.Tensor]:
 
     if not cfg.tokenizer and not os.path.exists(os.path.join(cfg.init_from, "tokenizer.json")):
         raise InvalidArgumentError(f"--init-from {cfg.init_from!r} has no tokenizer.json; pass the model's --tokenizer")
-    return load_model(cfg.init_from).state_dict()
+    # float32 whatever the checkpoint or the CPU: these are the master weights the optimizer updates, and load_model's
+    # "auto" would round them to bf16 on a CPU with avx512_bf16 / AMX.
+    return load_model(cfg.init_from, dtype=torch.float32).state_dict()

@@ -65,7 +65,7 @@ def logits_of(model, ids: torch.Tensor) -> torch.Tensor:
 def test_transformers_save_pretrained_loads_here(tmp_path, tie):
     hf = random_hf(tie)
     hf.save_pretrained(tmp_path)
-    model = load_model(tmp_path)
+    model = load_model(tmp_path, dtype=torch.float32)
     assert not model.training
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tie
     ids = torch.randint(0, 80, (2, 9))
@@ -86,7 +86,7 @@ def test_saved_here_loads_in_transformers(tmp_path, tie):
     ids = torch.randint(0, 80, (2, 11))
     torch.testing.assert_close(logits_of(hf, ids), logits_of(model, ids), atol=ATOL, rtol=0)
     # and back: identical weights after a round trip through our loader
-    again = load_model(tmp_path)
+    again = load_model(tmp_path, dtype=torch.float32)
     for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), n
 
@@ -96,7 +96,7 @@ def test_sharded_checkpoints_both_ways(tmp_path):
     hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
     assert os.path.exists(tmp_path / "hf" / "model.safetensors.index.json")
     ids = torch.randint(0, 80, (1, 7))
-    model = load_model(tmp_path / "hf")
+    model = load_model(tmp_path / "hf", dtype=torch.float32)
     torch.testing.assert_close(logits_of(model, ids), logits_of(hf, ids), atol=ATOL, rtol=0)
 
     save_model(model, tmp_path / "ours", max_shard_bytes=16_000)
@@ -115,7 +115,9 @@ def test_fused_transformers5_names_load(tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"))
     hf.config.save_pretrained(tmp_path)
     ids = torch.randint(0, 80, (2, 5))
-    torch.testing.assert_close(logits_of(load_model(tmp_path), ids), logits_of(hf, ids), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        logits_of(load_model(tmp_path, dtype=torch.float32), ids), logits_of(hf, ids), atol=ATOL, rtol=0
+    )
 
 
 def test_load_dtype_and_errors(tmp_path):
@@ -158,7 +160,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "mixtral"  # old or new, never torn
     monkeypatch.undo()
-    again = load_model(tmp_path)
+    again = load_model(tmp_path, dtype=torch.float32)
     for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), n
 
@@ -191,9 +193,9 @@ def test_loaded_weights_are_private_to_the_process(tmp_path):
     model = random_ours(tie=False)
     save_model(model, tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()
-    loaded = load_model(tmp_path)
+    loaded = load_model(tmp_path, dtype=torch.float32)
     with torch.no_grad():
         loaded.lm_head.weight.mul_(2.0)
         loaded.model.norm.weight.zero_()
     assert (tmp_path / "model.safetensors").read_bytes() == before
-    assert torch.equal(load_model(tmp_path).lm_head.weight, model.lm_head.weight)
+    assert torch.equal(load_model(tmp_path, dtype=torch.float32).lm_head.weight, model.lm_head.weight)

@@ -76,7 +76,7 @@ def test_the_sliding_window_is_refused_past_its_span(tmp_path):
     assert llm.engine.max_model_len == 16
     ids = torch.randint(0, 96, (1, 16))
     with torch.no_grad():
-        torch.testing.assert_close(load_model(tmp_path)(ids), hf(ids).logits, atol=ATOL, rtol=0)
+        torch.testing.assert_close(load_model(tmp_path, dtype=torch.float32)(ids), hf(ids).logits, atol=ATOL, rtol=0)
     with pytest.raises(InvalidArgumentError, match="sliding-window attention .*16 tokens"):
         llm.generate([list(range(10))], SamplingParams(max_tokens=10))
     with pytest.raises(InvalidArgumentError, match="sliding window"):

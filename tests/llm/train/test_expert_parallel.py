@@ -85,7 +85,7 @@ def test_two_expert_parallel_processes_follow_one_process(full_run, ep_run):
 def _load(path):
     from llm.checkpoint import load_model
 
-    return load_model(path)
+    return load_model(path, dtype=torch.float32)
 
 
 def test_the_export_of_an_expert_parallel_run_equals_the_single_process_export(full_run, ep_run):

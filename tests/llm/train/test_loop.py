@@ -39,7 +39,7 @@ def test_export_loads_here_and_in_transformers_with_the_same_logits(full_run):
     from llm.checkpoint import load_model
     from llm.tokenizer import Tokenizer
 
-    ours = load_model(full_run)
+    ours = load_model(full_run, dtype=torch.float32)
     tok = Tokenizer.from_file(full_run)
     assert ours.config.vocab_size == tok.vocab_size and ours.config.eos_token_id == tok.eos_id
     hf = transformers.AutoModelForCausalLM.from_pretrained(full_run, attn_implementation="eager").eval()
@@ -63,7 +63,7 @@ def test_init_from_starts_at_the_exported_weights_and_resumes(corpus, full_run, 
     shard = TokenShard(tmp_path / "data" / "train.bin", meta["dtype"])
     x, y = shard.batch(BatchSampler(shard.num_sequences(32), 4, seed=1337).next_indices(), 32)
     with torch.no_grad():
-        ce = cross_entropy_loss(load_model(full_run)(x), y).item()
+        ce = cross_entropy_loss(load_model(full_run, dtype=torch.float32)(x), y).item()
     first = read_metrics(tmp_path / "metrics.jsonl")[0]
     assert first["step"] == 1 and abs(first["ce_loss"] - ce) < 1e-5, (first["ce_loss"], ce)
     train(parse_config([*args, "--max-steps", "3", "--resume"]))  # resume reads checkpoint.pt, as without --init-from
@@ -92,7 +92,7 @@ def test_fine_tuning_on_chat_records_trains_on_the_answers_only(full_run, tmp_pa
     masked = TokenShard(out / "data" / "train.bin", meta["dtype"], out / "data" / "train.mask.bin")
     unmasked = TokenShard(out / "data" / "train.bin", meta["dtype"])
     idx = BatchSampler(masked.num_sequences(32), 4, seed=1337).next_indices()
-    model = load_model(full_run)
+    model = load_model(full_run, dtype=torch.float32)
     with torch.no_grad():
         want, every = (
             cross_entropy_loss(model(x), y).item() for x, y in (masked.batch(idx, 32), unmasked.batch(idx, 32))

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from service.server import ServerConfig, create_server
-from tests.service.conftest import DOCS
+from tests.service.conftest import DOCS, make_tiny_model
 from tests.service.http.conftest import base_url, start_http_server
 
 
@@ -44,9 +44,12 @@ def test_a_taken_http_port_fails_the_build(tmp_path):
     srv.stop()
 
 
-def test_stopping_the_server_ends_streams_in_flight(tmp_path, tiny_model_dir):
-    srv = start_http_server(tmp_path / "data", model=str(tiny_model_dir))
-    request = {"prompt": "x", "max_tokens": 400, "ignore_eos": True, "stream": True}
+def test_stopping_the_server_ends_streams_in_flight(tmp_path):
+    # a window long enough that no CPU finishes the request within the 1 s grace (400 tokens of the 512-token tiny
+    # model did, in bf16 on a CPU with avx512_bf16)
+    model = make_tiny_model(tmp_path / "model", max_position_embeddings=16384)
+    srv = start_http_server(tmp_path / "data", model=str(model))
+    request = {"prompt": "x", "max_tokens": 16000, "ignore_eos": True, "stream": True}
     with httpx.Client(base_url=base_url(srv), timeout=60) as h, h.stream("POST", "/v1/completions", json=request) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
