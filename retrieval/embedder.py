@@ -292,9 +292,13 @@ class Embedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if bulk:
+            # Longest first across the whole call, not only within a batch: a document's chunks are mostly full
+            # length with a short last one, and a batch pads to its longest text.
+            order = np.argsort([-len(t) for t in texts], kind="stable")
             for s in range(0, len(texts), BULK_BATCH_SIZE):
+                rows = order[s : s + BULK_BATCH_SIZE]
                 with self._m.priority.bulk_batch():
-                    out[s : s + BULK_BATCH_SIZE] = self._encode(texts[s : s + BULK_BATCH_SIZE])
+                    out[rows] = self._encode([texts[i] for i in rows])
         else:
             with self._m.priority.query():
                 for s in range(0, len(texts), self.batch_size):

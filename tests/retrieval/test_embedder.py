@@ -84,7 +84,7 @@ def models_dir(tmp_path):
 def test_embedders_are_names_inside_allowed_model_dirs(tmp_path, embedder):
     root = models_dir(tmp_path)
     assert available_models([root]) == [DEFAULT_MODEL_NAME, "broken", "minilm-copy"]
-    e = get_embedder("minilm-copy", device="cpu", model_dirs=[root])
+    e = get_embedder("minilm-copy", device="cpu", dtype="float32", model_dirs=[root])  # as the fixture
     assert e.name == "minilm-copy" and e._m is not embedder._m
     np.testing.assert_allclose(e.embed(["same weights"]), embedder.embed(["same weights"]), atol=1e-6)
     assert check_model_name("minilm-copy", [root]) == "minilm-copy"
@@ -124,9 +124,10 @@ def test_stored_paths_of_older_collections_map_to_names(tmp_path):
 
 def test_matches_sentence_transformers_encode(embedder):
     texts = ["A cat sleeps.", "word " * 400, "Stock markets fell sharply today. " * 5, "x", "é 東京 😀"]
+    texts += [f"{i}: {t}" for i, t in enumerate(texts * 3)]  # 20 lengths mixed: bulk sorts them across its batches
     ref = embedder._m.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
     np.testing.assert_allclose(embedder.embed(texts), ref, atol=1e-5)
-    np.testing.assert_allclose(embedder.embed(texts, bulk=True), ref, atol=1e-5)
+    np.testing.assert_allclose(embedder.embed(texts, bulk=True), ref, atol=1e-5)  # rows back in the input order
 
 
 def test_queries_never_wait_for_bulk_embedding(embedder):
