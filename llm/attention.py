@@ -12,6 +12,15 @@ The kernels dispatch picks Triton or the torch reference by device; no device br
 Flattened batch layout (vLLM v1 style): the prefill sequences come first, then the decode sequences (one new
 token each). Sequence i owns tokens query_start_loc[i]:query_start_loc[i+1] and its K/V live in the blocks
 block_tables[i]; seq_lens[i] counts its cached tokens after this step (prefix + new tokens).
+
+Short chunks as decode rows: the tokens of a chunk of at most DECODE_ROWS_MAX_QUERY tokens (a speculative
+verification: the last token and its drafts; a short prompt), up to DECODE_ROWS_MAX_TOKENS in a step, are attended
+one row each through the decode kernel,
+row t of a chunk after c cached tokens seeing c + t + 1 keys. The CPU decode path computes a row the same way whatever
+else is in its batch (checked at head dims 64 and 128; at 16 the padding to a batch's longest row can move an ulp),
+so a verified draft token gets bit for bit the attention it would have had as a decode token:
+in bf16 the prefill kernels' other summation order moved near-tie argmaxes, and greedy output with speculation
+drifted from greedy output without it (3 answers of 16 on the bundled model, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -28,6 +37,12 @@ import kernels
 from llm.config import ModelConfig
 from llm.norm import RMSNorm
 
+DECODE_ROWS_MAX_QUERY = 16  # chunks up to this many tokens run as decode rows (module docstring)
+# ... as long as a step has at most this many such tokens: each row gathers its sequence's keys again (on the CPU a
+# step verifying 32 sequences' drafts took 66 ms a layer as rows, 11 ms as chunks), and at that batch size bf16
+# output already depends on what shares the batch, speculation or not.
+DECODE_ROWS_MAX_TOKENS = 64
+
 
 @dataclass
 class AttentionMetadata:
@@ -43,6 +58,11 @@ class AttentionMetadata:
     max_query_len: int  # longest prefill chunk (1 if decode only)
     max_seq_len: int  # longest seq_lens entry
     prefill_has_context: bool  # some prefill chunk has cached tokens before it (needs the paged prefill kernel)
+    # Short chunks as decode rows (module docstring), None when the step has none: which prefill tokens (R,) int64,
+    # and per row the keys it sees (R,) int32 and its sequence's block table (R, max_blocks) int32.
+    row_index: torch.Tensor | None = None
+    row_seq_lens: torch.Tensor | None = None
+    row_block_tables: torch.Tensor | None = None
     # RoPE cos/sin of `positions`, filled by the first layer and reused by the others (same positions every layer)
     rope_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -71,7 +91,15 @@ class AttentionMetadata:
             max_query_len=self.max_query_len,
             max_seq_len=self.max_seq_len,
             prefill_has_context=self.prefill_has_context,
+            row_index=None if self.row_index is None else move(self.row_index),
+            row_seq_lens=None if self.row_seq_lens is None else move(self.row_seq_lens),
+            row_block_tables=None if self.row_block_tables is None else move(self.row_block_tables),
         )
+
+    @property
+    def prefills_all_rows(self) -> bool:
+        """Every prefill token is a decode row: the prefill kernels have nothing to do this step."""
+        return self.row_index is not None and self.row_index.shape[0] == self.num_prefill_tokens
 
 
 def build_attention_metadata(
@@ -114,6 +142,20 @@ def build_attention_metadata(
     # Padded in Python and converted once: a tensor per row costs two small ops per sequence every step.
     table = torch.tensor([list(bt) + [0] * (width - len(bt)) for bt in block_tables], dtype=torch.int32)
     table = table.view(B, width)  # (B, width) also when B == 0
+    rows = [
+        (starts[i] + t, c + t + 1, i)  # (token, keys it sees, its sequence)
+        for i, (c, q) in enumerate(zip(context_lens[:num_prefills], query_lens[:num_prefills]))
+        if q <= DECODE_ROWS_MAX_QUERY
+        for t in range(q)
+    ]
+    row_fields = {}
+    if rows and len(rows) <= DECODE_ROWS_MAX_TOKENS:
+        index, lens, seqs = zip(*rows)
+        row_fields = dict(
+            row_index=torch.tensor(index, dtype=torch.int64, device=device),
+            row_seq_lens=torch.tensor(lens, dtype=torch.int32, device=device),
+            row_block_tables=table.index_select(0, torch.tensor(seqs)).to(device),
+        )
     return AttentionMetadata(
         positions=torch.tensor(positions, dtype=torch.int64, device=device),
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
@@ -125,6 +167,7 @@ def build_attention_metadata(
         max_query_len=max(query_lens, default=0),
         max_seq_len=max(seq_lens, default=0),
         prefill_has_context=any(c > 0 for c in context_lens[:num_prefills]),
+        **row_fields,
     )
 
 
@@ -248,7 +291,9 @@ class Attention(nn.Module):
         kernels.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         P, p = meta.num_prefill_tokens, meta.num_prefills
         parts = []
-        if p > 0:
+        if meta.prefills_all_rows:
+            parts.append(self._rows(q[:P], meta, k_cache, v_cache))
+        elif p > 0:
             cu = meta.query_start_loc[: p + 1]
             if meta.prefill_has_context:
                 parts.append(
@@ -290,4 +335,14 @@ class Attention(nn.Module):
                 )
             )
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (N, H, D)
+        if meta.row_index is not None and not meta.prefills_all_rows:  # short chunks beside long ones: overwrite
+            o.index_copy_(0, meta.row_index, self._rows(q.index_select(0, meta.row_index), meta, k_cache, v_cache))
         return self.o_proj(o.reshape(o.shape[0], -1))
+
+    def _rows(
+        self, q: torch.Tensor, meta: AttentionMetadata, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> torch.Tensor:
+        """q (R, H, D) of the short chunks' tokens, each attended as a decode row -> (R, H, D)."""
+        return kernels.paged_attention(
+            q, k_cache, v_cache, meta.row_block_tables, meta.row_seq_lens, softmax_scale=self.scale
+        )
