@@ -15,12 +15,12 @@ block_tables[i]; seq_lens[i] counts its cached tokens after this step (prefix + 
 
 Short chunks as decode rows: the tokens of a chunk of at most DECODE_ROWS_MAX_QUERY tokens (a speculative
 verification: the last token and its drafts; a short prompt), up to DECODE_ROWS_MAX_TOKENS in a step, are attended
-one row each through the decode kernel,
-row t of a chunk after c cached tokens seeing c + t + 1 keys. The CPU decode path computes a row the same way whatever
-else is in its batch (checked at head dims 64 and 128; at 16 the padding to a batch's longest row can move an ulp),
-so a verified draft token gets bit for bit the attention it would have had as a decode token:
-in bf16 the prefill kernels' other summation order moved near-tie argmaxes, and greedy output with speculation
-drifted from greedy output without it (3 answers of 16 on the bundled model, bench/RESULTS.md).
+one row each through the decode kernel, row t of a chunk after c cached tokens seeing c + t + 1 keys. The CPU
+decode path computes a row the same way whatever else is in its batch (checked at head dims 64 and 128; at 16 the
+padding to a batch's longest row can move an ulp), so a verified draft token gets bit for bit the attention it
+would have had as a decode token. In bf16 the prefill kernels' other summation order moved near-tie argmaxes, and
+greedy output with speculation drifted from greedy output without it (3 answers of 16 on the bundled model,
+bench/RESULTS.md).
 """
 
 from __future__ import annotations
